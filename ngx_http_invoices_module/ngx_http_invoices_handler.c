@@ -1,0 +1,200 @@
+
+/*
+ * The admin API's content handler: request body limit, the Api-Key check,
+ * routing below the location's prefix, methods, then the endpoint.
+ */
+
+
+#include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_handler.h"
+#include "ngx_http_invoices_json.h"
+#include "ngx_http_invoices_read.h"
+
+
+static ngx_int_t ngx_http_invoices_auth(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf);
+static ngx_uint_t ngx_http_invoices_key_equal(ngx_str_t *given,
+    ngx_str_t *key);
+
+
+ngx_int_t
+ngx_http_invoices_admin_handler(ngx_http_request_t *r)
+{
+    u_char                        *p, *end;
+    ngx_int_t                      rc;
+    ngx_str_t                      rest, id;
+    ngx_http_invoices_loc_conf_t  *ilcf;
+
+    static ngx_str_t  allow = ngx_string("Allow");
+    static ngx_str_t  get_head = ngx_string("GET, HEAD");
+
+    ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
+
+    /*
+     * nginx's own client_max_body_size check is switched off in this
+     * location (it would answer with an HTML page); the limit is ours.
+     */
+
+    if (ilcf->max_body_size
+        && r->headers_in.content_length_n > ilcf->max_body_size)
+    {
+        r->keepalive = 0;
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_invoices_send_error(r,
+                   NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "invalid_request_error",
+                   "body_too_large", "the request body is too large", NULL);
+    }
+
+    /* no endpoint here reads a body yet */
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rc = ngx_http_invoices_auth(r, ilcf);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    /* route: "" or "/" is the collection, "/{id}" one invoice */
+
+    if (r->uri.len < ilcf->prefix.len
+        || ngx_strncmp(r->uri.data, ilcf->prefix.data, ilcf->prefix.len) != 0)
+    {
+        goto no_route;
+    }
+
+    rest.data = r->uri.data + ilcf->prefix.len;
+    rest.len = r->uri.len - ilcf->prefix.len;
+
+    ngx_str_null(&id);
+
+    if (rest.len > 1) {
+        p = rest.data;
+        end = p + rest.len;
+
+        if (*p != '/' || ngx_strlchr(p + 1, end, '/') != NULL) {
+            goto no_route;
+        }
+
+        id.data = p + 1;
+        id.len = rest.len - 1;
+
+    } else if (rest.len == 1 && rest.data[0] != '/') {
+        goto no_route;
+    }
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        if (ngx_http_invoices_set_header(r, &allow, &get_head) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                   "invalid_request_error", "method_not_allowed",
+                   "this method is not allowed here", NULL);
+    }
+
+    if (id.len == 0) {
+        return ngx_http_invoices_list(r, ilcf);
+    }
+
+    return ngx_http_invoices_get(r, ilcf, &id);
+
+no_route:
+
+    return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_FOUND,
+               "invalid_request_error", "route_missing",
+               "unrecognized request URL", NULL);
+}
+
+
+/* NGX_OK, or the rc of the 401 sent */
+
+static ngx_int_t
+ngx_http_invoices_auth(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf)
+{
+    ngx_str_t        *keys, *given;
+    ngx_uint_t        i, n, found;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    given = NULL;
+    n = 0;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("Api-Key") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Api-Key",
+                               sizeof("Api-Key") - 1) == 0)
+        {
+            given = &h[i].value;
+            n++;
+        }
+    }
+
+    if (given == NULL || given->len == 0) {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                   "authentication_error", "api_key_missing",
+                   "an Api-Key header is required", NULL);
+    }
+
+    found = 0;
+    keys = ilcf->api_keys->elts;
+
+    /* every key is compared, each in constant time */
+
+    for (i = 0; i < ilcf->api_keys->nelts; i++) {
+        found |= ngx_http_invoices_key_equal(given, &keys[i]);
+    }
+
+    if (n == 1 && found) {
+        return NGX_OK;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "invoices: request with an invalid Api-Key");
+
+    return ngx_http_invoices_send_error(r, NGX_HTTP_UNAUTHORIZED,
+               "authentication_error", "api_key_invalid",
+               "the Api-Key is not valid", NULL);
+}
+
+
+/* time depends on the configured key's length only, not on the given key */
+
+static ngx_uint_t
+ngx_http_invoices_key_equal(ngx_str_t *given, ngx_str_t *key)
+{
+    u_char      c;
+    size_t      i;
+    ngx_uint_t  diff;
+
+    diff = given->len ^ key->len;
+
+    for (i = 0; i < key->len; i++) {
+        c = (i < given->len) ? given->data[i] : 0;
+        diff |= c ^ key->data[i];
+    }
+
+    return diff == 0;
+}

@@ -1,0 +1,40 @@
+
+/*
+ * ngx_http_invoices_module: an invoice admin API served inside nginx.
+ * Shared types of the module's files.
+ */
+
+
+#ifndef _NGX_HTTP_INVOICES_MODULE_H_INCLUDED_
+#define _NGX_HTTP_INVOICES_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+#if !(NGX_THREADS)
+#error ngx_http_invoices_module needs nginx built --with-threads
+#endif
+
+
+typedef struct {
+    ngx_flag_t                 admin;
+    ngx_str_t                  database;        /* libpq conninfo, NUL-ended */
+    ngx_str_t                  thread_pool_name;
+    ngx_thread_pool_t         *thread_pool;
+    ngx_array_t               *api_keys;        /* of ngx_str_t */
+    ngx_str_t                  api_keys_file;
+
+    /* set by "invoices_admin": the location it was given in */
+    ngx_str_t                  prefix;
+    ngx_http_core_loc_conf_t  *clcf;
+    off_t                      max_body_size;
+} ngx_http_invoices_loc_conf_t;
+
+
+extern ngx_module_t  ngx_http_invoices_module;
+
+
+#endif /* _NGX_HTTP_INVOICES_MODULE_H_INCLUDED_ */

@@ -1,0 +1,379 @@
+
+/*
+ * The one thread-pool job runner, and PostgreSQL from the pool threads.
+ *
+ * A job is posted to the nginx thread pool with the request held
+ * (r->main->blocked, r->aio), exactly as nginx's copy filter does for
+ * threaded reads.  The thread runs job->run with plain C inputs and leaves
+ * a status and a malloc()ed JSON body; the completion handler resumes the
+ * request on the event loop and job->finish sends the answer.
+ *
+ * Each pool thread keeps its own PGconn per conninfo, opened lazily and
+ * closed when the thread exits.  A connection found broken is reopened and
+ * the statement tried once more, so a PostgreSQL restart costs no request;
+ * while PostgreSQL is down, jobs fail at once with 503.
+ */
+
+
+#include <pthread.h>
+
+#include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_json.h"
+#include "ngx_http_invoices_pg.h"
+
+
+typedef struct ngx_http_invoices_pg_conn_s  ngx_http_invoices_pg_conn_t;
+
+struct ngx_http_invoices_pg_conn_s {
+    ngx_http_invoices_pg_conn_t  *next;
+    const char                   *conninfo;
+    PGconn                       *conn;
+};
+
+
+static void ngx_http_invoices_job_thread(void *data, ngx_log_t *log);
+static void ngx_http_invoices_job_done(ngx_event_t *ev);
+static void ngx_http_invoices_job_resume(ngx_http_request_t *r);
+static void ngx_http_invoices_job_cleanup(void *data);
+static void ngx_http_invoices_pg_key_init(void);
+static void ngx_http_invoices_pg_thread_exit(void *data);
+static PGconn *ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_pg_conn_t **pc);
+static void ngx_http_invoices_pg_note(ngx_http_invoices_job_t *job,
+    const char *what, const char *detail);
+
+
+static pthread_key_t   ngx_http_invoices_pg_key;
+static pthread_once_t  ngx_http_invoices_pg_once = PTHREAD_ONCE_INIT;
+
+
+ngx_http_invoices_job_t *
+ngx_http_invoices_job_create(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf)
+{
+    ngx_thread_task_t        *task;
+    ngx_pool_cleanup_t       *cln;
+    ngx_http_invoices_job_t  *job;
+
+    task = ngx_thread_task_alloc(r->pool, sizeof(ngx_http_invoices_job_t));
+    if (task == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    job = task->ctx;
+    job->task = task;
+    job->thread_pool = ilcf->thread_pool;
+    job->conninfo = (const char *) ilcf->database.data;
+    job->finish = ngx_http_invoices_job_send;
+
+    cln->handler = ngx_http_invoices_job_cleanup;
+    cln->data = job;
+
+    return job;
+}
+
+
+/*
+ * Posts the job and holds the request until it is done.  Returns NGX_DONE,
+ * or the rc of the 503 sent when the pool's queue is full.
+ */
+
+ngx_int_t
+ngx_http_invoices_job_run(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
+{
+    ngx_thread_task_t  *task;
+
+    task = job->task;
+    task->handler = ngx_http_invoices_job_thread;
+    task->event.handler = ngx_http_invoices_job_done;
+    task->event.data = r;
+
+    if (ngx_thread_task_post(job->thread_pool, task) != NGX_OK) {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "api_error", "thread_pool_full",
+                                            "the server is busy, retry later",
+                                            NULL);
+    }
+
+    ngx_http_set_ctx(r, job, ngx_http_invoices_module);
+
+    r->main->blocked++;
+    r->aio = 1;
+    r->main->count++;
+    r->write_event_handler = ngx_http_invoices_job_resume;
+
+    return NGX_DONE;
+}
+
+
+/* the default finish: send what the thread left */
+
+ngx_int_t
+ngx_http_invoices_job_send(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
+{
+    char  *body;
+
+    body = job->body;
+    job->body = NULL;
+
+    return ngx_http_invoices_send_json(r, job->status, body, job->len);
+}
+
+
+static void
+ngx_http_invoices_job_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_invoices_job_t  *job = data;
+
+    job->run(job);
+
+    if (job->body == NULL && job->status == 0) {
+        ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "api_error", "internal_error",
+                                   "internal error");
+    }
+}
+
+
+static void
+ngx_http_invoices_job_done(ngx_event_t *ev)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ev->data;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    r->main->blocked--;
+    r->aio = 0;
+
+    r->write_event_handler(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_invoices_job_resume(ngx_http_request_t *r)
+{
+    ngx_http_invoices_job_t  *job;
+
+    job = ngx_http_get_module_ctx(r, ngx_http_invoices_module);
+
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    if (job->log[0] != '\0') {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "invoices: %s", job->log);
+    }
+
+    ngx_http_finalize_request(r, job->finish(r, job));
+}
+
+
+static void
+ngx_http_invoices_job_cleanup(void *data)
+{
+    ngx_http_invoices_job_t  *job = data;
+
+    free(job->body);
+    job->body = NULL;
+}
+
+
+void
+ngx_http_invoices_job_fail(ngx_http_invoices_job_t *job, ngx_uint_t status,
+    const char *type, const char *code, const char *message)
+{
+    free(job->body);
+
+    job->status = status;
+    job->body = ngx_http_invoices_json_error(type, code, message, NULL,
+                                             &job->len);
+}
+
+
+/*
+ * Runs one parameterised statement on this thread's connection.  On any
+ * failure the job is failed (503 when PostgreSQL cannot be reached, 500
+ * otherwise) and NULL is returned.  The statement is repeated once on a
+ * new connection when the old one turns out to be broken, so it must be
+ * safe to repeat.
+ */
+
+PGresult *
+ngx_http_invoices_pg_query(ngx_http_invoices_job_t *job, const char *sql,
+    int nparams, const char *const *values)
+{
+    PGconn                       *conn;
+    PGresult                     *res;
+    ngx_uint_t                    attempt;
+    ExecStatusType                st;
+    ngx_http_invoices_pg_conn_t  *pc;
+
+    for (attempt = 0; attempt < 2; attempt++) {
+
+        conn = ngx_http_invoices_pg_connect(job, &pc);
+        if (conn == NULL) {
+            break;
+        }
+
+        res = PQexecParams(conn, sql, nparams, NULL, values, NULL, NULL, 0);
+        st = PQresultStatus(res);
+
+        if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+            return res;
+        }
+
+        if (PQstatus(conn) != CONNECTION_BAD) {
+            ngx_http_invoices_pg_note(job, "statement failed",
+                                      PQresultErrorMessage(res));
+            PQclear(res);
+            ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                       "api_error", "internal_error",
+                                       "internal error");
+            return NULL;
+        }
+
+        ngx_http_invoices_pg_note(job, "connection lost", PQerrorMessage(conn));
+        PQclear(res);
+        PQfinish(conn);
+        pc->conn = NULL;
+    }
+
+    ngx_http_invoices_job_fail(job, NGX_HTTP_SERVICE_UNAVAILABLE,
+                               "api_error", "database_unavailable",
+                               "the database is unavailable, retry later");
+    return NULL;
+}
+
+
+static PGconn *
+ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_pg_conn_t **pcp)
+{
+    PGconn                       *conn;
+    ngx_http_invoices_pg_conn_t  *pc;
+
+    /*
+     * conninfo given later overrides these: "dbname" is expanded as a
+     * whole connection string.
+     */
+    static const char *const  keys[] = {
+        "connect_timeout", "client_encoding", "fallback_application_name",
+        "dbname", NULL
+    };
+
+    const char  *values[] = {
+        "3", "UTF8", "ngx_http_invoices", job->conninfo, NULL
+    };
+
+    (void) pthread_once(&ngx_http_invoices_pg_once,
+                        ngx_http_invoices_pg_key_init);
+
+    for (pc = pthread_getspecific(ngx_http_invoices_pg_key);
+         pc != NULL;
+         pc = pc->next)
+    {
+        /* conninfo strings live in the configuration: compare pointers */
+        if (pc->conninfo == job->conninfo) {
+            break;
+        }
+    }
+
+    if (pc == NULL) {
+        pc = calloc(1, sizeof(ngx_http_invoices_pg_conn_t));
+        if (pc == NULL) {
+            ngx_http_invoices_pg_note(job, "out of memory", NULL);
+            return NULL;
+        }
+
+        pc->conninfo = job->conninfo;
+        pc->next = pthread_getspecific(ngx_http_invoices_pg_key);
+        (void) pthread_setspecific(ngx_http_invoices_pg_key, pc);
+    }
+
+    *pcp = pc;
+
+    if (pc->conn != NULL && PQstatus(pc->conn) == CONNECTION_OK) {
+        return pc->conn;
+    }
+
+    if (pc->conn != NULL) {
+        PQfinish(pc->conn);
+        pc->conn = NULL;
+    }
+
+    conn = PQconnectdbParams(keys, values, 1);
+
+    if (conn == NULL) {
+        ngx_http_invoices_pg_note(job, "connect failed", "out of memory");
+        return NULL;
+    }
+
+    if (PQstatus(conn) != CONNECTION_OK) {
+        ngx_http_invoices_pg_note(job, "connect failed", PQerrorMessage(conn));
+        PQfinish(conn);
+        return NULL;
+    }
+
+    pc->conn = conn;
+
+    return conn;
+}
+
+
+static void
+ngx_http_invoices_pg_key_init(void)
+{
+    (void) pthread_key_create(&ngx_http_invoices_pg_key,
+                              ngx_http_invoices_pg_thread_exit);
+}
+
+
+/* a pool thread exits (reload, quit): close its connections */
+
+static void
+ngx_http_invoices_pg_thread_exit(void *data)
+{
+    ngx_http_invoices_pg_conn_t  *pc, *next;
+
+    for (pc = data; pc != NULL; pc = next) {
+        next = pc->next;
+
+        if (pc->conn != NULL) {
+            PQfinish(pc->conn);
+        }
+
+        free(pc);
+    }
+}
+
+
+/* keeps a one-line reason for the log; libpq's messages end in newlines */
+
+static void
+ngx_http_invoices_pg_note(ngx_http_invoices_job_t *job, const char *what,
+    const char *detail)
+{
+    u_char  *p, *last;
+
+    last = (u_char *) job->log + sizeof(job->log) - 1;
+
+    p = ngx_snprintf((u_char *) job->log, sizeof(job->log) - 1,
+                     "PostgreSQL %s%s%s", what, detail ? ": " : "",
+                     detail ? detail : "");
+    *p = '\0';
+
+    for (p = (u_char *) job->log; p < last && *p; p++) {
+        if (*p == '\n' || *p == '\r') {
+            *p = ' ';
+        }
+    }
+}

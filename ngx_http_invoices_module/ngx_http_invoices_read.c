@@ -1,0 +1,498 @@
+
+/*
+ * The read endpoints: GET /admin/api/invoices?page&limit and GET .../{id}.
+ *
+ * The event loop validates the input and posts a job; the pool thread runs
+ * one parameterised statement and builds the whole JSON body with jansson,
+ * plus its ETag, so the event loop only sends bytes.
+ */
+
+
+#include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_json.h"
+#include "ngx_http_invoices_pg.h"
+#include "ngx_http_invoices_read.h"
+
+
+#define NGX_HTTP_INVOICES_PAGE_MAX   2147483647
+#define NGX_HTTP_INVOICES_LIMIT_MAX  100
+#define NGX_HTTP_INVOICES_LIMIT_DEF  10
+
+
+typedef struct {
+    ngx_int_t    page;
+    ngx_int_t    limit;
+    ngx_uint_t   by_stripe_id;
+    char        *id;                 /* NUL-ended, validated */
+    char         offset_text[NGX_INT64_LEN + 1];
+    char         limit_text[NGX_INT_T_LEN + 1];
+} ngx_http_invoices_read_t;
+
+
+static ngx_int_t ngx_http_invoices_parse_arg(ngx_http_request_t *r,
+    ngx_str_t *value, ngx_int_t max, ngx_int_t *out);
+static void ngx_http_invoices_list_run(ngx_http_invoices_job_t *job);
+static void ngx_http_invoices_get_run(ngx_http_invoices_job_t *job);
+static json_t *ngx_http_invoices_row_json(PGresult *res, int row, int col);
+static void ngx_http_invoices_read_done(ngx_http_invoices_job_t *job,
+    json_t *json);
+static ngx_int_t ngx_http_invoices_read_finish(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job);
+static ngx_uint_t ngx_http_invoices_etag_match(ngx_str_t *header,
+    u_char *etag, size_t len);
+
+
+#define NGX_HTTP_INVOICES_TIME(col)                                           \
+    "to_char(" col " AT TIME ZONE 'UTC', "                                    \
+    "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+/* the columns of one invoice, in the order ngx_http_invoices_row_json reads */
+#define NGX_HTTP_INVOICES_COLUMNS                                             \
+    "i.id AS id, i.stripe_invoice_id, t.id AS team_id, t.name AS team_name, " \
+    "i.status, i.amount, i.currency, i.invoice_pdf, "                         \
+    NGX_HTTP_INVOICES_TIME("i.stripe_created_at") " AS created, "             \
+    NGX_HTTP_INVOICES_TIME("i.updated_at") " AS updated "                     \
+    "FROM invoices i LEFT JOIN teams t ON t.id = i.team_id "
+
+/* count and page in one statement, one snapshot; count comes even for an
+ * empty page */
+static const char  ngx_http_invoices_list_sql[] =
+    "WITH c AS (SELECT count(*) AS n FROM invoices) "
+    "SELECT c.n, p.* FROM c LEFT JOIN LATERAL ("
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
+    "ORDER BY i.stripe_created_at DESC, i.id DESC "
+    "LIMIT $1 OFFSET $2) p ON true "
+    "ORDER BY p.sort_at DESC, p.id DESC";
+
+static const char  ngx_http_invoices_get_sql[] =
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS "WHERE i.id = $1";
+
+static const char  ngx_http_invoices_get_stripe_sql[] =
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS "WHERE i.stripe_invoice_id = $1";
+
+
+ngx_int_t
+ngx_http_invoices_list(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf)
+{
+    u_char                    *p, *end, *name, *eq;
+    ngx_str_t                  value, page, limit;
+    ngx_uint_t                 have_page, have_limit;
+    ngx_http_invoices_job_t   *job;
+    ngx_http_invoices_read_t  *rd;
+
+    have_page = 0;
+    have_limit = 0;
+    ngx_str_null(&page);
+    ngx_str_null(&limit);
+
+    p = r->args.data;
+    end = p + r->args.len;
+
+    while (p < end) {
+        name = p;
+
+        while (p < end && *p != '&') {
+            p++;
+        }
+
+        eq = ngx_strlchr(name, p, '=');
+
+        value.data = eq ? eq + 1 : p;
+        value.len = p - value.data;
+
+        if ((eq ? eq : p) - name == 4 && ngx_strncmp(name, "page", 4) == 0) {
+            if (have_page++) {
+                return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                           "invalid_request_error", "parameter_invalid",
+                           "page must be given at most once", "page");
+            }
+
+            page = value;
+
+        } else if ((eq ? eq : p) - name == 5
+                   && ngx_strncmp(name, "limit", 5) == 0)
+        {
+            if (have_limit++) {
+                return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                           "invalid_request_error", "parameter_invalid",
+                           "limit must be given at most once", "limit");
+            }
+
+            limit = value;
+        }
+
+        p++;
+    }
+
+    rd = ngx_pcalloc(r->pool, sizeof(ngx_http_invoices_read_t));
+    if (rd == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rd->page = 1;
+    rd->limit = NGX_HTTP_INVOICES_LIMIT_DEF;
+
+    if (have_page
+        && ngx_http_invoices_parse_arg(r, &page, NGX_HTTP_INVOICES_PAGE_MAX,
+                                       &rd->page)
+           != NGX_OK)
+    {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "parameter_invalid",
+                   "page must be an integer from 1 to 2147483647", "page");
+    }
+
+    if (have_limit
+        && ngx_http_invoices_parse_arg(r, &limit, NGX_HTTP_INVOICES_LIMIT_MAX,
+                                       &rd->limit)
+           != NGX_OK)
+    {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "parameter_invalid",
+                   "limit must be an integer from 1 to 100", "limit");
+    }
+
+    *ngx_sprintf((u_char *) rd->limit_text, "%i", rd->limit) = '\0';
+    *ngx_sprintf((u_char *) rd->offset_text, "%L",
+                 (int64_t) (rd->page - 1) * rd->limit) = '\0';
+
+    job = ngx_http_invoices_job_create(r, ilcf);
+    if (job == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    job->run = ngx_http_invoices_list_run;
+    job->finish = ngx_http_invoices_read_finish;
+    job->data = rd;
+
+    return ngx_http_invoices_job_run(r, job);
+}
+
+
+/* an integer from 1 to max, decimal digits only, percent-encoding allowed */
+
+static ngx_int_t
+ngx_http_invoices_parse_arg(ngx_http_request_t *r, ngx_str_t *value,
+    ngx_int_t max, ngx_int_t *out)
+{
+    u_char     *src, *dst, *p;
+    u_char      buf[32];
+    ngx_int_t   n;
+
+    if (value->len == 0 || value->len >= sizeof(buf)) {
+        return NGX_ERROR;
+    }
+
+    src = value->data;
+    dst = buf;
+    ngx_unescape_uri(&dst, &src, value->len, 0);
+
+    if (dst == buf) {
+        return NGX_ERROR;
+    }
+
+    for (p = buf; p < dst; p++) {
+        if (*p < '0' || *p > '9') {
+            return NGX_ERROR;
+        }
+    }
+
+    n = ngx_atoi(buf, dst - buf);
+
+    if (n < 1 || n > max) {
+        return NGX_ERROR;
+    }
+
+    *out = n;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_invoices_get(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf, ngx_str_t *id)
+{
+    size_t                     i;
+    ngx_uint_t                 ok;
+    ngx_http_invoices_job_t   *job;
+    ngx_http_invoices_read_t  *rd;
+
+    rd = ngx_pcalloc(r->pool, sizeof(ngx_http_invoices_read_t));
+    if (rd == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (id->len == 24) {
+        ok = 1;
+
+        for (i = 0; i < 24; i++) {
+            if (!((id->data[i] >= '0' && id->data[i] <= '9')
+                  || (id->data[i] >= 'a' && id->data[i] <= 'f')))
+            {
+                ok = 0;
+            }
+        }
+
+    } else if (id->len > 3 && id->len <= 255
+               && ngx_strncmp(id->data, "in_", 3) == 0)
+    {
+        ok = 1;
+        rd->by_stripe_id = 1;
+
+        for (i = 3; i < id->len; i++) {
+            if (!((id->data[i] >= '0' && id->data[i] <= '9')
+                  || (id->data[i] >= 'a' && id->data[i] <= 'z')
+                  || (id->data[i] >= 'A' && id->data[i] <= 'Z')
+                  || id->data[i] == '_'))
+            {
+                ok = 0;
+            }
+        }
+
+    } else {
+        ok = 0;
+    }
+
+    if (!ok) {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "parameter_invalid",
+                   "id must be an invoice _id (24 lowercase hex digits) "
+                   "or a Stripe invoice id (in_...)", "id");
+    }
+
+    rd->id = ngx_pnalloc(r->pool, id->len + 1);
+    if (rd->id == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(rd->id, id->data, id->len) = '\0';
+
+    job = ngx_http_invoices_job_create(r, ilcf);
+    if (job == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    job->run = ngx_http_invoices_get_run;
+    job->finish = ngx_http_invoices_read_finish;
+    job->data = rd;
+
+    return ngx_http_invoices_job_run(r, job);
+}
+
+
+static void
+ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
+{
+    int                        row, rows;
+    json_t                    *list, *inv;
+    PGresult                  *res;
+    const char                *values[2];
+    ngx_http_invoices_read_t  *rd = job->data;
+
+    values[0] = rd->limit_text;
+    values[1] = rd->offset_text;
+
+    res = ngx_http_invoices_pg_query(job, ngx_http_invoices_list_sql,
+                                     2, values);
+    if (res == NULL) {
+        return;
+    }
+
+    rows = PQntuples(res);
+    list = json_array();
+
+    for (row = 0; list != NULL && row < rows; row++) {
+
+        /* the LEFT JOIN gives one row of NULLs for an empty page */
+        if (PQgetisnull(res, row, 1)) {
+            continue;
+        }
+
+        inv = ngx_http_invoices_row_json(res, row, 1);
+
+        if (json_array_append_new(list, inv) != 0) {
+            json_decref(list);
+            list = NULL;
+        }
+    }
+
+    ngx_http_invoices_read_done(job,
+        json_pack("{s:o,s:I}", "invoices", list, "count",
+                  (json_int_t) (rows ? strtoll(PQgetvalue(res, 0, 0), NULL, 10)
+                                     : 0)));
+    PQclear(res);
+}
+
+
+static void
+ngx_http_invoices_get_run(ngx_http_invoices_job_t *job)
+{
+    PGresult                  *res;
+    const char                *values[1];
+    ngx_http_invoices_read_t  *rd = job->data;
+
+    values[0] = rd->id;
+
+    res = ngx_http_invoices_pg_query(job,
+                                     rd->by_stripe_id
+                                     ? ngx_http_invoices_get_stripe_sql
+                                     : ngx_http_invoices_get_sql,
+                                     1, values);
+    if (res == NULL) {
+        return;
+    }
+
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        free(job->body);
+        job->status = NGX_HTTP_NOT_FOUND;
+        job->body = ngx_http_invoices_json_error("invalid_request_error",
+                                                 "resource_missing",
+                                                 "no such invoice", "id",
+                                                 &job->len);
+        return;
+    }
+
+    ngx_http_invoices_read_done(job, ngx_http_invoices_row_json(res, 0, 0));
+    PQclear(res);
+}
+
+
+/* one invoice as API.md shapes it; NULL when out of memory or bad UTF-8 */
+
+static json_t *
+ngx_http_invoices_row_json(PGresult *res, int row, int col)
+{
+    json_t  *user;
+
+#define v(n)  PQgetvalue(res, row, col + (n))
+#define null(n)  PQgetisnull(res, row, col + (n))
+
+    if (null(2)) {
+        user = json_null();
+
+    } else {
+        user = json_pack("{s:s,s:s}", "_id", v(2), "name", v(3));
+    }
+
+    return json_pack("{s:s,s:s,s:o,s:s,s:I,s:s,s:s?,s:s,s:s}",
+                     "_id", v(0),
+                     "invoiceId", v(1),
+                     "user", user,
+                     "status", v(4),
+                     "amount", (json_int_t) strtoll(v(5), NULL, 10),
+                     "currency", v(6),
+                     "invoicePdf", null(7) ? NULL : v(7),
+                     "createdAt", v(8),
+                     "updatedAt", v(9));
+#undef v
+#undef null
+}
+
+
+/* a 200 body and its ETag: FNV-1a over the bytes sent */
+
+static void
+ngx_http_invoices_read_done(ngx_http_invoices_job_t *job, json_t *json)
+{
+    size_t     i;
+    uint64_t   h;
+    u_char    *p;
+
+    job->body = ngx_http_invoices_json_dump(json, &job->len);
+    json_decref(json);
+
+    if (job->body == NULL) {
+        return;
+    }
+
+    h = 0xcbf29ce484222325ULL;
+
+    for (i = 0; i < job->len; i++) {
+        h ^= (u_char) job->body[i];
+        h *= 0x100000001b3ULL;
+    }
+
+    p = ngx_sprintf(job->etag, "\"%016uxL\"", h);
+    job->etag_len = p - job->etag;
+    job->status = NGX_HTTP_OK;
+}
+
+
+static ngx_int_t
+ngx_http_invoices_read_finish(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job)
+{
+    ngx_str_t  etag;
+
+    static ngx_str_t  etag_name = ngx_string("ETag");
+    static ngx_str_t  x_cache = ngx_string("X-Cache");
+    static ngx_str_t  bypass = ngx_string("BYPASS");
+
+    if (job->status == NGX_HTTP_OK) {
+        etag.data = job->etag;
+        etag.len = job->etag_len;
+
+        if (ngx_http_invoices_set_header(r, &etag_name, &etag) != NGX_OK
+            || ngx_http_invoices_set_header(r, &x_cache, &bypass) != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (r->headers_in.if_none_match
+            && ngx_http_invoices_etag_match(&r->headers_in.if_none_match->value,
+                                            etag.data, etag.len))
+        {
+            job->status = NGX_HTTP_NOT_MODIFIED;
+        }
+    }
+
+    return ngx_http_invoices_job_send(r, job);
+}
+
+
+/* If-None-Match: "*" or a list of entity tags, compared weakly (RFC 9110) */
+
+static ngx_uint_t
+ngx_http_invoices_etag_match(ngx_str_t *header, u_char *etag, size_t len)
+{
+    u_char  *p, *q, *end;
+
+    p = header->data;
+    end = p + header->len;
+
+    for ( ;; ) {
+        while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        if (p == end) {
+            return 0;
+        }
+
+        if (*p == '*') {
+            return 1;
+        }
+
+        if (end - p > 2 && p[0] == 'W' && p[1] == '/') {
+            p += 2;
+        }
+
+        if (*p != '"') {
+            return 0;
+        }
+
+        q = ngx_strlchr(p + 1, end, '"');
+        if (q == NULL) {
+            return 0;
+        }
+
+        if ((size_t) (q + 1 - p) == len && ngx_memcmp(p, etag, len) == 0) {
+            return 1;
+        }
+
+        p = q + 1;
+    }
+}
