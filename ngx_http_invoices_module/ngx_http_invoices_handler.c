@@ -11,7 +11,7 @@
 #include "ngx_http_invoices_read.h"
 
 
-static ngx_int_t ngx_http_invoices_auth(ngx_http_request_t *r,
+static const char *ngx_http_invoices_auth(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf);
 static ngx_uint_t ngx_http_invoices_key_equal(ngx_str_t *given,
     ngx_str_t *key);
@@ -22,6 +22,7 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 {
     u_char                        *p, *end;
     ngx_int_t                      rc;
+    const char                    *denied;
     ngx_str_t                      rest, id;
     ngx_http_invoices_loc_conf_t  *ilcf;
 
@@ -57,9 +58,11 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    rc = ngx_http_invoices_auth(r, ilcf);
-    if (rc != NGX_OK) {
-        return rc;
+    denied = ngx_http_invoices_auth(r, ilcf);
+    if (denied != NULL) {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                   "authentication_error", denied,
+                   "a valid Api-Key header is required", NULL);
     }
 
     /* route: "" or "/" is the collection, "/{id}" one invoice */
@@ -114,9 +117,9 @@ no_route:
 }
 
 
-/* NGX_OK, or the rc of the 401 sent */
+/* NULL when the Api-Key is one of ours, else the error code to answer */
 
-static ngx_int_t
+static const char *
 ngx_http_invoices_auth(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf)
 {
@@ -153,9 +156,7 @@ ngx_http_invoices_auth(ngx_http_request_t *r,
     }
 
     if (given == NULL || given->len == 0) {
-        return ngx_http_invoices_send_error(r, NGX_HTTP_UNAUTHORIZED,
-                   "authentication_error", "api_key_missing",
-                   "an Api-Key header is required", NULL);
+        return "api_key_missing";
     }
 
     found = 0;
@@ -168,15 +169,13 @@ ngx_http_invoices_auth(ngx_http_request_t *r,
     }
 
     if (n == 1 && found) {
-        return NGX_OK;
+        return NULL;
     }
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "invoices: request with an invalid Api-Key");
 
-    return ngx_http_invoices_send_error(r, NGX_HTTP_UNAUTHORIZED,
-               "authentication_error", "api_key_invalid",
-               "the Api-Key is not valid", NULL);
+    return "api_key_invalid";
 }
 
 

@@ -51,7 +51,9 @@ static ngx_uint_t ngx_http_invoices_etag_match(ngx_str_t *header,
     "i.id AS id, i.stripe_invoice_id, t.id AS team_id, t.name AS team_name, " \
     "i.status, i.amount, i.currency, i.invoice_pdf, "                         \
     NGX_HTTP_INVOICES_TIME("i.stripe_created_at") " AS created, "             \
-    NGX_HTTP_INVOICES_TIME("i.updated_at") " AS updated "                     \
+    NGX_HTTP_INVOICES_TIME("i.updated_at") " AS updated "
+
+#define NGX_HTTP_INVOICES_FROM                                                \
     "FROM invoices i LEFT JOIN teams t ON t.id = i.team_id "
 
 /* count and page in one statement, one snapshot; count comes even for an
@@ -60,15 +62,18 @@ static const char  ngx_http_invoices_list_sql[] =
     "WITH c AS (SELECT count(*) AS n FROM invoices) "
     "SELECT c.n, p.* FROM c LEFT JOIN LATERAL ("
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
+    NGX_HTTP_INVOICES_FROM
     "ORDER BY i.stripe_created_at DESC, i.id DESC "
     "LIMIT $1 OFFSET $2) p ON true "
     "ORDER BY p.sort_at DESC, p.id DESC";
 
 static const char  ngx_http_invoices_get_sql[] =
-    "SELECT " NGX_HTTP_INVOICES_COLUMNS "WHERE i.id = $1";
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS NGX_HTTP_INVOICES_FROM
+    "WHERE i.id = $1";
 
 static const char  ngx_http_invoices_get_stripe_sql[] =
-    "SELECT " NGX_HTTP_INVOICES_COLUMNS "WHERE i.stripe_invoice_id = $1";
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS NGX_HTTP_INVOICES_FROM
+    "WHERE i.stripe_invoice_id = $1";
 
 
 ngx_int_t
