@@ -38,7 +38,9 @@ $(NGX_BUILD)/objs/Makefile: config $(NGINX_SRC)/conf_flags
 
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(SRCS)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
-	cp $(NGX_BUILD)/objs/ngx_http_invoices_module.so $@
+	@# a new inode, never rewritten in place: a running nginx has it mapped
+	cp $(NGX_BUILD)/objs/ngx_http_invoices_module.so $@.tmp
+	mv -f $@.tmp $@
 
 test: all
 	scripts/test

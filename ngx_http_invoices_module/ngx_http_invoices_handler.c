@@ -11,6 +11,7 @@
 #include "ngx_http_invoices_read.h"
 
 
+static ngx_int_t ngx_http_invoices_route(ngx_http_request_t *r);
 static const char *ngx_http_invoices_auth(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf);
 static ngx_uint_t ngx_http_invoices_key_equal(ngx_str_t *given,
@@ -19,6 +20,13 @@ static ngx_uint_t ngx_http_invoices_key_equal(ngx_str_t *given,
 
 ngx_int_t
 ngx_http_invoices_admin_handler(ngx_http_request_t *r)
+{
+    return ngx_http_invoices_finalize_status(r, ngx_http_invoices_route(r));
+}
+
+
+static ngx_int_t
+ngx_http_invoices_route(ngx_http_request_t *r)
 {
     u_char                        *p, *end;
     ngx_int_t                      rc;

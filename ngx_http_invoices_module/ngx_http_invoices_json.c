@@ -165,6 +165,48 @@ ngx_http_invoices_send_error(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+/*
+ * An rc on its way to ngx_http_finalize_request(): an HTTP error status
+ * that nothing has answered yet (a broken chunked body, an allocation
+ * failure) becomes a JSON error here, so that nginx never sends its HTML
+ * error page from the API's location.
+ */
+
+ngx_int_t
+ngx_http_invoices_finalize_status(ngx_http_request_t *r, ngx_int_t rc)
+{
+    if (rc < NGX_HTTP_SPECIAL_RESPONSE || r->header_sent) {
+        return rc;
+    }
+
+    /* what follows a body nginx could not read is not a request */
+    r->keepalive = 0;
+
+    switch (rc) {
+
+    case NGX_HTTP_BAD_REQUEST:
+        return ngx_http_invoices_send_error(r, rc, "invalid_request_error",
+                                            "request_malformed",
+                                            "the request is malformed", NULL);
+
+    case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
+        return ngx_http_invoices_send_error(r, rc, "invalid_request_error",
+                                            "body_too_large",
+                                            "the request body is too large",
+                                            NULL);
+
+    case NGX_HTTP_CLIENT_CLOSED_REQUEST:
+    case NGX_HTTP_REQUEST_TIME_OUT:
+        return rc;
+
+    default:
+        return ngx_http_invoices_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                            "api_error", "internal_error",
+                                            "internal error", NULL);
+    }
+}
+
+
 ngx_int_t
 ngx_http_invoices_set_header(ngx_http_request_t *r, ngx_str_t *name,
     ngx_str_t *value)

@@ -173,7 +173,8 @@ ngx_http_invoices_job_resume(ngx_http_request_t *r)
                       "invoices: %s", job->log);
     }
 
-    ngx_http_finalize_request(r, job->finish(r, job));
+    ngx_http_finalize_request(r,
+        ngx_http_invoices_finalize_status(r, job->finish(r, job)));
 }
 
 
