@@ -42,7 +42,10 @@ $(MODULE): $(NGX_BUILD)/objs/Makefile $(SRCS)
 	cp $(NGX_BUILD)/objs/ngx_http_invoices_module.so $@.tmp
 	mv -f $@.tmp $@
 
-test: all
+# installs first: on a fresh machine the build itself needs nginx-dev
+test:
+	scripts/deps
+	$(MAKE) all
 	scripts/test
 
 clean:
