@@ -34,6 +34,8 @@ struct ngx_http_invoices_pg_conn_s {
 static void ngx_http_invoices_job_thread(void *data, ngx_log_t *log);
 static void ngx_http_invoices_job_done(ngx_event_t *ev);
 static void ngx_http_invoices_job_resume(ngx_http_request_t *r);
+static void ngx_http_invoices_job_log(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_job_cleanup(void *data);
 static void ngx_http_invoices_pg_key_init(void);
 static void ngx_http_invoices_pg_thread_exit(void *data);
@@ -169,12 +171,46 @@ ngx_http_invoices_job_resume(ngx_http_request_t *r)
     r->write_event_handler = ngx_http_request_empty_handler;
 
     if (job->log[0] != '\0') {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "invoices: %s", job->log);
+        ngx_http_invoices_job_log(r, job);
     }
 
     ngx_http_finalize_request(r,
         ngx_http_invoices_finalize_status(r, job->finish(r, job)));
+}
+
+
+/*
+ * While PostgreSQL is down every request fails the same way: log the first
+ * failure, then at most one a second with the count of those left out.
+ */
+
+static void
+ngx_http_invoices_job_log(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
+{
+    static ngx_msec_t  last;
+    static ngx_uint_t  suppressed;
+
+    if (job->status == NGX_HTTP_SERVICE_UNAVAILABLE
+        && last != 0 && ngx_current_msec - last < 1000)
+    {
+        suppressed++;
+        return;
+    }
+
+    if (job->status == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        last = ngx_current_msec ? ngx_current_msec : 1;
+    }
+
+    if (suppressed) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "invoices: %s (and %ui more like it)",
+                      job->log, suppressed);
+        suppressed = 0;
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "invoices: %s",
+                  job->log);
 }
 
 
