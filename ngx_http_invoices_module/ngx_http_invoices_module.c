@@ -11,6 +11,7 @@
 
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_handler.h"
+#include "ngx_http_invoices_pg.h"
 
 
 #define NGX_HTTP_INVOICES_KEYS_MAX_SIZE  65536
@@ -26,6 +27,7 @@ static char *ngx_http_invoices_database(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_invoices_api_keys_file(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_invoices_init_module(ngx_cycle_t *cycle);
+static void ngx_http_invoices_exit_process(ngx_cycle_t *cycle);
 
 
 static ngx_command_t  ngx_http_invoices_commands[] = {
@@ -87,7 +89,7 @@ ngx_module_t  ngx_http_invoices_module = {
     NULL,                                  /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_invoices_exit_process,        /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -396,4 +398,11 @@ ngx_http_invoices_init_module(ngx_cycle_t *cycle)
     json_object_seed(0);
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_invoices_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_invoices_pg_close_all();
 }

@@ -8,8 +8,11 @@
  * a status and a malloc()ed JSON body; the completion handler resumes the
  * request on the event loop and job->finish sends the answer.
  *
- * Each pool thread keeps its own PGconn per conninfo, opened lazily and
- * closed when the thread exits.  A connection found broken is reopened and
+ * Each pool thread keeps its own PGconn per conninfo, opened lazily.  They
+ * are closed by the worker's exit_process, after nginx has stopped the pool
+ * threads: a thread-specific destructor would run in an exiting thread
+ * while the worker unloads this module, and crash.  A connection found
+ * broken is reopened and
  * the statement tried once more, so a PostgreSQL restart costs no request;
  * while PostgreSQL is down, jobs fail at once with 503.
  */
@@ -25,7 +28,8 @@
 typedef struct ngx_http_invoices_pg_conn_s  ngx_http_invoices_pg_conn_t;
 
 struct ngx_http_invoices_pg_conn_s {
-    ngx_http_invoices_pg_conn_t  *next;
+    ngx_http_invoices_pg_conn_t  *next;         /* this thread's */
+    ngx_http_invoices_pg_conn_t  *all;          /* every thread's */
     const char                   *conninfo;
     PGconn                       *conn;
 };
@@ -37,16 +41,16 @@ static void ngx_http_invoices_job_resume(ngx_http_request_t *r);
 static void ngx_http_invoices_job_log(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_job_cleanup(void *data);
-static void ngx_http_invoices_pg_key_init(void);
-static void ngx_http_invoices_pg_thread_exit(void *data);
 static PGconn *ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
     ngx_http_invoices_pg_conn_t **pc);
 static void ngx_http_invoices_pg_note(ngx_http_invoices_job_t *job,
     const char *what, const char *detail);
 
 
-static pthread_key_t   ngx_http_invoices_pg_key;
-static pthread_once_t  ngx_http_invoices_pg_once = PTHREAD_ONCE_INIT;
+static __thread ngx_http_invoices_pg_conn_t  *ngx_http_invoices_pg_mine;
+
+static ngx_http_invoices_pg_conn_t  *ngx_http_invoices_pg_all;
+static pthread_mutex_t  ngx_http_invoices_pg_lock = PTHREAD_MUTEX_INITIALIZER;
 
 
 ngx_http_invoices_job_t *
@@ -311,13 +315,7 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
         "3", "UTF8", "ngx_http_invoices", job->conninfo, NULL
     };
 
-    (void) pthread_once(&ngx_http_invoices_pg_once,
-                        ngx_http_invoices_pg_key_init);
-
-    for (pc = pthread_getspecific(ngx_http_invoices_pg_key);
-         pc != NULL;
-         pc = pc->next)
-    {
+    for (pc = ngx_http_invoices_pg_mine; pc != NULL; pc = pc->next) {
         /* conninfo strings live in the configuration: compare pointers */
         if (pc->conninfo == job->conninfo) {
             break;
@@ -332,8 +330,13 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
         }
 
         pc->conninfo = job->conninfo;
-        pc->next = pthread_getspecific(ngx_http_invoices_pg_key);
-        (void) pthread_setspecific(ngx_http_invoices_pg_key, pc);
+        pc->next = ngx_http_invoices_pg_mine;
+        ngx_http_invoices_pg_mine = pc;
+
+        (void) pthread_mutex_lock(&ngx_http_invoices_pg_lock);
+        pc->all = ngx_http_invoices_pg_all;
+        ngx_http_invoices_pg_all = pc;
+        (void) pthread_mutex_unlock(&ngx_http_invoices_pg_lock);
     }
 
     *pcp = pc;
@@ -366,23 +369,20 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
 }
 
 
-static void
-ngx_http_invoices_pg_key_init(void)
-{
-    (void) pthread_key_create(&ngx_http_invoices_pg_key,
-                              ngx_http_invoices_pg_thread_exit);
-}
+/*
+ * The worker exits: nginx's thread pool module, whose exit_process runs
+ * before ours, has already stopped every pool thread.
+ */
 
-
-/* a pool thread exits (reload, quit): close its connections */
-
-static void
-ngx_http_invoices_pg_thread_exit(void *data)
+void
+ngx_http_invoices_pg_close_all(void)
 {
     ngx_http_invoices_pg_conn_t  *pc, *next;
 
-    for (pc = data; pc != NULL; pc = next) {
-        next = pc->next;
+    (void) pthread_mutex_lock(&ngx_http_invoices_pg_lock);
+
+    for (pc = ngx_http_invoices_pg_all; pc != NULL; pc = next) {
+        next = pc->all;
 
         if (pc->conn != NULL) {
             PQfinish(pc->conn);
@@ -390,6 +390,10 @@ ngx_http_invoices_pg_thread_exit(void *data)
 
         free(pc);
     }
+
+    ngx_http_invoices_pg_all = NULL;
+
+    (void) pthread_mutex_unlock(&ngx_http_invoices_pg_lock);
 }
 
 

@@ -53,6 +53,9 @@ ngx_int_t ngx_http_invoices_job_run(ngx_http_request_t *r,
 ngx_int_t ngx_http_invoices_job_send(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 
+/* worker exit, after the pool threads have stopped */
+void ngx_http_invoices_pg_close_all(void);
+
 /* pool threads only */
 void ngx_http_invoices_job_fail(ngx_http_invoices_job_t *job,
     ngx_uint_t status, const char *type, const char *code,
