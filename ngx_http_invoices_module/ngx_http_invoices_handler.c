@@ -1,7 +1,9 @@
 
 /*
- * The admin API's content handler: request body limit, the Api-Key check,
- * routing below the location's prefix, methods, then the endpoint.
+ * The admin API's content handler: the Api-Key check, routing below the
+ * location's prefix, methods, then the endpoint.  Errors nginx answers by
+ * itself here (a body over client_max_body_size, a broken chunked body)
+ * are turned into JSON by the filters in ngx_http_invoices_json.c.
  */
 
 
@@ -11,7 +13,6 @@
 #include "ngx_http_invoices_read.h"
 
 
-static ngx_int_t ngx_http_invoices_route(ngx_http_request_t *r);
 static const char *ngx_http_invoices_auth(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf);
 static ngx_uint_t ngx_http_invoices_key_equal(ngx_str_t *given,
@@ -20,13 +21,6 @@ static ngx_uint_t ngx_http_invoices_key_equal(ngx_str_t *given,
 
 ngx_int_t
 ngx_http_invoices_admin_handler(ngx_http_request_t *r)
-{
-    return ngx_http_invoices_finalize_status(r, ngx_http_invoices_route(r));
-}
-
-
-static ngx_int_t
-ngx_http_invoices_route(ngx_http_request_t *r)
 {
     u_char                        *p, *end;
     ngx_int_t                      rc;
@@ -38,26 +32,6 @@ ngx_http_invoices_route(ngx_http_request_t *r)
     static ngx_str_t  get_head = ngx_string("GET, HEAD");
 
     ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
-
-    /*
-     * nginx's own client_max_body_size check is switched off in this
-     * location (it would answer with an HTML page); the limit is ours.
-     */
-
-    if (ilcf->max_body_size
-        && r->headers_in.content_length_n > ilcf->max_body_size)
-    {
-        r->keepalive = 0;
-
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        return ngx_http_invoices_send_error(r,
-                   NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "invalid_request_error",
-                   "body_too_large", "the request body is too large", NULL);
-    }
 
     /* no endpoint here reads a body yet */
 

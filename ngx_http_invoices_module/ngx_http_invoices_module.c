@@ -11,6 +11,7 @@
 
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_handler.h"
+#include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
 
 
@@ -66,7 +67,7 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
 
 static ngx_http_module_t  ngx_http_invoices_module_ctx = {
     NULL,                                  /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_invoices_filter_init,         /* postconfiguration */
 
     NULL,                                  /* create main configuration */
     NULL,                                  /* init main configuration */
@@ -114,7 +115,6 @@ ngx_http_invoices_create_loc_conf(ngx_conf_t *cf)
      *     conf->api_keys_file = { 0, NULL };
      *     conf->prefix = { 0, NULL };
      *     conf->clcf = NULL;
-     *     conf->max_body_size = 0;
      */
 
     conf->admin = NGX_CONF_UNSET;
@@ -161,15 +161,6 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->thread_pool == NULL) {
         return NGX_CONF_ERROR;
     }
-
-    /*
-     * The core module merged before us.  Its body size check runs before
-     * the content handler and answers with an HTML page, so the limit is
-     * taken over here and enforced by the handler with a JSON 413.
-     */
-
-    conf->max_body_size = conf->clcf->client_max_body_size;
-    conf->clcf->client_max_body_size = 0;
 
     return NGX_CONF_OK;
 }

@@ -30,8 +30,19 @@ typedef struct {
     /* set by "invoices_admin": the location it was given in */
     ngx_str_t                  prefix;
     ngx_http_core_loc_conf_t  *clcf;
-    off_t                      max_body_size;
 } ngx_http_invoices_loc_conf_t;
+
+
+typedef struct ngx_http_invoices_job_s  ngx_http_invoices_job_t;
+
+/* per request */
+typedef struct {
+    ngx_http_invoices_job_t   *job;
+    ngx_chain_t               *error_body;   /* replaces nginx's HTML page */
+} ngx_http_invoices_ctx_t;
+
+
+ngx_http_invoices_ctx_t *ngx_http_invoices_ctx(ngx_http_request_t *r);
 
 
 extern ngx_module_t  ngx_http_invoices_module;

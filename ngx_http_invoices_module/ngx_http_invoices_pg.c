@@ -92,7 +92,8 @@ ngx_http_invoices_job_create(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_invoices_job_run(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
 {
-    ngx_thread_task_t  *task;
+    ngx_thread_task_t        *task;
+    ngx_http_invoices_ctx_t  *ctx;
 
     task = job->task;
     task->handler = ngx_http_invoices_job_thread;
@@ -106,7 +107,12 @@ ngx_http_invoices_job_run(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
                                             NULL);
     }
 
-    ngx_http_set_ctx(r, job, ngx_http_invoices_module);
+    ctx = ngx_http_invoices_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->job = job;
 
     r->main->blocked++;
     r->aio = 1;
@@ -169,8 +175,10 @@ static void
 ngx_http_invoices_job_resume(ngx_http_request_t *r)
 {
     ngx_http_invoices_job_t  *job;
+    ngx_http_invoices_ctx_t  *ctx;
 
-    job = ngx_http_get_module_ctx(r, ngx_http_invoices_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_invoices_module);
+    job = ctx->job;
 
     r->write_event_handler = ngx_http_request_empty_handler;
 
@@ -178,8 +186,7 @@ ngx_http_invoices_job_resume(ngx_http_request_t *r)
         ngx_http_invoices_job_log(r, job);
     }
 
-    ngx_http_finalize_request(r,
-        ngx_http_invoices_finalize_status(r, job->finish(r, job)));
+    ngx_http_finalize_request(r, job->finish(r, job));
 }
 
 

@@ -16,8 +16,6 @@
 #include "ngx_http_invoices_module.h"
 
 
-typedef struct ngx_http_invoices_job_s  ngx_http_invoices_job_t;
-
 /* runs in a pool thread: plain C in, plain C out, no nginx state */
 typedef void (*ngx_http_invoices_job_run_pt)(ngx_http_invoices_job_t *job);
 

@@ -180,6 +180,18 @@ $res = raw_request("GET /admin/api/invoices/x/y HTTP/1.1\r\nHost: x\r\n"
 @statuses = $res->raw =~ m{HTTP/1\.1 (\d{3}) }g;
 is_deeply(\@statuses, [404, 200], 'keep-alive: 404 then 200 on one connection');
 
+# a body nginx itself refuses under the API's location is JSON too, and
+# the connection is closed (what follows is not a request).  (A chunked
+# body over the limit on an endpoint that reads bodies: t/create.t.)
+$res = raw_request("GET /admin/api/invoices HTTP/1.1\r\nHost: x\r\n"
+                 . "Api-Key: test-key\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 . "zz\r\nnot a chunk\r\n");
+is($res->status, 400, 'malformed chunked body: 400');
+is($res->header('Content-Type'), 'application/json; charset=utf-8', '... JSON');
+json_check($res, 'error.code = "request_malformed"', 'malformed chunked body');
+@statuses = $res->raw =~ m{HTTP/1\.1 (\d{3}) }g;
+is_deeply(\@statuses, [400], '... one answer only, no HTML page after it');
+
 done_testing();
 
 __DATA__
