@@ -11,6 +11,7 @@
 #include "ngx_http_invoices_handler.h"
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_read.h"
+#include "ngx_http_invoices_create.h"
 
 
 static const char *ngx_http_invoices_auth(ngx_http_request_t *r,
@@ -30,18 +31,17 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
     static ngx_str_t  allow = ngx_string("Allow");
     static ngx_str_t  get_head = ngx_string("GET, HEAD");
+    static ngx_str_t  get_head_post = ngx_string("GET, HEAD, POST");
 
     ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
 
-    /* no endpoint here reads a body yet */
-
-    rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
     denied = ngx_http_invoices_auth(r, ilcf);
     if (denied != NULL) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
         return ngx_http_invoices_send_error(r, NGX_HTTP_UNAUTHORIZED,
                    "authentication_error", denied,
                    "a valid Api-Key header is required", NULL);
@@ -75,8 +75,26 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
         goto no_route;
     }
 
+    /* creating needs Stripe: without a key the collection is read-only */
+
+    if (id.len == 0 && r->method == NGX_HTTP_POST
+        && ilcf->stripe_secret_key.len)
+    {
+        return ngx_http_invoices_create(r, ilcf);
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        if (ngx_http_invoices_set_header(r, &allow, &get_head) != NGX_OK) {
+        if (ngx_http_invoices_set_header(r, &allow,
+                                         id.len == 0
+                                         && ilcf->stripe_secret_key.len
+                                         ? &get_head_post : &get_head)
+            != NGX_OK)
+        {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
@@ -96,6 +114,69 @@ no_route:
     return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_FOUND,
                "invalid_request_error", "route_missing",
                "unrecognized request URL", NULL);
+}
+
+
+/*
+ * The request body as one piece of memory, the exact bytes received (the
+ * webhook signature is computed over them).  Parts nginx spooled to a
+ * temporary file are read back here: a local file of at most
+ * client_max_body_size that was just written, so in the page cache.
+ */
+
+ngx_int_t
+ngx_http_invoices_request_body(ngx_http_request_t *r, ngx_str_t *body)
+{
+    u_char       *p;
+    off_t         len;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    ngx_str_null(body);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    body->data = ngx_pnalloc(r->pool, len + 1);
+    if (body->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = body->data;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->in_file) {
+            n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                              b->file_pos);
+            if (n != b->file_last - b->file_pos) {
+                return NGX_ERROR;
+            }
+
+            p += n;
+            continue;
+        }
+
+        p = ngx_cpymem(p, b->pos, b->last - b->pos);
+    }
+
+    *p = '\0';
+    body->len = p - body->data;
+
+    return NGX_OK;
 }
 
 

@@ -81,6 +81,23 @@ ngx_http_invoices_json_error(const char *type, const char *code,
     const char *message, const char *param, size_t *len)
 {
     char    *s;
+    json_t  *root;
+
+    root = ngx_http_invoices_json_error_new(type, code, message, param);
+
+    s = ngx_http_invoices_json_dump(root, len);
+    json_decref(root);
+
+    return s;
+}
+
+
+/* {"error": {...}}; callers may add to the inner object before dumping */
+
+json_t *
+ngx_http_invoices_json_error_new(const char *type, const char *code,
+    const char *message, const char *param)
+{
     json_t  *root, *err;
 
     err = json_object();
@@ -106,10 +123,7 @@ ngx_http_invoices_json_error(const char *type, const char *code,
 
     json_object_set_new(root, "error", err);
 
-    s = ngx_http_invoices_json_dump(root, len);
-    json_decref(root);
-
-    return s;
+    return root;
 }
 
 

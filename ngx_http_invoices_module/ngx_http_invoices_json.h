@@ -18,6 +18,8 @@
 char *ngx_http_invoices_json_dump(json_t *json, size_t *len);
 char *ngx_http_invoices_json_error(const char *type, const char *code,
     const char *message, const char *param, size_t *len);
+json_t *ngx_http_invoices_json_error_new(const char *type, const char *code,
+    const char *message, const char *param);
 
 /* event loop only */
 ngx_int_t ngx_http_invoices_send_json(ngx_http_request_t *r,

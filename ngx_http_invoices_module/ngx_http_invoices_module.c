@@ -13,6 +13,7 @@
 #include "ngx_http_invoices_handler.h"
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
+#include "ngx_http_invoices_stripe.h"
 
 
 #define NGX_HTTP_INVOICES_KEYS_MAX_SIZE  65536
@@ -27,6 +28,12 @@ static char *ngx_http_invoices_database(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_invoices_api_keys_file(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_invoices_stripe_secret_key(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_invoices_read_secret(ngx_conf_t *cf,
+    ngx_str_t *path, ngx_str_t *content);
+static char *ngx_http_invoices_check_token(ngx_conf_t *cf, ngx_str_t *value,
+    const char *directive, const char *allowed);
 static ngx_int_t ngx_http_invoices_init_module(ngx_cycle_t *cycle);
 static void ngx_http_invoices_exit_process(ngx_cycle_t *cycle);
 
@@ -59,6 +66,62 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
       ngx_http_invoices_api_keys_file,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("invoices_currency"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, currency),
+      NULL },
+
+    { ngx_string("invoices_stripe_secret_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_invoices_stripe_secret_key,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("invoices_stripe_api_base"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, stripe_api_base),
+      NULL },
+
+    { ngx_string("invoices_stripe_version"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, stripe_version),
+      NULL },
+
+    { ngx_string("invoices_stripe_thread_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, stripe_thread_pool_name),
+      NULL },
+
+    { ngx_string("invoices_stripe_connect_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, stripe_connect_timeout),
+      NULL },
+
+    { ngx_string("invoices_stripe_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, stripe_timeout),
+      NULL },
+
+    { ngx_string("invoices_stripe_max_retries"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, stripe_max_retries),
       NULL },
 
       ngx_null_command
@@ -119,6 +182,9 @@ ngx_http_invoices_create_loc_conf(ngx_conf_t *cf)
 
     conf->admin = NGX_CONF_UNSET;
     conf->api_keys = NGX_CONF_UNSET_PTR;
+    conf->stripe_connect_timeout = NGX_CONF_UNSET_MSEC;
+    conf->stripe_timeout = NGX_CONF_UNSET_MSEC;
+    conf->stripe_max_retries = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -135,6 +201,65 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                              "invoices");
     ngx_conf_merge_ptr_value(conf->api_keys, prev->api_keys, NULL);
     ngx_conf_merge_str_value(conf->api_keys_file, prev->api_keys_file, "");
+    ngx_conf_merge_str_value(conf->currency, prev->currency, "eur");
+    ngx_conf_merge_str_value(conf->stripe_secret_key, prev->stripe_secret_key,
+                             "");
+    ngx_conf_merge_str_value(conf->stripe_api_base, prev->stripe_api_base,
+                             "https://api.stripe.com");
+    ngx_conf_merge_str_value(conf->stripe_version, prev->stripe_version,
+                             "2023-10-16");
+    ngx_conf_merge_str_value(conf->stripe_thread_pool_name,
+                             prev->stripe_thread_pool_name,
+                             (char *) conf->thread_pool_name.data);
+    ngx_conf_merge_msec_value(conf->stripe_connect_timeout,
+                              prev->stripe_connect_timeout, 5000);
+    ngx_conf_merge_msec_value(conf->stripe_timeout, prev->stripe_timeout,
+                              30000);
+    ngx_conf_merge_uint_value(conf->stripe_max_retries,
+                              prev->stripe_max_retries, 2);
+
+    if (ngx_http_invoices_check_token(cf, &conf->currency,
+                                      "invoices_currency",
+                                      "abcdefghijklmnopqrstuvwxyz")
+        != NGX_CONF_OK
+        || conf->currency.len != 3)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"invoices_currency\" must be a lowercase ISO code "
+                      "such as \"eur\", not \"%V\"", &conf->currency);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_invoices_check_token(cf, &conf->stripe_version,
+                                      "invoices_stripe_version",
+                                      "0123456789-.abcdefghijklmnopqrstuvwxyz")
+        != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_strncmp(conf->stripe_api_base.data, "https://", 8) != 0
+        && ngx_strncmp(conf->stripe_api_base.data, "http://", 7) != 0)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"invoices_stripe_api_base\" must be an http:// or "
+                      "https:// URL, not \"%V\"", &conf->stripe_api_base);
+        return NGX_CONF_ERROR;
+    }
+
+    /* paths are appended to it: no trailing slash */
+
+    while (conf->stripe_api_base.len > 8
+           && conf->stripe_api_base.data[conf->stripe_api_base.len - 1] == '/')
+    {
+        conf->stripe_api_base.data[--conf->stripe_api_base.len] = '\0';
+    }
+
+    if (conf->stripe_max_retries > 10) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"invoices_stripe_max_retries\" must be 0 to 10");
+        return NGX_CONF_ERROR;
+    }
 
     /* "invoices_admin" is not inherited: it names one location */
 
@@ -160,6 +285,14 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     conf->thread_pool = ngx_thread_pool_add(cf, &conf->thread_pool_name);
     if (conf->thread_pool == NULL) {
         return NGX_CONF_ERROR;
+    }
+
+    if (conf->stripe_secret_key.len) {
+        conf->stripe_thread_pool = ngx_thread_pool_add(cf,
+                                              &conf->stripe_thread_pool_name);
+        if (conf->stripe_thread_pool == NULL) {
+            return NGX_CONF_ERROR;
+        }
     }
 
     return NGX_CONF_OK;
@@ -259,81 +392,30 @@ ngx_http_invoices_api_keys_file(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_invoices_loc_conf_t *ilcf = conf;
 
-    u_char           *buf, *p, *end, *line, *last;
-    ssize_t           n;
-    ngx_fd_t          fd;
-    ngx_str_t        *value, *key, name;
-    ngx_file_info_t   fi;
+    u_char     *p, *end, *line, *last;
+    ngx_str_t  *value, *key, content;
 
     if (ilcf->api_keys != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
-    name = value[1];
+    ilcf->api_keys_file = value[1];
 
-    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+    if (ngx_http_invoices_read_secret(cf, &ilcf->api_keys_file, &content)
+        != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
-
-    fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "\"invoices_api_keys_file\" cannot open \"%s\"",
-                           name.data);
-        return NGX_CONF_ERROR;
-    }
-
-    buf = NULL;
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "\"invoices_api_keys_file\" cannot stat \"%s\"",
-                           name.data);
-        goto failed;
-    }
-
-    if (fi.st_mode & (S_IROTH|S_IWOTH)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"invoices_api_keys_file\" \"%s\" is accessible "
-                           "by others; chmod o-rwx it", name.data);
-        goto failed;
-    }
-
-    if (ngx_file_size(&fi) > NGX_HTTP_INVOICES_KEYS_MAX_SIZE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"invoices_api_keys_file\" \"%s\" is larger "
-                           "than %d bytes", name.data,
-                           NGX_HTTP_INVOICES_KEYS_MAX_SIZE);
-        goto failed;
-    }
-
-    buf = ngx_pnalloc(cf->temp_pool, NGX_HTTP_INVOICES_KEYS_MAX_SIZE + 1);
-    if (buf == NULL) {
-        goto failed;
-    }
-
-    n = ngx_read_fd(fd, buf, NGX_HTTP_INVOICES_KEYS_MAX_SIZE + 1);
-    if (n == -1) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "\"invoices_api_keys_file\" cannot read \"%s\"",
-                           name.data);
-        goto failed;
-    }
-
-    (void) ngx_close_file(fd);
-    fd = NGX_INVALID_FILE;
 
     ilcf->api_keys = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
     if (ilcf->api_keys == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    ilcf->api_keys_file = name;
+    end = content.data + content.len;
 
-    end = buf + n;
-
-    for (p = buf; p < end; p = last + 1) {
+    for (p = content.data; p < end; p = last + 1) {
         last = ngx_strlchr(p, end, '\n');
         if (last == NULL) {
             last = end;
@@ -359,36 +441,231 @@ ngx_http_invoices_api_keys_file(ngx_conf_t *cf, ngx_command_t *cmd,
             return NGX_CONF_ERROR;
         }
 
+        key->data = line;
         key->len = p - line;
-        key->data = ngx_pstrdup(cf->pool, &(ngx_str_t) { key->len, line });
-        if (key->data == NULL) {
-            return NGX_CONF_ERROR;
-        }
     }
 
     if (ilcf->api_keys->nelts == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"invoices_api_keys_file\" \"%s\" has no key",
-                           name.data);
+                           "\"invoices_api_keys_file\" \"%V\" has no key",
+                           &ilcf->api_keys_file);
         return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * "file:/path" (the key alone in a file nobody else can read) or
+ * "env:NAME" (read from nginx's environment when the configuration is
+ * read).  Never from the configuration itself.
+ */
+
+static char *
+ngx_http_invoices_stripe_secret_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_invoices_loc_conf_t *ilcf = conf;
+
+    u_char     *p, *last;
+    char       *env;
+    ngx_str_t  *value, name, key;
+
+    if (ilcf->stripe_secret_key.data != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len > 5 && ngx_strncmp(value[1].data, "file:", 5) == 0) {
+        name.data = value[1].data + 5;
+        name.len = value[1].len - 5;
+
+        if (ngx_http_invoices_read_secret(cf, &name, &key) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (value[1].len > 4
+               && ngx_strncmp(value[1].data, "env:", 4) == 0)
+    {
+        env = getenv((char *) value[1].data + 4);
+
+        if (env == NULL || *env == '\0') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"invoices_stripe_secret_key\": the "
+                               "environment variable \"%s\" is not set",
+                               value[1].data + 4);
+            return NGX_CONF_ERROR;
+        }
+
+        key.len = ngx_strlen(env);
+        key.data = ngx_pnalloc(cf->pool, key.len + 1);
+        if (key.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(key.data, env, key.len + 1);
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"invoices_stripe_secret_key\" takes "
+                           "\"file:/path\" or \"env:NAME\"; the key itself "
+                           "never goes into the configuration");
+        return NGX_CONF_ERROR;
+    }
+
+    /* the key alone, trimmed; it goes into an HTTP header */
+
+    p = key.data;
+    last = key.data + key.len;
+
+    while (p < last && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+    {
+        p++;
+    }
+
+    while (last > p && (last[-1] == ' ' || last[-1] == '\t'
+                        || last[-1] == '\r' || last[-1] == '\n'))
+    {
+        last--;
+    }
+
+    key.data = p;
+    key.len = last - p;
+
+    if (key.len == 0 || key.len > 255) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"invoices_stripe_secret_key\": no key found in "
+                           "\"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    for (p = key.data; p < last; p++) {
+        if (*p <= ' ' || *p >= 0x7f) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"invoices_stripe_secret_key\": the key in "
+                               "\"%V\" must be one line of printable "
+                               "characters", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    *last = '\0';
+    ilcf->stripe_secret_key = key;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * A secret file, read whole into the configuration pool: refused when
+ * missing, over 64 KiB, or readable or writable by others.
+ */
+
+static ngx_int_t
+ngx_http_invoices_read_secret(ngx_conf_t *cf, ngx_str_t *path,
+    ngx_str_t *content)
+{
+    u_char           *buf;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_str_t         name, *directive;
+    ngx_file_info_t   fi;
+
+    directive = cf->args->elts;
+    name = *path;
+
+    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "\"%V\" cannot open \"%s\"", directive,
+                           name.data);
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "\"%V\" cannot stat \"%s\"", directive,
+                           name.data);
+        goto failed;
+    }
+
+    if (fi.st_mode & (S_IROTH|S_IWOTH)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": \"%s\" is accessible by others; "
+                           "chmod o-rwx it", directive, name.data);
+        goto failed;
+    }
+
+    if (ngx_file_size(&fi) > NGX_HTTP_INVOICES_KEYS_MAX_SIZE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": \"%s\" is larger than %d bytes",
+                           directive, name.data,
+                           NGX_HTTP_INVOICES_KEYS_MAX_SIZE);
+        goto failed;
+    }
+
+    buf = ngx_pnalloc(cf->pool, NGX_HTTP_INVOICES_KEYS_MAX_SIZE + 1);
+    if (buf == NULL) {
+        goto failed;
+    }
+
+    n = ngx_read_fd(fd, buf, NGX_HTTP_INVOICES_KEYS_MAX_SIZE);
+    if (n == -1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "\"%V\" cannot read \"%s\"", directive,
+                           name.data);
+        goto failed;
+    }
+
+    (void) ngx_close_file(fd);
+
+    buf[n] = '\0';
+    content->data = buf;
+    content->len = n;
+
+    return NGX_OK;
 
 failed:
 
     (void) ngx_close_file(fd);
-    return NGX_CONF_ERROR;
+    return NGX_ERROR;
+}
+
+
+/* a value made only of the allowed characters */
+
+static char *
+ngx_http_invoices_check_token(ngx_conf_t *cf, ngx_str_t *value,
+    const char *directive, const char *allowed)
+{
+    size_t  i;
+
+    for (i = 0; i < value->len; i++) {
+        if (ngx_strchr(allowed, value->data[i]) == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"%s\" has an invalid value \"%V\"", directive,
+                          value);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return value->len ? NGX_CONF_OK : NGX_CONF_ERROR;
 }
 
 
 static ngx_int_t
 ngx_http_invoices_init_module(ngx_cycle_t *cycle)
 {
-    /* before any worker or pool thread builds JSON */
+    /* before any worker or pool thread builds JSON or calls Stripe */
     json_object_seed(0);
 
-    return NGX_OK;
+    return ngx_http_invoices_stripe_init();
 }
 
 
@@ -396,4 +673,5 @@ static void
 ngx_http_invoices_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_invoices_pg_close_all();
+    ngx_http_invoices_stripe_close_all();
 }

@@ -27,6 +27,16 @@ typedef struct {
     ngx_array_t               *api_keys;        /* of ngx_str_t */
     ngx_str_t                  api_keys_file;
 
+    ngx_str_t                  currency;
+    ngx_str_t                  stripe_api_base;
+    ngx_str_t                  stripe_secret_key;   /* the key itself */
+    ngx_str_t                  stripe_version;
+    ngx_str_t                  stripe_thread_pool_name;
+    ngx_thread_pool_t         *stripe_thread_pool;
+    ngx_msec_t                 stripe_connect_timeout;
+    ngx_msec_t                 stripe_timeout;
+    ngx_uint_t                 stripe_max_retries;
+
     /* set by "invoices_admin": the location it was given in */
     ngx_str_t                  prefix;
     ngx_http_core_loc_conf_t  *clcf;
@@ -38,6 +48,7 @@ typedef struct ngx_http_invoices_job_s  ngx_http_invoices_job_t;
 /* per request */
 typedef struct {
     ngx_http_invoices_job_t   *job;
+    void                      *data;         /* the endpoint's, till the job */
     ngx_chain_t               *error_body;   /* replaces nginx's HTML page */
 } ngx_http_invoices_ctx_t;
 

@@ -41,6 +41,8 @@ static void ngx_http_invoices_job_resume(ngx_http_request_t *r);
 static void ngx_http_invoices_job_log(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_job_cleanup(void *data);
+static PGresult *ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job,
+    const char *sql, int nparams, const char *const *values, ngx_uint_t fail);
 static PGconn *ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
     ngx_http_invoices_pg_conn_t **pc);
 static void ngx_http_invoices_pg_note(ngx_http_invoices_job_t *job,
@@ -259,6 +261,24 @@ PGresult *
 ngx_http_invoices_pg_query(ngx_http_invoices_job_t *job, const char *sql,
     int nparams, const char *const *values)
 {
+    return ngx_http_invoices_pg_exec(job, sql, nparams, values, 1);
+}
+
+
+/* the same, but a failure is only noted for the log: for cleanups */
+
+PGresult *
+ngx_http_invoices_pg_try(ngx_http_invoices_job_t *job, const char *sql,
+    int nparams, const char *const *values)
+{
+    return ngx_http_invoices_pg_exec(job, sql, nparams, values, 0);
+}
+
+
+static PGresult *
+ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job, const char *sql,
+    int nparams, const char *const *values, ngx_uint_t fail)
+{
     PGconn                       *conn;
     PGresult                     *res;
     ngx_uint_t                    attempt;
@@ -283,9 +303,14 @@ ngx_http_invoices_pg_query(ngx_http_invoices_job_t *job, const char *sql,
             ngx_http_invoices_pg_note(job, "statement failed",
                                       PQresultErrorMessage(res));
             PQclear(res);
-            ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                       "api_error", "internal_error",
-                                       "internal error");
+
+            if (fail) {
+                ngx_http_invoices_job_fail(job,
+                                           NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                           "api_error", "internal_error",
+                                           "internal error");
+            }
+
             return NULL;
         }
 
@@ -295,9 +320,12 @@ ngx_http_invoices_pg_query(ngx_http_invoices_job_t *job, const char *sql,
         pc->conn = NULL;
     }
 
-    ngx_http_invoices_job_fail(job, NGX_HTTP_SERVICE_UNAVAILABLE,
-                               "api_error", "database_unavailable",
-                               "the database is unavailable, retry later");
+    if (fail) {
+        ngx_http_invoices_job_fail(job, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "api_error", "database_unavailable",
+                                   "the database is unavailable, retry later");
+    }
+
     return NULL;
 }
 

@@ -60,6 +60,8 @@ void ngx_http_invoices_job_fail(ngx_http_invoices_job_t *job,
     const char *message);
 PGresult *ngx_http_invoices_pg_query(ngx_http_invoices_job_t *job,
     const char *sql, int nparams, const char *const *values);
+PGresult *ngx_http_invoices_pg_try(ngx_http_invoices_job_t *job,
+    const char *sql, int nparams, const char *const *values);
 
 
 #endif /* _NGX_HTTP_INVOICES_PG_H_INCLUDED_ */

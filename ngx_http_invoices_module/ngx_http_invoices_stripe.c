@@ -1,0 +1,486 @@
+
+/*
+ * The one Stripe request function, for pool threads only.
+ *
+ * Each pool thread reuses its own libcurl easy handle, so connections to
+ * Stripe stay alive between calls.  Retries follow Stripe's rules: a
+ * Stripe-Should-Retry header decides when present; otherwise connection
+ * errors, timeouts, 409, 429 and 5xx are retried, with exponential backoff
+ * and the SAME Idempotency-Key, at most max_retries times.  Handles are
+ * cleaned up by the worker's exit_process (see ngx_http_invoices_pg.c for
+ * why not by a thread destructor).
+ */
+
+
+#include <pthread.h>
+#include <curl/curl.h>
+
+#include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_stripe.h"
+
+
+#define NGX_HTTP_INVOICES_STRIPE_MAX_BODY  (8 * 1024 * 1024)
+
+
+typedef struct ngx_http_invoices_curl_s  ngx_http_invoices_curl_t;
+
+struct ngx_http_invoices_curl_s {
+    ngx_http_invoices_curl_t  *all;
+    CURL                      *curl;
+};
+
+
+typedef struct {
+    ngx_http_invoices_stripe_res_t  *res;
+    int                              should_retry;  /* -1 unset, 0, 1 */
+} ngx_http_invoices_stripe_call_t;
+
+
+static CURL *ngx_http_invoices_curl(void);
+static size_t ngx_http_invoices_stripe_body(char *ptr, size_t size,
+    size_t nmemb, void *data);
+static size_t ngx_http_invoices_stripe_header(char *ptr, size_t size,
+    size_t nmemb, void *data);
+static void ngx_http_invoices_stripe_note(ngx_http_invoices_stripe_res_t *res,
+    const char *what, const char *detail);
+
+
+static __thread CURL              *ngx_http_invoices_curl_mine;
+static __thread unsigned int       ngx_http_invoices_curl_seed;
+static ngx_http_invoices_curl_t   *ngx_http_invoices_curl_all;
+static pthread_mutex_t  ngx_http_invoices_curl_lock = PTHREAD_MUTEX_INITIALIZER;
+
+
+/* once, in the master, before any thread exists */
+
+ngx_int_t
+ngx_http_invoices_stripe_init(void)
+{
+    return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? NGX_OK
+                                                             : NGX_ERROR;
+}
+
+
+void
+ngx_http_invoices_stripe_request(ngx_http_invoices_stripe_conf_t *conf,
+    const char *method, const char *path, ngx_http_invoices_form_t *form,
+    const char *idempotency_key, ngx_http_invoices_stripe_res_t *res)
+{
+    CURL                             *curl;
+    long                              delay;
+    char                              url[1024], auth[512], version[128],
+                                      key[320], errbuf[CURL_ERROR_SIZE];
+    CURLcode                          rc;
+    ngx_uint_t                        retry;
+    struct curl_slist                *headers, *h;
+    ngx_http_invoices_stripe_call_t   call;
+
+    ngx_memzero(res, sizeof(ngx_http_invoices_stripe_res_t));
+
+    curl = ngx_http_invoices_curl();
+
+    if (curl == NULL || (form && form->failed)) {
+        res->outcome = NGX_HTTP_INVOICES_STRIPE_FAILED;
+        ngx_http_invoices_stripe_note(res, "out of memory", NULL);
+        return;
+    }
+
+    if (ngx_strlen(conf->api_base) + ngx_strlen(path) >= sizeof(url)
+        || ngx_strlen(conf->secret_key) + 32 >= sizeof(auth)
+        || (idempotency_key && ngx_strlen(idempotency_key) > 255))
+    {
+        res->outcome = NGX_HTTP_INVOICES_STRIPE_FAILED;
+        ngx_http_invoices_stripe_note(res, "request too long", NULL);
+        return;
+    }
+
+    *ngx_sprintf((u_char *) url, "%s%s", conf->api_base, path) = '\0';
+    *ngx_sprintf((u_char *) auth, "Authorization: Bearer %s",
+                 conf->secret_key) = '\0';
+    *ngx_sprintf((u_char *) version, "Stripe-Version: %s",
+                 conf->version) = '\0';
+
+    headers = NULL;
+    h = curl_slist_append(NULL, auth);
+    ngx_explicit_memzero(auth, sizeof(auth));
+
+    if (h == NULL) {
+        goto nomem;
+    }
+
+    headers = h;
+
+#define append(s)                                                            \
+    h = curl_slist_append(headers, s);                                       \
+    if (h == NULL) {                                                         \
+        goto nomem;                                                          \
+    }                                                                        \
+    headers = h
+
+    append(version);
+    append("User-Agent: ngx_http_invoices_module/0.1");
+    append("Accept: application/json");
+    append("Expect:");
+
+    if (form) {
+        append("Content-Type: application/x-www-form-urlencoded");
+    }
+
+    if (idempotency_key) {
+        *ngx_sprintf((u_char *) key, "Idempotency-Key: %s",
+                     idempotency_key) = '\0';
+        append(key);
+    }
+
+#undef append
+
+    for (res->attempts = 1; /* void */ ; res->attempts++) {
+
+        free(res->body);
+        res->body = NULL;
+        res->len = 0;
+        res->status = 0;
+        res->retry_after = 0;
+        res->request_id[0] = '\0';
+
+        call.res = res;
+        call.should_retry = -1;
+        errbuf[0] = '\0';
+
+        curl_easy_reset(curl);
+
+        (void) curl_easy_setopt(curl, CURLOPT_URL, url);
+        (void) curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+        (void) curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+        (void) curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS,
+                                conf->connect_timeout);
+        (void) curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, conf->timeout);
+        (void) curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+        (void) curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+        (void) curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION,
+                                ngx_http_invoices_stripe_body);
+        (void) curl_easy_setopt(curl, CURLOPT_WRITEDATA, &call);
+        (void) curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION,
+                                ngx_http_invoices_stripe_header);
+        (void) curl_easy_setopt(curl, CURLOPT_HEADERDATA, &call);
+
+        if (form) {
+            (void) curl_easy_setopt(curl, CURLOPT_POSTFIELDS, form->data);
+            (void) curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE,
+                                    (long) form->len);
+        }
+
+        if (ngx_strcmp(method, "GET") != 0
+            && ngx_strcmp(method, "POST") != 0)
+        {
+            (void) curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+
+        } else if (form == NULL && ngx_strcmp(method, "POST") == 0) {
+            (void) curl_easy_setopt(curl, CURLOPT_POSTFIELDS, "");
+            (void) curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, 0L);
+        }
+
+        rc = curl_easy_perform(curl);
+
+        if (rc == CURLE_OK) {
+            (void) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE,
+                                     &res->status);
+            res->outcome = NGX_HTTP_INVOICES_STRIPE_ANSWERED;
+
+            if (call.should_retry != -1) {
+                retry = call.should_retry;
+
+            } else {
+                retry = (res->status == 409 || res->status == 429
+                         || res->status >= 500);
+            }
+
+        } else {
+            switch (rc) {
+
+            case CURLE_OPERATION_TIMEDOUT:
+                res->outcome = NGX_HTTP_INVOICES_STRIPE_TIMEOUT;
+                retry = 1;
+                break;
+
+            case CURLE_OUT_OF_MEMORY:
+            case CURLE_URL_MALFORMAT:
+            case CURLE_UNSUPPORTED_PROTOCOL:
+            case CURLE_WRITE_ERROR:     /* our body limit */
+                res->outcome = NGX_HTTP_INVOICES_STRIPE_FAILED;
+                retry = 0;
+                break;
+
+            default:
+                res->outcome = NGX_HTTP_INVOICES_STRIPE_UNREACHABLE;
+                retry = 1;
+            }
+
+            ngx_http_invoices_stripe_note(res, curl_easy_strerror(rc),
+                                          errbuf[0] ? errbuf : NULL);
+        }
+
+        if (!retry || res->attempts > conf->max_retries) {
+            break;
+        }
+
+        /* 0.5 s, 1 s, 2 s, ... up to 5 s, less up to a quarter of jitter */
+
+        delay = 500L << ngx_min(res->attempts - 1, 4);
+        delay = ngx_min(delay, 5000);
+
+        if (res->retry_after > 0 && res->retry_after <= 5) {
+            delay = ngx_max(delay, res->retry_after * 1000);
+        }
+
+        delay -= rand_r(&ngx_http_invoices_curl_seed) % (delay / 4 + 1);
+
+        ngx_msleep(delay);
+    }
+
+    curl_slist_free_all(headers);
+    return;
+
+nomem:
+
+    curl_slist_free_all(headers);
+    res->outcome = NGX_HTTP_INVOICES_STRIPE_FAILED;
+    ngx_http_invoices_stripe_note(res, "out of memory", NULL);
+}
+
+
+void
+ngx_http_invoices_stripe_res_free(ngx_http_invoices_stripe_res_t *res)
+{
+    free(res->body);
+    res->body = NULL;
+}
+
+
+static CURL *
+ngx_http_invoices_curl(void)
+{
+    ngx_http_invoices_curl_t  *c;
+
+    if (ngx_http_invoices_curl_mine != NULL) {
+        return ngx_http_invoices_curl_mine;
+    }
+
+    c = calloc(1, sizeof(ngx_http_invoices_curl_t));
+    if (c == NULL) {
+        return NULL;
+    }
+
+    c->curl = curl_easy_init();
+    if (c->curl == NULL) {
+        free(c);
+        return NULL;
+    }
+
+    ngx_http_invoices_curl_seed = (unsigned int) (uintptr_t) c
+                                  ^ (unsigned int) time(NULL);
+
+    (void) pthread_mutex_lock(&ngx_http_invoices_curl_lock);
+    c->all = ngx_http_invoices_curl_all;
+    ngx_http_invoices_curl_all = c;
+    (void) pthread_mutex_unlock(&ngx_http_invoices_curl_lock);
+
+    ngx_http_invoices_curl_mine = c->curl;
+
+    return c->curl;
+}
+
+
+/* the worker exits, after nginx has stopped the pool threads */
+
+void
+ngx_http_invoices_stripe_close_all(void)
+{
+    ngx_http_invoices_curl_t  *c, *next;
+
+    (void) pthread_mutex_lock(&ngx_http_invoices_curl_lock);
+
+    for (c = ngx_http_invoices_curl_all; c != NULL; c = next) {
+        next = c->all;
+        curl_easy_cleanup(c->curl);
+        free(c);
+    }
+
+    ngx_http_invoices_curl_all = NULL;
+
+    (void) pthread_mutex_unlock(&ngx_http_invoices_curl_lock);
+}
+
+
+static size_t
+ngx_http_invoices_stripe_body(char *ptr, size_t size, size_t nmemb,
+    void *data)
+{
+    ngx_http_invoices_stripe_call_t  *call = data;
+
+    char                            *p;
+    size_t                           n;
+    ngx_http_invoices_stripe_res_t  *res;
+
+    res = call->res;
+    n = size * nmemb;
+
+    if (res->len + n > NGX_HTTP_INVOICES_STRIPE_MAX_BODY) {
+        return 0;
+    }
+
+    p = realloc(res->body, res->len + n + 1);
+    if (p == NULL) {
+        return 0;
+    }
+
+    ngx_memcpy(p + res->len, ptr, n);
+    res->body = p;
+    res->len += n;
+    res->body[res->len] = '\0';
+
+    return n;
+}
+
+
+static size_t
+ngx_http_invoices_stripe_header(char *ptr, size_t size, size_t nmemb,
+    void *data)
+{
+    ngx_http_invoices_stripe_call_t  *call = data;
+
+    u_char  *p, *end, *v;
+    size_t   n, len;
+
+    n = size * nmemb;
+    p = (u_char *) ptr;
+    end = p + n;
+
+    while (end > p && (end[-1] == '\r' || end[-1] == '\n')) {
+        end--;
+    }
+
+    v = ngx_strlchr(p, end, ':');
+    if (v == NULL) {
+        return n;
+    }
+
+    len = v - p;
+
+    for (v++; v < end && *v == ' '; v++) { /* void */ }
+
+    if (len == sizeof("Stripe-Should-Retry") - 1
+        && ngx_strncasecmp(p, (u_char *) "Stripe-Should-Retry", len) == 0)
+    {
+        call->should_retry = (end - v == 4 && ngx_strncmp(v, "true", 4) == 0);
+
+    } else if (len == sizeof("Retry-After") - 1
+               && ngx_strncasecmp(p, (u_char *) "Retry-After", len) == 0)
+    {
+        call->res->retry_after = ngx_atoi(v, end - v);
+        if (call->res->retry_after < 0) {
+            call->res->retry_after = 0;
+        }
+
+    } else if (len == sizeof("Request-Id") - 1
+               && ngx_strncasecmp(p, (u_char *) "Request-Id", len) == 0)
+    {
+        len = ngx_min((size_t) (end - v), sizeof(call->res->request_id) - 1);
+        *ngx_cpymem(call->res->request_id, v, len) = '\0';
+    }
+
+    return n;
+}
+
+
+static void
+ngx_http_invoices_stripe_note(ngx_http_invoices_stripe_res_t *res,
+    const char *what, const char *detail)
+{
+    u_char  *p;
+
+    p = ngx_snprintf((u_char *) res->error, sizeof(res->error) - 1,
+                     "%s%s%s", what, detail ? ": " : "",
+                     detail ? detail : "");
+    *p = '\0';
+}
+
+
+/*
+ * application/x-www-form-urlencoded, keys too (Stripe's bracketed keys
+ * become %5B..%5D); every byte but the unreserved ones is escaped.
+ */
+
+static void
+ngx_http_invoices_form_escape(ngx_http_invoices_form_t *form, const char *s)
+{
+    char        *p;
+    size_t       need;
+    const char  *c;
+
+    static const char  hex[] = "0123456789ABCDEF";
+
+    need = form->len + 3 * ngx_strlen(s) + 2;
+
+    if (need > form->size) {
+        p = realloc(form->data, need * 2);
+        if (p == NULL) {
+            form->failed = 1;
+            return;
+        }
+
+        form->data = p;
+        form->size = need * 2;
+    }
+
+    for (c = s; *c; c++) {
+        if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z')
+            || (*c >= '0' && *c <= '9')
+            || *c == '-' || *c == '.' || *c == '_' || *c == '~')
+        {
+            form->data[form->len++] = *c;
+
+        } else {
+            form->data[form->len++] = '%';
+            form->data[form->len++] = hex[(u_char) *c >> 4];
+            form->data[form->len++] = hex[(u_char) *c & 0xf];
+        }
+    }
+
+    form->data[form->len] = '\0';
+}
+
+
+void
+ngx_http_invoices_form_add(ngx_http_invoices_form_t *form, const char *key,
+    const char *value)
+{
+    if (form->failed) {
+        return;
+    }
+
+    if (form->len) {
+        ngx_http_invoices_form_escape(form, "");
+        if (form->failed) {
+            return;
+        }
+
+        form->data[form->len++] = '&';
+    }
+
+    ngx_http_invoices_form_escape(form, key);
+    if (form->failed) {
+        return;
+    }
+
+    form->data[form->len++] = '=';
+    ngx_http_invoices_form_escape(form, value);
+}
+
+
+void
+ngx_http_invoices_form_free(ngx_http_invoices_form_t *form)
+{
+    free(form->data);
+    ngx_memzero(form, sizeof(ngx_http_invoices_form_t));
+}

@@ -1,0 +1,68 @@
+
+/*
+ * The one Stripe request function (libcurl, pool threads only) and the
+ * form encoder.
+ */
+
+
+#ifndef _NGX_HTTP_INVOICES_STRIPE_H_INCLUDED_
+#define _NGX_HTTP_INVOICES_STRIPE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+/* plain C, copied from the location configuration; strings NUL-ended */
+typedef struct {
+    const char  *api_base;
+    const char  *secret_key;
+    const char  *version;
+    long         connect_timeout;    /* ms */
+    long         timeout;            /* ms, one attempt */
+    ngx_uint_t   max_retries;
+} ngx_http_invoices_stripe_conf_t;
+
+
+typedef enum {
+    NGX_HTTP_INVOICES_STRIPE_ANSWERED = 0,   /* "status" holds Stripe's */
+    NGX_HTTP_INVOICES_STRIPE_TIMEOUT,
+    NGX_HTTP_INVOICES_STRIPE_UNREACHABLE,
+    NGX_HTTP_INVOICES_STRIPE_FAILED          /* out of memory, bad URL */
+} ngx_http_invoices_stripe_outcome_e;
+
+
+typedef struct {
+    ngx_http_invoices_stripe_outcome_e   outcome;
+    long                                 status;
+    char                                *body;         /* malloc()ed */
+    size_t                               len;
+    ngx_uint_t                           attempts;
+    long                                 retry_after;  /* s, 0: none */
+    char                                 request_id[64];
+    char                                 error[256];   /* no secrets */
+} ngx_http_invoices_stripe_res_t;
+
+
+typedef struct {
+    char        *data;                   /* malloc()ed, NUL-ended */
+    size_t       len;
+    size_t       size;
+    ngx_uint_t   failed;
+} ngx_http_invoices_form_t;
+
+
+void ngx_http_invoices_form_add(ngx_http_invoices_form_t *form,
+    const char *key, const char *value);
+void ngx_http_invoices_form_free(ngx_http_invoices_form_t *form);
+
+void ngx_http_invoices_stripe_request(ngx_http_invoices_stripe_conf_t *conf,
+    const char *method, const char *path, ngx_http_invoices_form_t *form,
+    const char *idempotency_key, ngx_http_invoices_stripe_res_t *res);
+void ngx_http_invoices_stripe_res_free(ngx_http_invoices_stripe_res_t *res);
+
+ngx_int_t ngx_http_invoices_stripe_init(void);
+void ngx_http_invoices_stripe_close_all(void);
+
+
+#endif /* _NGX_HTTP_INVOICES_STRIPE_H_INCLUDED_ */
