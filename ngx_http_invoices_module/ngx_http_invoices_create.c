@@ -421,10 +421,11 @@ ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
             && ngx_strcmp(key, "currency") != 0
             && ngx_strcmp(key, "description") != 0)
         {
+            ngx_cpystrn((u_char *) param, (u_char *) key, sizeof(param));
             ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
                 "parameter_unknown",
                 "unknown parameter: the body takes items, customer, "
-                "paymentMethod, currency and description", "body");
+                "paymentMethod, currency and description", param);
             return NGX_ERROR;
         }
     }
@@ -455,7 +456,7 @@ ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
                 && ngx_strcmp(key, "amount") != 0)
             {
                 *ngx_snprintf((u_char *) param, sizeof(param) - 1,
-                              "items[%uz]", i) = '\0';
+                              "items[%uz][%s]", i, key) = '\0';
                 ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
                     "parameter_unknown",
                     "unknown item parameter: an item takes name and amount",
