@@ -1,0 +1,567 @@
+# scripts/fake-stripe on its own: the Stripe wire protocol it promises
+# (auth, bracketed forms, errors, idempotency), the invoice life cycle with
+# automatic collection and signed webhooks, and the test knobs under /_fake/.
+# Needs only python3 and core Perl; no PostgreSQL, no nginx.
+
+use strict;
+use warnings;
+use Test::More;
+use HTTP::Tiny;
+use JSON::PP ();
+use Digest::SHA qw(hmac_sha256_hex);
+use IO::Socket::INET;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+use File::Temp ();
+
+use FindBin ();
+my $repo = "$FindBin::Bin/..";
+my $fake_bin = "$repo/scripts/fake-stripe";
+plan skip_all => 'python3 not found'
+    unless grep { -x "$_/python3" } split /:/, $ENV{PATH} // '';
+-x $fake_bin or BAIL_OUT("$fake_bin is not executable");
+
+my $json = JSON::PP->new->canonical->allow_nonref;
+my $tmp = File::Temp->newdir;
+my $SK = 'sk_test_fake' . join('', map { ('a'..'z')[rand 26] } 1..20);
+my $WHSEC = 'whsec_test' . join('', map { ('A'..'Z')[rand 26] } 1..24);
+my (@kids, $fake_pid);
+
+END {
+    local $?;    # waitpid must not become the test's exit status
+    for my $pid (grep { defined } @kids) {
+        kill 'TERM', $pid;
+        waitpid $pid, 0;
+    }
+}
+
+# ------------------------------------------------- the webhook receiver
+# Records each POST as one JSON line {headers, body}; answers 500 to the
+# first delivery of an invoice.voided event (to see a retry), else 200.
+
+my $hook_log = "$tmp/hooks.jsonl";
+my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                     Listen => 16, ReuseAddr => 1)
+    or die "listen: $!";
+my $hook_port = $listener->sockport;
+my $rx_pid = fork // die "fork: $!";
+if ($rx_pid == 0) {
+    my %failed;
+    while (my $c = $listener->accept) {
+        my ($line, %h) = scalar <$c>;
+        while (defined(my $l = <$c>)) {
+            $l =~ s/\r?\n\z//;
+            last if $l eq '';
+            my ($k, $v) = split /:\s*/, $l, 2;
+            $h{lc $k} = $v;
+        }
+        my $body = '';
+        my $n = $h{'content-length'} // 0;
+        while (length $body < $n) {
+            my $r = read $c, $body, $n - length $body, length $body;
+            last unless $r;
+        }
+        my $status = 200;
+        if ($body =~ /"type": "invoice\.voided"/ && !$failed{voided}++) {
+            $status = 500;
+        }
+        open my $fh, '>>', $hook_log or die;
+        print $fh $json->encode({request_line => $line, headers => \%h,
+                                 body => $body, answered => $status}), "\n";
+        close $fh;
+        print $c "HTTP/1.1 $status X\r\nContent-Length: 2\r\n"
+               . "Connection: close\r\n\r\nok";
+        close $c;
+    }
+    POSIX::_exit(0);
+}
+push @kids, $rx_pid;
+close $listener;
+
+sub hooks {
+    open my $fh, '<', $hook_log or return ();
+    return map { $json->decode($_) } <$fh>;
+}
+
+# ------------------------------------------------------ the fake itself
+
+my $port_file = "$tmp/port";
+$fake_pid = fork // die "fork: $!";
+if ($fake_pid == 0) {
+    exec $fake_bin, '--listen', '127.0.0.1:0', '--port-file', $port_file,
+        '--secret-key', $SK, '--webhook-url',
+        "http://127.0.0.1:$hook_port/stripe/webhook",
+        '--webhook-secret', $WHSEC, '--collect-delay', '0.3',
+        '--log', "$tmp/fake.log";
+    die "exec: $!";
+}
+push @kids, $fake_pid;
+for (1 .. 100) { last if -s $port_file; sleep 0.05 }
+open my $pf, '<', $port_file or BAIL_OUT('fake-stripe wrote no port file');
+chomp(my $port = <$pf>);
+my $base = "http://127.0.0.1:$port";
+
+my $http = HTTP::Tiny->new(timeout => 10, keep_alive => 1);
+
+sub form {
+    my @pairs = @_;
+    my @out;
+    while (my ($k, $v) = splice @pairs, 0, 2) {
+        push @out, join '=', map {
+            (my $s = $_) =~ s/([^A-Za-z0-9_.~-])/sprintf '%%%02X', ord $1/ge;
+            $s } $k, $v;
+    }
+    return join '&', @out;
+}
+
+# api(METHOD, PATH, [pairs], {headers}) -> (status, body, headers)
+sub api {
+    my ($method, $path, $pairs, $hdr, $client) = @_;
+    my %h = (Authorization => "Bearer $SK", %{ $hdr // {} });
+    delete $h{Authorization} if exists $hdr->{Authorization}
+        && !defined $hdr->{Authorization};
+    my %opt = (headers => \%h);
+    my $f = form(@{ $pairs // [] });
+    if ($method eq 'GET' || $method eq 'DELETE') {
+        $path .= ($path =~ /\?/ ? '&' : '?') . $f if length $f;
+    } else {
+        $h{'Content-Type'} = 'application/x-www-form-urlencoded';
+        $opt{content} = $f;
+    }
+    my $r = ($client // $http)->request($method, "$base$path", \%opt);
+    my $b = eval { $json->decode($r->{content}) };
+    return ($r->{status}, $b, $r->{headers});
+}
+
+sub control {
+    my ($method, $path, $body) = @_;
+    my $r = $http->request($method, "$base/_fake/$path", {
+        headers => {'Content-Type' => 'application/json'},
+        (defined $body ? (content => $json->encode($body)) : ())});
+    die "control $method $path: $r->{status} $r->{content}"
+        unless $r->{status} =~ /^2/;
+    return $json->decode($r->{content});
+}
+
+sub wait_for {
+    my ($cond, $secs) = @_;
+    my $end = time + $secs;
+    while (time < $end) {
+        my $v = $cond->();
+        return $v if $v;
+        sleep 0.05;
+    }
+    return $cond->();
+}
+
+sub signature_ok {
+    my ($hook) = @_;
+    my $sig = $hook->{headers}{'stripe-signature'} // return 0;
+    my ($t) = $sig =~ /(?:^|,)t=(\d+)/ or return 0;
+    my @v1 = $sig =~ /(?:^|,)v1=([0-9a-f]+)/g or return 0;
+    my $want = hmac_sha256_hex("$t.$hook->{body}", $WHSEC);
+    return (grep { $_ eq $want } @v1) && abs(time - $t) < 300;
+}
+
+sub events_for {
+    my ($invoice) = @_;
+    my @out;
+    for my $h (hooks()) {
+        my $ev = eval { $json->decode($h->{body}) } or next;
+        push @out, [$ev, $h] if ($ev->{data}{object}{id} // '') eq $invoice;
+    }
+    return @out;
+}
+
+# ---------------------------------------------------------------- tests
+
+subtest 'auth' => sub {
+    my ($s, $b, $h) = api('GET', '/v1/invoices', [], {Authorization => undef});
+    is($s, 401, 'no key: 401');
+    is($b->{error}{type}, 'invalid_request_error', 'Stripe type');
+    like($b->{error}{message}, qr/did not provide an API key/, 'message');
+    ($s, $b) = api('GET', '/v1/invoices', [],
+                   {Authorization => 'Bearer sk_test_wrongwrongwrong1234'});
+    is($s, 401, 'wrong key: 401');
+    like($b->{error}{message}, qr/^Invalid API Key provided: sk_test_\*+1234$/,
+         'key masked');
+    require MIME::Base64;
+    ($s) = api('GET', '/v1/invoices', [],
+               {Authorization => 'Basic '
+                    . MIME::Base64::encode_base64("$SK:", '')});
+    is($s, 200, 'HTTP Basic with the key as user');
+    ($s, $b, $h) = api('GET', '/v1/invoices');
+    is($s, 200, 'Bearer');
+    like($h->{'request-id'}, qr/^req_[0-9A-Za-z]{14}$/, 'Request-Id');
+    is($h->{'stripe-version'}, '2023-10-16', 'default Stripe-Version');
+    ($s, $b, $h) = api('GET', '/v1/invoices', [],
+                       {'Stripe-Version' => '2022-11-15'});
+    is($h->{'stripe-version'}, '2022-11-15', 'Stripe-Version echoed');
+    ($s, $b) = api('GET', '/v1/invoices', [], {'Stripe-Version' => 'latest!'});
+    is($s, 400, 'malformed Stripe-Version: 400');
+};
+
+subtest 'form parsing and unknown parameters' => sub {
+    control('DELETE', 'requests');
+    my ($s, $b) = api('POST', '/v1/invoices',
+                      ['customer', 'cus_x', 'lines[0][amount]', '5',
+                       'lines[1][amount]', '7', 'expand[]', 'customer',
+                       'metadata[a b]', 'c&d']);
+    is($s, 400, 'unknown parameter: 400');
+    is($b->{error}{code}, 'parameter_unknown', 'code');
+    is($b->{error}{param}, 'lines', 'param');
+    is($b->{error}{message}, 'Received unknown parameter: lines', 'message');
+    ($s, $b) = api('GET', '/v1/invoices',
+                   ['created[gte]', '0', 'expand[]', 'data.customer',
+                    'limit', '1']);
+    is($s, 200, 'GET with bracketed query');
+    my $reqs = control('GET', 'requests');
+    is_deeply($reqs->[0]{params},
+              {customer => 'cus_x', lines => [{amount => '5'},
+                                              {amount => '7'}],
+               expand => ['customer'], metadata => {'a b' => 'c&d'}},
+              'POST body parsed into nested params');
+    is_deeply($reqs->[1]{params},
+              {created => {gte => '0'}, expand => ['data.customer'],
+               limit => '1'}, 'query string parsed the same way');
+    is($reqs->[0]{status}, 400, 'answered status recorded');
+    ok($reqs->[0]{authorized}, 'authorized recorded');
+    like($reqs->[0]{content_type}, qr/x-www-form-urlencoded/, 'content type');
+    ($s, $b) = api('POST', '/v1/invoiceitems',
+                   ['customer', 'cus_x', 'amount', '12.5']);
+    is($b->{error}{code}, 'parameter_invalid_integer', 'bad integer');
+    ($s, $b) = api('POST', '/v1/invoices', ['description', 'x']);
+    is($b->{error}{code}, 'parameter_missing', 'missing customer');
+    ($s, $b) = api('POST', '/v1/invoices', ['customer', 'cus_nope']);
+    is($s, 400, 'unknown customer in a parameter: 400');
+    is($b->{error}{code}, 'resource_missing', 'resource_missing');
+    is($b->{error}{message}, "No such customer: 'cus_nope'", 'message');
+    is($b->{error}{param}, 'customer', 'param');
+};
+
+my ($cus, $pm, $inv);
+subtest 'customer, payment method, invoice, items, finalize' => sub {
+    my ($s, $b) = api('POST', '/v1/customers',
+                      ['name', 'Acme GmbH', 'email', 'billing@acme.test',
+                       'metadata[team]', 't1']);
+    is($s, 200, 'customer created');
+    $cus = $b->{id};
+    like($cus, qr/^cus_[0-9A-Za-z]+$/, 'customer id');
+    is_deeply($b->{metadata}, {team => 't1'}, 'metadata');
+    ($s, $b) = api('POST', '/v1/payment_methods/pm_card_visa/attach',
+                   ['customer', $cus]);
+    is($s, 200, 'pm_card_visa attached');
+    $pm = $b->{id};
+    like($pm, qr/^pm_/, 'a new pm_ id');
+    is($b->{customer}, $cus, 'attached to the customer');
+    ($s, $b) = api('POST', "/v1/customers/$cus",
+                   ['invoice_settings[default_payment_method]', $pm]);
+    is($b->{invoice_settings}{default_payment_method}, $pm, 'default pm');
+    ($s, $b) = api('POST', '/v1/invoices',
+                   ['customer', $cus, 'default_payment_method', 'pm_nope']);
+    is($s, 400, 'unknown default_payment_method: 400');
+    is($b->{error}{param}, 'default_payment_method', 'param');
+
+    ($s, $b) = api('POST', '/v1/invoices',
+                   ['customer', $cus, 'collection_method',
+                    'charge_automatically', 'auto_advance', 'true',
+                    'pending_invoice_items_behavior', 'exclude',
+                    'currency', 'eur', 'description', 'Resources',
+                    'metadata[source]', 'ngx_http_invoices_module']);
+    is($s, 200, 'invoice created');
+    $inv = $b->{id};
+    like($inv, qr/^in_1[0-9A-Za-z]{23}$/, 'invoice id like Stripe');
+    is($b->{status}, 'draft', 'draft');
+    is($b->{total}, 0, 'total 0');
+    is($b->{lines}{url}, "/v1/invoices/$inv/lines", 'lines url');
+    is($b->{invoice_pdf}, undef, 'no pdf yet');
+    ok(!$b->{livemode}, 'livemode false');
+    my $fixture = '/work/shared/fixtures/stripe-invoice-draft.json';
+    SKIP: {
+        skip 'no fixture', 2 unless -r $fixture;
+        open my $fh, '<', $fixture or die;
+        my $fx = $json->decode(do { local $/; <$fh> });
+        is_deeply([sort keys %$b], [sort keys %$fx],
+                  'same key set as a real Stripe draft');
+        my @nested = grep { ref $fx->{$_} eq 'HASH' && $_ ne 'metadata'
+                            && $_ ne 'customer_address' } keys %$fx;
+        is_deeply({map { $_ => [sort keys %{ $b->{$_} }] } @nested},
+                  {map { $_ => [sort keys %{ $fx->{$_} }] } @nested},
+                  'same nested key sets');
+    }
+    ($s, $b) = api('POST', '/v1/invoiceitems',
+                   ['customer', $cus, 'invoice', $inv, 'amount', '3300',
+                    'description', 'All resources']);
+    is($s, 200, 'item 1');
+    like($b->{id}, qr/^ii_/, 'ii_ id');
+    ($s, $b) = api('POST', '/v1/invoiceitems',
+                   ['customer', $cus, 'invoice', $inv, 'unit_amount', '250',
+                    'quantity', '2', 'description', 'Storage']);
+    is($s, 200, 'item 2');
+    ($s, $b) = api('GET', "/v1/invoices/$inv");
+    is($b->{total}, 3800, 'total of both lines');
+    is($b->{lines}{total_count}, 2, 'two lines');
+    like($b->{lines}{data}[0]{id}, qr/^il_/, 'il_ line id');
+    ($s, $b) = api('POST', "/v1/invoices/$inv/finalize");
+    is($s, 200, 'finalized');
+    is($b->{status}, 'open', 'open');
+    is($b->{amount_due}, 3800, 'amount_due');
+    is($b->{amount_remaining}, 3800, 'amount_remaining');
+    like($b->{number}, qr/^[0-9A-Z]+-0001$/, 'number');
+    like($b->{invoice_pdf},
+         qr{^https://pay\.stripe\.com/invoice/acct_\w+/test_\w+/pdf\?s=ap$},
+         'invoice_pdf');
+    ok($b->{status_transitions}{finalized_at}, 'finalized_at');
+    ($s, $b) = api('POST', '/v1/invoiceitems',
+                   ['customer', $cus, 'invoice', $inv, 'amount', '1']);
+    is($s, 400, 'no items on an open invoice');
+};
+
+subtest 'automatic collection and signed webhooks' => sub {
+    my $paid = wait_for(sub {
+        my (undef, $b) = api('GET', "/v1/invoices/$inv");
+        $b->{status} eq 'paid' ? $b : undef }, 5);
+    ok($paid, 'paid after the collect delay') or return;
+    is($paid->{amount_paid}, 3800, 'amount_paid');
+    is($paid->{amount_remaining}, 0, 'amount_remaining 0');
+    is($paid->{attempt_count}, 1, 'attempt_count');
+    ok($paid->{paid} && $paid->{attempted}, 'paid, attempted');
+    ok($paid->{status_transitions}{paid_at}, 'paid_at');
+    my @want = qw(invoice.created invoice.finalized invoice.updated
+                  invoice.paid invoice.payment_succeeded);
+    my $got = wait_for(sub {
+        my %t = map { $_->[0]{type} => 1 } events_for($inv);
+        (grep { !$t{$_} } @want) ? undef : 1 }, 5);
+    ok($got, 'receiver got ' . join(', ', @want));
+    my @ev = events_for($inv);
+    my $bad = grep { !signature_ok($_->[1]) } @ev;
+    is($bad, 0, scalar(@ev) . ' signatures valid (HMAC-SHA256 of "t.body")');
+    my $h = $ev[0][1]{headers};
+    is($h->{'content-type'}, 'application/json; charset=utf-8', 'type');
+    is($h->{'user-agent'}, 'Stripe/1.0 (+https://stripe.com/docs/webhooks)',
+       'User-Agent');
+    my ($e) = map { $_->[0] } grep { $_->[0]{type} eq 'invoice.paid' } @ev;
+    like($e->{id}, qr/^evt_/, 'evt_ id');
+    is($e->{object}, 'event', 'object event');
+    is($e->{data}{object}{status}, 'paid', 'snapshot status');
+    ok(exists $e->{request}{id} && exists $e->{request}{idempotency_key},
+       'request {id, idempotency_key}');
+    ok(!$e->{livemode} && defined $e->{pending_webhooks}
+       && $e->{api_version}, 'livemode, pending_webhooks, api_version');
+    my ($u) = map { $_->[0] } grep { $_->[0]{type} eq 'invoice.updated'
+                                     && $_->[0]{data}{object}{paid} } @ev;
+    is($u->{data}{previous_attributes}{status}, 'open',
+       'previous_attributes on invoice.updated');
+    my ($s, $b) = api('GET', '/v1/events', ['type', 'invoice.paid',
+                                            'limit', '1']);
+    is($b->{data}[0]{type}, 'invoice.paid', 'GET /v1/events by type');
+    my $tampered = {%{ $ev[0][1] }, body => $ev[0][1]{body} . ' '};
+    ok(!signature_ok($tampered), 'a changed body fails the check');
+};
+
+subtest 'declined card' => sub {
+    my (undef, $c) = api('POST', '/v1/customers', ['name', 'Globex']);
+    my ($s, $b) = api('POST', '/v1/invoices',
+                      ['customer', $c->{id}, 'default_payment_method',
+                       'pm_card_chargeDeclined', 'currency', 'eur']);
+    is($s, 200, 'token usable as default_payment_method');
+    my $id = $b->{id};
+    api('POST', '/v1/invoiceitems', ['customer', $c->{id}, 'invoice', $id,
+                                     'amount', '4900']);
+    api('POST', "/v1/invoices/$id/finalize");
+    my $adv = control('POST', 'advance');
+    ok((grep { $_ eq $id } @{ $adv->{collected} }), 'advance collected it');
+    ($s, $b) = api('GET', "/v1/invoices/$id");
+    is($b->{status}, 'open', 'still open');
+    is($b->{attempt_count}, 1, 'attempt_count 1');
+    ok($b->{attempted}, 'attempted');
+    ok($b->{next_payment_attempt}, 'next_payment_attempt set');
+    ok(wait_for(sub { grep { $_->[0]{type} eq 'invoice.payment_failed' }
+                  events_for($id) }, 5), 'invoice.payment_failed delivered');
+    ($s, $b) = api('POST', "/v1/invoices/$id/pay");
+    is($s, 402, 'pay: 402');
+    is($b->{error}{type}, 'card_error', 'card_error');
+    is($b->{error}{code}, 'card_declined', 'card_declined');
+    is($b->{error}{decline_code}, 'generic_decline', 'decline_code');
+    ($s, $b) = api('POST', "/v1/invoices/$id/void");
+    is($b->{status}, 'void', 'voided');
+    # The receiver answers 500 to the first invoice.voided: retried.
+    control('POST', 'config', {webhooks => {retry_backoff_ms => [200]}});
+    my $ok = wait_for(sub {
+        my @d = grep { $_->{type} eq 'invoice.voided' }
+            @{ control('GET', 'webhooks') };
+        (grep { ($_->{status} // 0) == 200 } @d) ? \@d : undef }, 5);
+    ok($ok, 'invoice.voided retried after a 500') or return;
+    is_deeply([map { [$_->{attempt}, $_->{status}] } @$ok],
+              [[1, 500], [2, 200]], 'attempt 1: 500, attempt 2: 200');
+};
+
+subtest 'idempotency' => sub {
+    my @p = (name => 'Initech', email => 'a@initech.test');
+    my ($s1, $b1, $h1) = api('POST', '/v1/customers', \@p,
+                             {'Idempotency-Key' => 'key-one'});
+    my ($s2, $b2, $h2) = api('POST', '/v1/customers', \@p,
+                             {'Idempotency-Key' => 'key-one'});
+    is($s2, $s1, 'same status');
+    is_deeply($b2, $b1, 'same body, same customer');
+    is($h2->{'idempotent-replayed'}, 'true', 'Idempotent-Replayed');
+    is($h1->{'idempotency-key'}, 'key-one', 'key echoed');
+    ok(!$h1->{'idempotent-replayed'}, 'first answer not replayed');
+    my ($s, $b) = api('POST', '/v1/customers', [name => 'Other'],
+                      {'Idempotency-Key' => 'key-one'});
+    is($s, 400, 'different params: 400');
+    is($b->{error}{type}, 'idempotency_error', 'idempotency_error');
+    like($b->{error}{message}, qr/can only be used with the same parameters/,
+         'message');
+    ($s, $b) = api('POST', '/v1/customers', [name => 'Long'],
+                   {'Idempotency-Key' => 'k' x 256});
+    is($s, 400, 'key over 255 characters: 400');
+
+    control('POST', 'config', {latency_ms => 800});
+    my $pid = fork // die;
+    if ($pid == 0) {
+        my ($st) = api('POST', '/v1/customers', [name => 'Slow'],
+                       {'Idempotency-Key' => 'key-two'},
+                       HTTP::Tiny->new(timeout => 10));
+        POSIX::_exit($st == 200 ? 0 : 1);
+    }
+    sleep 0.3;
+    ($s, $b) = api('POST', '/v1/customers', [name => 'Slow'],
+                   {'Idempotency-Key' => 'key-two'});
+    is($s, 409, 'same key while the first runs: 409');
+    is($b->{error}{code}, 'idempotency_key_in_use', 'idempotency_key_in_use');
+    waitpid $pid, 0;
+    is($? >> 8, 0, 'the first one succeeded');
+    control('POST', 'config', {latency_ms => 0});
+    my ($s3, $b3, $h3) = api('POST', '/v1/customers', [name => 'Slow'],
+                             {'Idempotency-Key' => 'key-two'});
+    is($h3->{'idempotent-replayed'}, 'true', 'and is replayed afterwards');
+};
+
+subtest 'faults' => sub {
+    control('POST', 'config', {faults => [
+        {path => 'POST /v1/customers', status => 500, count => 1}]});
+    my ($s, $b) = api('POST', '/v1/customers', [name => 'F1']);
+    is($s, 500, 'count 1: first 500');
+    is($b->{error}{type}, 'api_error', 'api_error');
+    ($s) = api('POST', '/v1/customers', [name => 'F1']);
+    is($s, 200, 'then success');
+
+    # when=after: the action happens, the client sees an error; a retry with
+    # the same key gets the real result, nothing new is created.
+    my (undef, $c) = api('POST', '/v1/customers', [name => 'After']);
+    control('POST', 'config', {faults => [
+        {path => 'POST /v1/invoices', status => 500, count => 1,
+         when => 'after'}]});
+    my @p = (customer => $c->{id}, currency => 'eur');
+    ($s, $b) = api('POST', '/v1/invoices', \@p, {'Idempotency-Key' => 'k-aft'});
+    is($s, 500, 'when=after: 500');
+    my (undef, $l) = api('GET', '/v1/invoices', [customer => $c->{id}]);
+    is(scalar @{ $l->{data} }, 1, 'but the invoice exists');
+    my ($s2, $b2, $h2) = api('POST', '/v1/invoices', \@p,
+                             {'Idempotency-Key' => 'k-aft'});
+    is($s2, 200, 'retry with the key: 200');
+    is($b2->{id}, $l->{data}[0]{id}, 'the same invoice');
+    is($h2->{'idempotent-replayed'}, 'true', 'replayed');
+    (undef, $l) = api('GET', '/v1/invoices', [customer => $c->{id}]);
+    is(scalar @{ $l->{data} }, 1, 'still one invoice');
+
+    control('POST', 'config', {faults => [
+        {path => 'POST /v1/customers/[^/]+', hang_seconds => 1, count => 1}]});
+    # (POST: HTTP::Tiny would silently resend a GET once.)
+    my $t0 = time;
+    ($s) = api('POST', "/v1/customers/$c->{id}", [name => 'Hung'], {},
+               HTTP::Tiny->new(timeout => 5, keep_alive => 0));
+    my $dt = time - $t0;
+    is($s, 599, 'hang: connection closed without an answer');
+    ok($dt >= 0.9 && $dt < 4, sprintf 'after the hang (%.1f s)', $dt);
+    ($s, $b) = api('POST', "/v1/customers/$c->{id}", [name => 'Hung']);
+    is($s, 200, 'then answered');
+
+    control('POST', 'config', {faults => [
+        {path => 'POST /v1/invoices/[^/]+/finalize', status => 429,
+         count => 1, retry_after => 2, should_retry => JSON::PP::true}]});
+    ($s, $b, my $h) = api('POST', "/v1/invoices/$l->{data}[0]{id}/finalize");
+    is($s, 429, 'status 429');
+    is($h->{'retry-after'}, '2', 'Retry-After');
+    is($h->{'stripe-should-retry'}, 'true', 'Stripe-Should-Retry');
+    is($b->{error}{code}, 'rate_limit', 'rate_limit code');
+    my $cfg = control('GET', 'config');
+    ok($cfg->{faults}[0]{spent}, 'the rule is spent');
+    control('POST', 'config', {faults => []});
+};
+
+subtest 'lists and 404' => sub {
+    my (undef, $c) = api('POST', '/v1/customers', [name => 'Lister']);
+    my @ids;
+    for (1 .. 3) {
+        my (undef, $b) = api('POST', '/v1/invoices', [customer => $c->{id}]);
+        push @ids, $b->{id};
+    }
+    my ($s, $p1) = api('GET', '/v1/invoices',
+                       [customer => $c->{id}, limit => 2]);
+    is($p1->{object}, 'list', 'list object');
+    is($p1->{url}, '/v1/invoices', 'url');
+    is_deeply([map { $_->{id} } @{ $p1->{data} }], [@ids[2, 1]],
+              'newest first');
+    ok($p1->{has_more}, 'has_more');
+    my (undef, $p2) = api('GET', '/v1/invoices',
+                          [customer => $c->{id}, limit => 2,
+                           starting_after => $p1->{data}[-1]{id}]);
+    is_deeply([map { $_->{id} } @{ $p2->{data} }], [$ids[0]],
+              'starting_after: the rest');
+    ok(!$p2->{has_more}, 'no more');
+    my (undef, $p3) = api('GET', '/v1/invoices',
+                          [customer => $c->{id}, ending_before => $ids[0]]);
+    is_deeply([map { $_->{id} } @{ $p3->{data} }], [@ids[2, 1]],
+              'ending_before');
+    ($s, my $b) = api('GET', '/v1/invoices', [limit => 101]);
+    is($s, 400, 'limit 101: 400');
+    ($s, $b) = api('GET', '/v1/invoices/in_1NoSuchInvoice00000000000');
+    is($s, 404, 'unknown invoice in the path: 404');
+    is($b->{error}{code}, 'resource_missing', 'resource_missing');
+    is($b->{error}{message}, "No such invoice: 'in_1NoSuchInvoice00000000000'",
+       'message');
+    ($s) = api('DELETE', "/v1/invoices/$ids[0]");
+    is($s, 200, 'draft deleted');
+    ($s) = api('GET', "/v1/invoices/$ids[0]");
+    is($s, 404, 'then 404');
+    ($s, $b) = api('GET', '/v1/nothing');
+    is($s, 404, 'unknown route: 404');
+};
+
+subtest 'control API' => sub {
+    my $c = control('POST', 'customers',
+                    {id => 'cus_DemoAcme0001', name => 'Acme GmbH',
+                     payment_method => 'pm_card_visa',
+                     payment_method_id => 'pm_DemoAcmeVisa0001'});
+    is($c->{id}, 'cus_DemoAcme0001', 'customer with a chosen id');
+    is($c->{invoice_settings}{default_payment_method}, 'pm_DemoAcmeVisa0001',
+       'with a chosen default payment method');
+    my ($s, $b) = api('GET', '/v1/customers/cus_DemoAcme0001');
+    is($b->{name}, 'Acme GmbH', 'served by /v1');
+    ok(scalar @{ control('GET', 'requests') }, 'requests recorded');
+    control('POST', 'reset', {});
+    is(scalar @{ control('GET', 'requests') }, 0, 'reset clears requests');
+    ($s) = api('GET', '/v1/customers/cus_DemoAcme0001');
+    is($s, 200, 'but keeps state');
+    control('POST', 'reset', {state => JSON::PP::true});
+    ($s) = api('GET', '/v1/customers/cus_DemoAcme0001');
+    is($s, 404, 'state => true clears state too');
+};
+
+subtest 'SIGTERM' => sub {
+    kill 'TERM', $fake_pid;
+    my $t0 = time;
+    my $r;
+    while (time - $t0 < 5) {
+        $r = waitpid $fake_pid, POSIX::WNOHANG();
+        last if $r;
+        sleep 0.05;
+    }
+    is($r, $fake_pid, 'exits on SIGTERM');
+    is($?, 0, 'with status 0');
+    @kids = grep { $_ != $fake_pid } @kids;
+};
+
+done_testing;
