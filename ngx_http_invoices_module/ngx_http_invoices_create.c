@@ -1124,31 +1124,20 @@ ngx_http_invoices_create_stripe_error(ngx_http_invoices_job_t *job,
 }
 
 
-/* the invoice as Stripe describes it, through the one forward-only write */
+/*
+ * The invoice as Stripe just described it, through the one forward-only
+ * write; an API answer is as new as now.
+ */
 
 static ngx_int_t
 ngx_http_invoices_create_store(ngx_http_invoices_job_t *job, json_t *invoice)
 {
-    json_t      *total, *created;
-    PGresult    *res;
-    const char  *values[7];
-    char         amount[32], stamp[32];
+    char                                 now[24];
+    PGresult                            *res;
+    const char                          *values[9];
+    ngx_http_invoices_stripe_invoice_t   inv;
 
-    total = json_object_get(invoice, "total");
-    created = json_object_get(invoice, "created");
-
-    values[0] = ngx_http_invoices_str(invoice, "id");
-    values[1] = ngx_http_invoices_str(invoice, "customer");
-    values[2] = ngx_http_invoices_str(invoice, "status");
-    values[3] = amount;
-    values[4] = ngx_http_invoices_str(invoice, "currency");
-    values[5] = ngx_http_invoices_str(invoice, "invoice_pdf");
-    values[6] = stamp;
-
-    if (values[0] == NULL || values[1] == NULL || values[2] == NULL
-        || values[4] == NULL || !json_is_integer(total)
-        || !json_is_integer(created))
-    {
+    if (ngx_http_invoices_stripe_invoice(invoice, &inv) != NGX_OK) {
         ngx_http_invoices_create_error(job, NGX_HTTP_BAD_GATEWAY,
                                        "stripe_bad_response",
                                        "Stripe's invoice could not be read",
@@ -1156,14 +1145,21 @@ ngx_http_invoices_create_store(ngx_http_invoices_job_t *job, json_t *invoice)
         return NGX_ERROR;
     }
 
-    *ngx_sprintf((u_char *) amount, "%L",
-                 (int64_t) json_integer_value(total)) = '\0';
-    *ngx_sprintf((u_char *) stamp, "%L",
-                 (int64_t) json_integer_value(created)) = '\0';
+    *ngx_sprintf((u_char *) now, "%T", time(NULL)) = '\0';
+
+    values[0] = inv.id;
+    values[1] = inv.customer;
+    values[2] = inv.status;
+    values[3] = inv.amount;
+    values[4] = inv.currency;
+    values[5] = inv.invoice_pdf;
+    values[6] = inv.created;
+    values[7] = now;
+    values[8] = inv.transition_at;
 
     res = ngx_http_invoices_pg_query(job,
-              "SELECT invoices_apply($1, $2, $3, $4, $5, $6, $7)",
-              7, values);
+              "SELECT invoices_apply($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+              9, values);
     if (res == NULL) {
         return NGX_ERROR;
     }

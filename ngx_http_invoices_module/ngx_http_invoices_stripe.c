@@ -484,3 +484,71 @@ ngx_http_invoices_form_free(ngx_http_invoices_form_t *form)
     free(form->data);
     ngx_memzero(form, sizeof(ngx_http_invoices_form_t));
 }
+
+
+/*
+ * The fields of an invoice object that PostgreSQL keeps: NGX_ERROR when
+ * one is missing or not what Stripe documents.
+ */
+
+ngx_int_t
+ngx_http_invoices_stripe_invoice(json_t *invoice,
+    ngx_http_invoices_stripe_invoice_t *inv)
+{
+    json_t      *v, *t;
+    json_int_t   latest;
+    const char  *key;
+
+    ngx_memzero(inv, sizeof(ngx_http_invoices_stripe_invoice_t));
+
+    inv->id = json_string_value(json_object_get(invoice, "id"));
+    inv->status = json_string_value(json_object_get(invoice, "status"));
+    inv->currency = json_string_value(json_object_get(invoice, "currency"));
+    inv->invoice_pdf = json_string_value(json_object_get(invoice,
+                                                         "invoice_pdf"));
+
+    /* the customer may come expanded */
+    v = json_object_get(invoice, "customer");
+    inv->customer = json_is_object(v)
+                    ? json_string_value(json_object_get(v, "id"))
+                    : json_string_value(v);
+
+    if (inv->id == NULL || ngx_strncmp(inv->id, "in_", 3) != 0
+        || inv->customer == NULL || inv->currency == NULL
+        || inv->status == NULL
+        || (ngx_strcmp(inv->status, "draft") != 0
+            && ngx_strcmp(inv->status, "open") != 0
+            && ngx_strcmp(inv->status, "paid") != 0
+            && ngx_strcmp(inv->status, "uncollectible") != 0
+            && ngx_strcmp(inv->status, "void") != 0))
+    {
+        return NGX_ERROR;
+    }
+
+    v = json_object_get(invoice, "total");
+    t = json_object_get(invoice, "created");
+
+    if (!json_is_integer(v) || !json_is_integer(t)) {
+        return NGX_ERROR;
+    }
+
+    *ngx_sprintf((u_char *) inv->amount, "%L",
+                 (int64_t) json_integer_value(v)) = '\0';
+    *ngx_sprintf((u_char *) inv->created, "%L",
+                 (int64_t) json_integer_value(t)) = '\0';
+
+    latest = 0;
+
+    json_object_foreach(json_object_get(invoice, "status_transitions"),
+                        key, t)
+    {
+        if (json_is_integer(t) && json_integer_value(t) > latest) {
+            latest = json_integer_value(t);
+        }
+    }
+
+    *ngx_sprintf((u_char *) inv->transition_at, "%L", (int64_t) latest)
+        = '\0';
+
+    return NGX_OK;
+}

@@ -11,6 +11,7 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include <jansson.h>
 
 
 /* plain C, copied from the location configuration; strings NUL-ended */
@@ -51,6 +52,22 @@ typedef struct {
     ngx_uint_t   failed;
 } ngx_http_invoices_form_t;
 
+
+/* what we keep of a Stripe invoice object, as statement parameters */
+typedef struct {
+    const char  *id;
+    const char  *customer;
+    const char  *status;
+    const char  *currency;
+    const char  *invoice_pdf;            /* NULL: none yet */
+    char         amount[24];             /* total */
+    char         created[24];
+    char         transition_at[24];      /* latest status_transitions */
+} ngx_http_invoices_stripe_invoice_t;
+
+
+ngx_int_t ngx_http_invoices_stripe_invoice(json_t *invoice,
+    ngx_http_invoices_stripe_invoice_t *inv);
 
 void ngx_http_invoices_form_add(ngx_http_invoices_form_t *form,
     const char *key, const char *value);
