@@ -301,7 +301,7 @@ ngx_http_invoices_header_filter(ngx_http_request_t *r)
 
     ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
 
-    if (!ilcf->admin
+    if (!(ilcf->admin || ilcf->webhook)
         || r != r->main
         || r->headers_out.status < NGX_HTTP_BAD_REQUEST
         || r->headers_out.content_type.len != sizeof("text/html") - 1

@@ -14,6 +14,7 @@
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_stripe.h"
+#include "ngx_http_invoices_webhook.h"
 
 
 #define NGX_HTTP_INVOICES_KEYS_MAX_SIZE  65536
@@ -30,6 +31,12 @@ static char *ngx_http_invoices_api_keys_file(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_invoices_stripe_secret_key(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_invoices_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_invoices_webhook_secret(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_invoices_load_secret(ngx_conf_t *cf,
+    ngx_str_t *spec, ngx_str_t *secret);
 static ngx_int_t ngx_http_invoices_read_secret(ngx_conf_t *cf,
     ngx_str_t *path, ngx_str_t *content);
 static char *ngx_http_invoices_check_token(ngx_conf_t *cf, ngx_str_t *value,
@@ -66,6 +73,27 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
       ngx_http_invoices_api_keys_file,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("invoices_stripe_webhook"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_invoices_webhook,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("invoices_stripe_webhook_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_invoices_webhook_secret,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("invoices_stripe_webhook_tolerance"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, webhook_tolerance),
       NULL },
 
     { ngx_string("invoices_currency"),
@@ -181,7 +209,10 @@ ngx_http_invoices_create_loc_conf(ngx_conf_t *cf)
      */
 
     conf->admin = NGX_CONF_UNSET;
+    conf->webhook = NGX_CONF_UNSET;
     conf->api_keys = NGX_CONF_UNSET_PTR;
+    conf->webhook_secrets = NGX_CONF_UNSET_PTR;
+    conf->webhook_tolerance = NGX_CONF_UNSET;
     conf->stripe_connect_timeout = NGX_CONF_UNSET_MSEC;
     conf->stripe_timeout = NGX_CONF_UNSET_MSEC;
     conf->stripe_max_retries = NGX_CONF_UNSET_UINT;
@@ -217,6 +248,10 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               30000);
     ngx_conf_merge_uint_value(conf->stripe_max_retries,
                               prev->stripe_max_retries, 2);
+    ngx_conf_merge_ptr_value(conf->webhook_secrets, prev->webhook_secrets,
+                             NULL);
+    ngx_conf_merge_sec_value(conf->webhook_tolerance, prev->webhook_tolerance,
+                             300);
 
     if (ngx_http_invoices_check_token(cf, &conf->currency,
                                       "invoices_currency",
@@ -261,7 +296,29 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    /* "invoices_admin" is not inherited: it names one location */
+    /* "invoices_admin" and "invoices_stripe_webhook" name one location */
+
+    if (conf->webhook == 1) {
+        conf->admin = 0;
+
+        if (conf->database.len == 0 || conf->webhook_secrets == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"invoices_stripe_webhook\" in location \"%V\" "
+                          "needs \"invoices_database\" and "
+                          "\"invoices_stripe_webhook_secret\"",
+                          &conf->clcf->name);
+            return NGX_CONF_ERROR;
+        }
+
+        conf->thread_pool = ngx_thread_pool_add(cf, &conf->thread_pool_name);
+        if (conf->thread_pool == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    conf->webhook = 0;
 
     if (conf->admin != 1) {
         conf->admin = 0;
@@ -306,7 +363,7 @@ ngx_http_invoices_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (ilcf->admin != NGX_CONF_UNSET) {
+    if (ilcf->admin != NGX_CONF_UNSET || ilcf->webhook != NGX_CONF_UNSET) {
         return "is duplicate";
     }
 
@@ -336,6 +393,27 @@ ngx_http_invoices_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     clcf->handler = ngx_http_invoices_admin_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_invoices_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_invoices_loc_conf_t *ilcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (ilcf->admin != NGX_CONF_UNSET || ilcf->webhook != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    ilcf->webhook = 1;
+    ilcf->clcf = clcf;
+    clcf->handler = ngx_http_invoices_webhook_handler;
 
     return NGX_CONF_OK;
 }
@@ -456,21 +534,13 @@ ngx_http_invoices_api_keys_file(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
-/*
- * "file:/path" (the key alone in a file nobody else can read) or
- * "env:NAME" (read from nginx's environment when the configuration is
- * read).  Never from the configuration itself.
- */
-
 static char *
 ngx_http_invoices_stripe_secret_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
     ngx_http_invoices_loc_conf_t *ilcf = conf;
 
-    u_char     *p, *last;
-    char       *env;
-    ngx_str_t  *value, name, key;
+    ngx_str_t  *value;
 
     if (ilcf->stripe_secret_key.data != NULL) {
         return "is duplicate";
@@ -478,44 +548,103 @@ ngx_http_invoices_stripe_secret_key(ngx_conf_t *cf, ngx_command_t *cmd,
 
     value = cf->args->elts;
 
-    if (value[1].len > 5 && ngx_strncmp(value[1].data, "file:", 5) == 0) {
-        name.data = value[1].data + 5;
-        name.len = value[1].len - 5;
+    if (ngx_http_invoices_load_secret(cf, &value[1], &ilcf->stripe_secret_key)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
 
-        if (ngx_http_invoices_read_secret(cf, &name, &key) != NGX_OK) {
+    return NGX_CONF_OK;
+}
+
+
+/* one or two secrets: two while a rotation is under way */
+
+static char *
+ngx_http_invoices_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_invoices_loc_conf_t *ilcf = conf;
+
+    ngx_str_t   *value, *secret;
+    ngx_uint_t   i;
+
+    if (ilcf->webhook_secrets != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    ilcf->webhook_secrets = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+    if (ilcf->webhook_secrets == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        secret = ngx_array_push(ilcf->webhook_secrets);
+        if (secret == NULL) {
             return NGX_CONF_ERROR;
         }
 
-    } else if (value[1].len > 4
-               && ngx_strncmp(value[1].data, "env:", 4) == 0)
-    {
-        env = getenv((char *) value[1].data + 4);
+        if (ngx_http_invoices_load_secret(cf, &value[i], secret) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * A secret from "file:/path" (the secret alone in a file nobody else can
+ * read) or "env:NAME" (nginx's environment when the configuration is
+ * read); never from the configuration itself.  One line of printable
+ * characters, trimmed, NUL-ended.
+ */
+
+static ngx_int_t
+ngx_http_invoices_load_secret(ngx_conf_t *cf, ngx_str_t *spec,
+    ngx_str_t *secret)
+{
+    u_char     *p, *last;
+    char       *env;
+    ngx_str_t  *directive, name, key;
+
+    directive = cf->args->elts;
+
+    if (spec->len > 5 && ngx_strncmp(spec->data, "file:", 5) == 0) {
+        name.data = spec->data + 5;
+        name.len = spec->len - 5;
+
+        if (ngx_http_invoices_read_secret(cf, &name, &key) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+    } else if (spec->len > 4 && ngx_strncmp(spec->data, "env:", 4) == 0) {
+        env = getenv((char *) spec->data + 4);
 
         if (env == NULL || *env == '\0') {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"invoices_stripe_secret_key\": the "
-                               "environment variable \"%s\" is not set",
-                               value[1].data + 4);
-            return NGX_CONF_ERROR;
+                               "\"%V\": the environment variable \"%s\" is "
+                               "not set", directive, spec->data + 4);
+            return NGX_ERROR;
         }
 
         key.len = ngx_strlen(env);
         key.data = ngx_pnalloc(cf->pool, key.len + 1);
         if (key.data == NULL) {
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         ngx_memcpy(key.data, env, key.len + 1);
 
     } else {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"invoices_stripe_secret_key\" takes "
-                           "\"file:/path\" or \"env:NAME\"; the key itself "
-                           "never goes into the configuration");
-        return NGX_CONF_ERROR;
+                           "\"%V\" takes \"file:/path\" or \"env:NAME\"; "
+                           "the secret itself never goes into the "
+                           "configuration", directive);
+        return NGX_ERROR;
     }
-
-    /* the key alone, trimmed; it goes into an HTTP header */
 
     p = key.data;
     last = key.data + key.len;
@@ -531,30 +660,28 @@ ngx_http_invoices_stripe_secret_key(ngx_conf_t *cf, ngx_command_t *cmd,
         last--;
     }
 
-    key.data = p;
-    key.len = last - p;
-
-    if (key.len == 0 || key.len > 255) {
+    if (last == p || last - p > 255) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"invoices_stripe_secret_key\": no key found in "
-                           "\"%V\"", &value[1]);
-        return NGX_CONF_ERROR;
+                           "\"%V\": no secret found in \"%V\"", directive,
+                           spec);
+        return NGX_ERROR;
     }
 
-    for (p = key.data; p < last; p++) {
+    for (key.data = p; p < last; p++) {
         if (*p <= ' ' || *p >= 0x7f) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"invoices_stripe_secret_key\": the key in "
-                               "\"%V\" must be one line of printable "
-                               "characters", &value[1]);
-            return NGX_CONF_ERROR;
+                               "\"%V\": the secret in \"%V\" must be one "
+                               "line of printable characters", directive,
+                               spec);
+            return NGX_ERROR;
         }
     }
 
     *last = '\0';
-    ilcf->stripe_secret_key = key;
+    secret->data = key.data;
+    secret->len = last - key.data;
 
-    return NGX_CONF_OK;
+    return NGX_OK;
 }
 
 

@@ -21,6 +21,9 @@
 
 typedef struct {
     ngx_flag_t                 admin;
+    ngx_flag_t                 webhook;
+    ngx_array_t               *webhook_secrets;  /* of ngx_str_t */
+    time_t                     webhook_tolerance;
     ngx_str_t                  database;        /* libpq conninfo, NUL-ended */
     ngx_str_t                  thread_pool_name;
     ngx_thread_pool_t         *thread_pool;

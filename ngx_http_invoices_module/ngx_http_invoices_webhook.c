@@ -1,0 +1,391 @@
+
+/*
+ * POST /stripe/webhook: Stripe's signed events keep PostgreSQL current.
+ *
+ * The signature is checked on the event loop over the exact raw body
+ * (HMAC-SHA256 of "t.body" keyed with the whole whsec_ secret, every v1
+ * tried against every configured secret, in constant time, |now - t|
+ * within the tolerance); any failure is a 400 with nothing written and one
+ * line at info saying why.  A verified event goes to the thread pool,
+ * where one statement records its id and applies it (exactly once,
+ * forward only: see migration 0002).  No Stripe call is made here.  If
+ * the database cannot take the event the answer is 5xx, so Stripe retries.
+ */
+
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_json.h"
+#include "ngx_http_invoices_pg.h"
+#include "ngx_http_invoices_handler.h"
+#include "ngx_http_invoices_stripe.h"
+#include "ngx_http_invoices_webhook.h"
+
+
+#define NGX_HTTP_INVOICES_V1_MAX  8
+
+
+typedef struct {
+    u_char  *body;
+    size_t   len;
+} ngx_http_invoices_webhook_t;
+
+
+static void ngx_http_invoices_webhook_body(ngx_http_request_t *r);
+static const char *ngx_http_invoices_webhook_verify(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf, ngx_str_t *body);
+static ngx_int_t ngx_http_invoices_hmac_hex(ngx_str_t *secret, ngx_str_t *t,
+    ngx_str_t *body, u_char *hex);
+static void ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job);
+
+
+/* the event types that describe an invoice (API.md); others are ignored */
+static const char  *ngx_http_invoices_invoice_events[] = {
+    "invoice.created", "invoice.finalized", "invoice.updated", "invoice.paid",
+    "invoice.payment_succeeded", "invoice.payment_failed", "invoice.voided",
+    "invoice.marked_uncollectible", "invoice.finalization_failed",
+    "invoice.payment_action_required", "invoice.deleted", NULL
+};
+
+
+ngx_int_t
+ngx_http_invoices_webhook_handler(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
+    static ngx_str_t  allow = ngx_string("Allow");
+    static ngx_str_t  post = ngx_string("POST");
+
+    if (r->method != NGX_HTTP_POST) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (ngx_http_invoices_set_header(r, &allow, &post) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                   "invalid_request_error", "method_not_allowed",
+                   "Stripe events are POSTed here", NULL);
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_invoices_webhook_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_invoices_webhook_body(ngx_http_request_t *r)
+{
+    ngx_str_t                      body;
+    const char                    *why;
+    ngx_http_invoices_job_t       *job;
+    ngx_http_invoices_webhook_t   *wh;
+    ngx_http_invoices_loc_conf_t  *ilcf;
+
+    ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
+
+    if (ngx_http_invoices_request_body(r, &body) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    why = ngx_http_invoices_webhook_verify(r, ilcf, &body);
+
+    if (why != NULL) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "invoices: webhook rejected: %s", why);
+
+        ngx_http_finalize_request(r,
+            ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                         "invalid_request_error",
+                                         "signature_invalid", why, NULL));
+        return;
+    }
+
+    wh = ngx_palloc(r->pool, sizeof(ngx_http_invoices_webhook_t));
+    job = ngx_http_invoices_job_create(r, ilcf);
+
+    if (wh == NULL || job == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    wh->body = body.data;
+    wh->len = body.len;
+
+    job->run = ngx_http_invoices_webhook_run;
+    job->data = wh;
+
+    ngx_http_finalize_request(r, ngx_http_invoices_job_run(r, job));
+}
+
+
+/* NULL when the event is Stripe's, else why not (for the log, no secret) */
+
+static const char *
+ngx_http_invoices_webhook_verify(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf, ngx_str_t *body)
+{
+    u_char           *p, *end, *item, *eq, *next;
+    time_t            t;
+    ngx_str_t        *header, *secrets, ts, v1[NGX_HTTP_INVOICES_V1_MAX];
+    ngx_uint_t        i, j, n, nv1;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+    u_char            expected[64];
+
+    header = NULL;
+    n = 0;
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("Stripe-Signature") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Stripe-Signature",
+                               sizeof("Stripe-Signature") - 1) == 0)
+        {
+            header = &h[i].value;
+            n++;
+        }
+    }
+
+    if (header == NULL) {
+        return "no Stripe-Signature header";
+    }
+
+    if (n > 1) {
+        return "more than one Stripe-Signature header";
+    }
+
+    /* t=1700000000,v1=hex,v1=hex,v0=hex: other schemes are ignored */
+
+    ngx_str_null(&ts);
+    nv1 = 0;
+    p = header->data;
+    end = p + header->len;
+
+    for (item = p; item < end; item = next + 1) {
+        next = ngx_strlchr(item, end, ',');
+        if (next == NULL) {
+            next = end;
+        }
+
+        while (item < next && *item == ' ') {
+            item++;
+        }
+
+        eq = ngx_strlchr(item, next, '=');
+        if (eq == NULL) {
+            continue;
+        }
+
+        if (eq - item == 1 && item[0] == 't' && ts.data == NULL) {
+            ts.data = eq + 1;
+            ts.len = next - ts.data;
+
+        } else if (eq - item == 2 && item[0] == 'v' && item[1] == '1'
+                   && nv1 < NGX_HTTP_INVOICES_V1_MAX)
+        {
+            v1[nv1].data = eq + 1;
+            v1[nv1].len = next - v1[nv1].data;
+            nv1++;
+        }
+    }
+
+    if (ts.data == NULL) {
+        return "no timestamp in Stripe-Signature";
+    }
+
+    if (nv1 == 0) {
+        return "no v1 signature in Stripe-Signature";
+    }
+
+    t = ngx_atotm(ts.data, ts.len);
+    if (t == NGX_ERROR) {
+        return "the Stripe-Signature timestamp is not a number";
+    }
+
+    if (t < ngx_time() - ilcf->webhook_tolerance
+        || t > ngx_time() + ilcf->webhook_tolerance)
+    {
+        return "the Stripe-Signature timestamp is outside the tolerance";
+    }
+
+    secrets = ilcf->webhook_secrets->elts;
+
+    for (i = 0; i < ilcf->webhook_secrets->nelts; i++) {
+
+        if (ngx_http_invoices_hmac_hex(&secrets[i], &ts, body, expected)
+            != NGX_OK)
+        {
+            return "the signature could not be computed";
+        }
+
+        for (j = 0; j < nv1; j++) {
+            if (v1[j].len == sizeof(expected)
+                && CRYPTO_memcmp(v1[j].data, expected, sizeof(expected)) == 0)
+            {
+                return NULL;
+            }
+        }
+    }
+
+    return "no v1 signature matches";
+}
+
+
+/* lowercase hex of HMAC-SHA256(secret, t "." body) */
+
+static ngx_int_t
+ngx_http_invoices_hmac_hex(ngx_str_t *secret, ngx_str_t *t, ngx_str_t *body,
+    u_char *hex)
+{
+    size_t         len;
+    EVP_MAC       *mac;
+    ngx_int_t      rc;
+    OSSL_PARAM     params[2];
+    EVP_MAC_CTX   *ctx;
+    u_char         digest[32];
+
+    rc = NGX_ERROR;
+    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                 (char *) "SHA256", 0);
+    params[1] = OSSL_PARAM_construct_end();
+
+    if (ctx
+        && EVP_MAC_init(ctx, secret->data, secret->len, params) == 1
+        && EVP_MAC_update(ctx, t->data, t->len) == 1
+        && EVP_MAC_update(ctx, (u_char *) ".", 1) == 1
+        && EVP_MAC_update(ctx, body->data, body->len) == 1
+        && EVP_MAC_final(ctx, digest, &len, sizeof(digest)) == 1
+        && len == sizeof(digest))
+    {
+        ngx_hex_dump(hex, digest, sizeof(digest));
+        rc = NGX_OK;
+    }
+
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+
+    return rc;
+}
+
+
+/* pool thread: the event, recorded and applied in one statement */
+
+static void
+ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
+{
+    json_t                              *event, *object, *created;
+    PGresult                            *res;
+    ngx_uint_t                           i;
+    const char                          *id, *type, *values[11];
+    char                                 stamp[24];
+    ngx_http_invoices_webhook_t         *wh = job->data;
+    ngx_http_invoices_stripe_invoice_t   inv;
+
+    event = json_loadb((const char *) wh->body, wh->len, 0, NULL);
+
+    id = json_string_value(json_object_get(event, "id"));
+    type = json_string_value(json_object_get(event, "type"));
+    created = json_object_get(event, "created");
+
+    if (id == NULL || type == NULL || !json_is_integer(created)
+        || ngx_strncmp(id, "evt_", 4) != 0 || ngx_strlen(id) > 255
+        || ngx_strlen(type) > 255)
+    {
+        json_decref(event);
+        free(job->body);
+        job->status = NGX_HTTP_BAD_REQUEST;
+        job->body = ngx_http_invoices_json_error("invalid_request_error",
+                        "event_invalid", "the body is not a Stripe event",
+                        NULL, &job->len);
+        return;
+    }
+
+    *ngx_sprintf((u_char *) stamp, "%L",
+                 (int64_t) json_integer_value(created)) = '\0';
+
+    values[0] = id;
+    values[1] = type;
+    values[2] = stamp;
+
+    for (i = 3; i < 11; i++) {
+        values[i] = NULL;
+    }
+
+    for (i = 0; ngx_http_invoices_invoice_events[i]; i++) {
+        if (ngx_strcmp(type, ngx_http_invoices_invoice_events[i]) == 0) {
+            break;
+        }
+    }
+
+    object = json_object_get(json_object_get(event, "data"), "object");
+
+    if (ngx_http_invoices_invoice_events[i] != NULL) {
+
+        if (ngx_http_invoices_stripe_invoice(object, &inv) != NGX_OK) {
+            json_decref(event);
+            free(job->body);
+            job->status = NGX_HTTP_BAD_REQUEST;
+            job->body = ngx_http_invoices_json_error("invalid_request_error",
+                            "event_invalid",
+                            "the event's invoice could not be read", NULL,
+                            &job->len);
+            return;
+        }
+
+        values[3] = inv.id;
+        values[4] = inv.customer;
+        values[5] = inv.status;
+        values[6] = inv.amount;
+        values[7] = inv.currency;
+        values[8] = inv.invoice_pdf;
+        values[9] = inv.created;
+        values[10] = inv.transition_at;
+    }
+
+    res = ngx_http_invoices_pg_query(job,
+              "SELECT invoices_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, "
+              "$9, $10, $11)", 11, values);
+
+    json_decref(event);
+
+    if (res == NULL) {
+        return;
+    }
+
+    event = json_pack("{s:b,s:s}", "received", 1,
+                      "result", PQgetvalue(res, 0, 0));
+    PQclear(res);
+
+    free(job->body);
+    job->body = ngx_http_invoices_json_dump(event, &job->len);
+    job->status = job->body ? NGX_HTTP_OK : 0;
+    json_decref(event);
+}
