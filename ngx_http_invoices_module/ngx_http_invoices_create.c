@@ -82,7 +82,6 @@ static ngx_int_t ngx_http_invoices_idempotency_key(ngx_http_request_t *r,
     ngx_http_invoices_create_t *cr);
 static void ngx_http_invoices_sha256_hex(const void *data, size_t len,
     char *hex);
-static const char *ngx_http_invoices_str(json_t *o, const char *key);
 
 
 /* event loop: the checks that need no body, then the body */
@@ -786,7 +785,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
             return;
         }
 
-        s = ngx_http_invoices_str(invoice, "id");
+        s = ngx_http_invoices_json_str(invoice, "id");
         if (s == NULL) {
             goto bad_answer;
         }
@@ -828,7 +827,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
             goto failed;
         }
 
-        s = ngx_http_invoices_str(invoice, "status");
+        s = ngx_http_invoices_json_str(invoice, "status");
 
         if (s == NULL) {
             goto bad_answer;
@@ -969,150 +968,20 @@ ngx_http_invoices_create_call(ngx_http_invoices_job_t *job,
 }
 
 
-/*
- * Stripe refused or failed (API.md): the caller's mistakes keep Stripe's
- * status and error; our key's problems, Stripe's outages and timeouts are
- * 502/503/504.  When the invoice exists already, the answer names it.
- */
-
 static void
 ngx_http_invoices_create_stripe_error(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr, ngx_http_invoices_stripe_res_t *sr,
     const char *step)
 {
-    char        *body, message[512];
+    char        *body;
     size_t       len;
-    json_t      *root, *stripe, *err;
-    u_char      *p;
-    ngx_uint_t   status, forward, store;
-    const char  *code, *what;
+    ngx_uint_t   status, final;
 
-    stripe = NULL;
-    forward = 0;
-    store = 0;
+    status = ngx_http_invoices_stripe_error(sr, step, cr->invoice_id, &body,
+                                            &len, &final, job->log,
+                                            sizeof(job->log));
 
-    switch (sr->outcome) {
-
-    case NGX_HTTP_INVOICES_STRIPE_TIMEOUT:
-        status = NGX_HTTP_GATEWAY_TIME_OUT;
-        code = "stripe_timeout";
-        what = "Stripe did not answer in time";
-        break;
-
-    case NGX_HTTP_INVOICES_STRIPE_UNREACHABLE:
-        status = NGX_HTTP_GATEWAY_TIME_OUT;
-        code = "stripe_unreachable";
-        what = "Stripe could not be reached";
-        break;
-
-    case NGX_HTTP_INVOICES_STRIPE_FAILED:
-        status = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        code = "internal_error";
-        what = "the request to Stripe could not be made";
-        break;
-
-    default: /* NGX_HTTP_INVOICES_STRIPE_ANSWERED */
-
-        switch (sr->status) {
-
-        case 400:
-        case 402:
-        case 404:
-            /* the caller's data: Stripe's verdict is final, replay it */
-            status = sr->status;
-            code = "stripe_request_refused";
-            what = "Stripe refused the request";
-            forward = 1;
-            store = 1;
-            break;
-
-        case 401:
-        case 403:
-            /* ours: never forward Stripe's text, it quotes our key */
-            status = NGX_HTTP_BAD_GATEWAY;
-            code = "stripe_authentication_failed";
-            what = "Stripe refused this server's credentials";
-            break;
-
-        case 409:
-            status = NGX_HTTP_CONFLICT;
-            code = "stripe_conflict";
-            what = "Stripe is still processing the same request";
-            break;
-
-        case 429:
-            status = NGX_HTTP_SERVICE_UNAVAILABLE;
-            code = "stripe_rate_limited";
-            what = "Stripe is rate limiting this account";
-            break;
-
-        default:
-            status = NGX_HTTP_BAD_GATEWAY;
-            code = "stripe_unavailable";
-            what = "Stripe failed";
-        }
-    }
-
-    if (forward && sr->body) {
-        root = json_loadb(sr->body, sr->len, 0, NULL);
-        err = json_object_get(root, "error");
-
-        if (json_is_object(err)) {
-            stripe = json_pack("{s:s?,s:s?,s:s?,s:s?,s:s?}",
-                               "type", ngx_http_invoices_str(err, "type"),
-                               "code", ngx_http_invoices_str(err, "code"),
-                               "decline_code",
-                               ngx_http_invoices_str(err, "decline_code"),
-                               "message", ngx_http_invoices_str(err, "message"),
-                               "param", ngx_http_invoices_str(err, "param"));
-        }
-
-        json_decref(root);
-    }
-
-    p = ngx_snprintf((u_char *) message, sizeof(message) - 1, "%s while %s",
-                     what, step);
-
-    if (stripe && ngx_http_invoices_str(stripe, "message")) {
-        p = ngx_snprintf(p, message + sizeof(message) - 1 - (char *) p,
-                         ": %s", ngx_http_invoices_str(stripe, "message"));
-    }
-
-    if (cr->invoice_id[0]) {
-        p = ngx_snprintf(p, message + sizeof(message) - 1 - (char *) p,
-                         "; Stripe invoice %s exists as a draft%s",
-                         cr->invoice_id,
-                         store ? "" : ", retry with the same Idempotency-Key "
-                                      "to complete it");
-    }
-
-    *p = '\0';
-
-    if (!forward) {
-        p = ngx_snprintf((u_char *) job->log, sizeof(job->log) - 1,
-                         "Stripe: %s while %s (HTTP %l, %ui attempts%s%s%s%s)",
-                         what, step, sr->status, sr->attempts,
-                         sr->request_id[0] ? ", " : "", sr->request_id,
-                         sr->error[0] ? ", " : "", sr->error);
-        *p = '\0';
-    }
-
-    root = ngx_http_invoices_json_error_new("stripe_error", code, message,
-                                            NULL);
-    err = json_object_get(root, "error");
-
-    if (stripe) {
-        json_object_set_new(err, "stripe", stripe);
-    }
-
-    if (cr->invoice_id[0]) {
-        json_object_set_new(err, "invoiceId", json_string(cr->invoice_id));
-    }
-
-    body = ngx_http_invoices_json_dump(root, &len);
-    json_decref(root);
-
-    if (store) {
+    if (final) {
         ngx_http_invoices_create_done(job, cr, status, body, len);
         return;
     }
@@ -1278,11 +1147,4 @@ ngx_http_invoices_sha256_hex(const void *data, size_t len, char *hex)
     }
 
     *ngx_hex_dump((u_char *) hex, digest, sizeof(digest)) = '\0';
-}
-
-
-static const char *
-ngx_http_invoices_str(json_t *o, const char *key)
-{
-    return json_string_value(json_object_get(o, key));
 }

@@ -92,6 +92,13 @@ ngx_http_invoices_json_error(const char *type, const char *code,
 }
 
 
+const char *
+ngx_http_invoices_json_str(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+
 /* {"error": {...}}; callers may add to the inner object before dumping */
 
 json_t *

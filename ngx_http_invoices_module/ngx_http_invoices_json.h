@@ -18,6 +18,7 @@
 char *ngx_http_invoices_json_dump(json_t *json, size_t *len);
 char *ngx_http_invoices_json_error(const char *type, const char *code,
     const char *message, const char *param, size_t *len);
+const char *ngx_http_invoices_json_str(json_t *o, const char *key);
 json_t *ngx_http_invoices_json_error_new(const char *type, const char *code,
     const char *message, const char *param);
 

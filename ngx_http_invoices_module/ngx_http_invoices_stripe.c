@@ -16,6 +16,7 @@
 #include <curl/curl.h>
 
 #include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_stripe.h"
 
 
@@ -551,4 +552,156 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
         = '\0';
 
     return NGX_OK;
+}
+
+
+/*
+ * Stripe refused or failed (API.md): the caller's mistakes keep Stripe's
+ * status and error ("final": Stripe's verdict, fit to replay); our key's
+ * problems, Stripe's outages and timeouts are 502/503/504.  When an
+ * invoice exists already, the answer names it.  Returns the status; the
+ * body is malloc()ed; "log" gets a line for the operator, or "".
+ */
+
+ngx_uint_t
+ngx_http_invoices_stripe_error(ngx_http_invoices_stripe_res_t *sr,
+    const char *step, const char *invoice_id, char **body, size_t *len,
+    ngx_uint_t *final, char *log, size_t log_size)
+{
+    char        message[512];
+    json_t      *root, *stripe, *err;
+    u_char      *p;
+    ngx_uint_t   status, forward, store;
+    const char  *code, *what;
+
+    stripe = NULL;
+    forward = 0;
+    store = 0;
+
+    switch (sr->outcome) {
+
+    case NGX_HTTP_INVOICES_STRIPE_TIMEOUT:
+        status = NGX_HTTP_GATEWAY_TIME_OUT;
+        code = "stripe_timeout";
+        what = "Stripe did not answer in time";
+        break;
+
+    case NGX_HTTP_INVOICES_STRIPE_UNREACHABLE:
+        status = NGX_HTTP_GATEWAY_TIME_OUT;
+        code = "stripe_unreachable";
+        what = "Stripe could not be reached";
+        break;
+
+    case NGX_HTTP_INVOICES_STRIPE_FAILED:
+        status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        code = "internal_error";
+        what = "the request to Stripe could not be made";
+        break;
+
+    default: /* NGX_HTTP_INVOICES_STRIPE_ANSWERED */
+
+        switch (sr->status) {
+
+        case 400:
+        case 402:
+        case 404:
+            /* the caller's data: Stripe's verdict is final, replay it */
+            status = sr->status;
+            code = "stripe_request_refused";
+            what = "Stripe refused the request";
+            forward = 1;
+            store = 1;
+            break;
+
+        case 401:
+        case 403:
+            /* ours: never forward Stripe's text, it quotes our key */
+            status = NGX_HTTP_BAD_GATEWAY;
+            code = "stripe_authentication_failed";
+            what = "Stripe refused this server's credentials";
+            break;
+
+        case 409:
+            status = NGX_HTTP_CONFLICT;
+            code = "stripe_conflict";
+            what = "Stripe is still processing the same request";
+            break;
+
+        case 429:
+            status = NGX_HTTP_SERVICE_UNAVAILABLE;
+            code = "stripe_rate_limited";
+            what = "Stripe is rate limiting this account";
+            break;
+
+        default:
+            status = NGX_HTTP_BAD_GATEWAY;
+            code = "stripe_unavailable";
+            what = "Stripe failed";
+        }
+    }
+
+    if (forward && sr->body) {
+        root = json_loadb(sr->body, sr->len, 0, NULL);
+        err = json_object_get(root, "error");
+
+        if (json_is_object(err)) {
+            stripe = json_pack("{s:s?,s:s?,s:s?,s:s?,s:s?}",
+                               "type", ngx_http_invoices_json_str(err, "type"),
+                               "code", ngx_http_invoices_json_str(err, "code"),
+                               "decline_code",
+                               ngx_http_invoices_json_str(err, "decline_code"),
+                               "message", ngx_http_invoices_json_str(err, "message"),
+                               "param", ngx_http_invoices_json_str(err, "param"));
+        }
+
+        json_decref(root);
+    }
+
+    p = ngx_snprintf((u_char *) message, sizeof(message) - 1, "%s while %s",
+                     what, step);
+
+    if (stripe && ngx_http_invoices_json_str(stripe, "message")) {
+        p = ngx_snprintf(p, message + sizeof(message) - 1 - (char *) p,
+                         ": %s", ngx_http_invoices_json_str(stripe, "message"));
+    }
+
+    if (invoice_id && invoice_id[0]) {
+        p = ngx_snprintf(p, message + sizeof(message) - 1 - (char *) p,
+                         "; Stripe invoice %s exists as a draft%s",
+                         invoice_id,
+                         store ? "" : ", retry with the same Idempotency-Key "
+                                      "to complete it");
+    }
+
+    *p = '\0';
+
+    log[0] = '\0';
+
+    if (!forward) {
+        p = ngx_snprintf((u_char *) log, log_size - 1,
+                         "Stripe: %s while %s (HTTP %l, %ui attempts%s%s%s%s)",
+                         what, step, sr->status, sr->attempts,
+                         sr->request_id[0] ? ", " : "", sr->request_id,
+                         sr->error[0] ? ", " : "", sr->error);
+        *p = '\0';
+    }
+
+    root = ngx_http_invoices_json_error_new("stripe_error", code, message,
+                                            NULL);
+    err = json_object_get(root, "error");
+
+    if (stripe) {
+        json_object_set_new(err, "stripe", stripe);
+    }
+
+    if (invoice_id && invoice_id[0]) {
+        json_object_set_new(err, "invoiceId", json_string(invoice_id));
+    }
+
+    *body = ngx_http_invoices_json_dump(root, len);
+    json_decref(root);
+
+    *final = store;
+
+    return status;
 }

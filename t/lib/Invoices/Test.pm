@@ -13,6 +13,12 @@ package Invoices::Test;
 #     __DATA__
 #     === a block (see Invoices::Test::Blocks and run_blocks below)
 #
+# start_server(stripe => 1) also starts scripts/fake-stripe for the file
+# and points nginx at it (see _stripe_opts); helpers: fake_url,
+# fake_control, fake_config, fake_requests, fake_reset, fake_stripe,
+# stripe_secret, linked_customer.  parallel_requests / start_request +
+# finish_request keep several requests in flight at once.
+#
 # One server per test file: a database with a random name (migrated with
 # scripts/migrate), a temporary nginx prefix with a generated config on a
 # free loopback port.  When done_testing runs, nginx is stopped gracefully
@@ -40,6 +46,9 @@ package Invoices::Test;
 #   error_log / no_error_log  substrings of what the error log got during
 #                    the block
 #   db_unchanged     the database is byte for byte the same afterwards
+#                    (teams, invoices, idempotency_keys)
+#   stripe_requests  how many /v1 requests the fake Stripe got during the
+#                    block (start_server(stripe => ...))
 #   timeout, response_time_max  seconds (scaled by time_factor())
 #   skip, todo, ONLY the usual
 # {{name}} in any section is replaced by block_vars(name => value).
@@ -80,6 +89,9 @@ our @EXPORT = qw(
     error_log_text error_log_mark error_log_since
     json_typed json_check time_factor valgrind_mode
     API_KEY API_KEY_2
+    parallel_requests start_request finish_request
+    fake_url fake_control fake_config fake_requests fake_reset
+    fake_stripe stripe_secret linked_customer
 );
 
 use constant API_KEY   => 'test-key';
@@ -91,6 +103,8 @@ my @ENV_NEEDED = qw(INVOICES_TEST_PGHOST INVOICES_TEST_PGPORT
 
 our %S;          # the state of this file's server
 our %VARS;       # {{name}} substitutions in blocks
+our @STRIPE_DIRECTIVES = qw(secret_key api_base version thread_pool
+                            connect_timeout timeout max_retries);
 my $OWNER = $$;  # END and hooks act only in the process that loaded us
 my $TESTING_DONE_HOOKED;
 my $PG_STOPPED;
@@ -282,6 +296,7 @@ sub db_fingerprint {
     my $out = sql_do(<<'SQL');
 SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM teams t;
 SELECT md5(coalesce(string_agg(i::text, '|' ORDER BY i::text), '')) FROM invoices i;
+SELECT md5(coalesce(string_agg(k::text, '|' ORDER BY k::text), '')) FROM idempotency_keys k;
 SELECT string_agg(table_name, ',' ORDER BY table_name)
   FROM information_schema.tables WHERE table_schema = 'public';
 SQL
@@ -331,6 +346,7 @@ my $DEFAULT_KEYS = "# admin API keys, one a line (two during a rotation)\n"
 #   main_config, http_config, server_config, location_config: extra text
 #   location      the whole admin location block instead of the default
 #   admin_directive  text of the admin directive ("invoices_admin;")
+#   stripe        a hashref (see _stripe_opts): the Stripe directives
 sub config_text {
     my (%o) = @_;
     my %e = env_or_die();
@@ -360,6 +376,11 @@ sub config_text {
         $c .= "load_module $e{INVOICES_MODULE};\n";
         $c .= "thread_pool invoices threads=$threads max_queue=1024;\n";
     }
+    my $st = $o{stripe} ? _stripe_opts($o{stripe}, $p) : undef;
+    if ($st && defined $st->{pool}) {
+        $c .= "thread_pool $st->{pool} threads=$st->{threads} "
+            . "max_queue=$st->{max_queue};\n";
+    }
     $c .= "$o{main_config}\n" if defined $o{main_config};
     $c .= "events {\n    worker_connections 1024;\n}\n";
     $c .= "http {\n";
@@ -372,6 +393,11 @@ sub config_text {
     if ($module) {
         $c .= "    invoices_database \"$database\";\n" if defined $database;
         $c .= "    invoices_api_keys_file $keys_file;\n" if defined $keys_file;
+    }
+    if ($st) {
+        for my $d (@STRIPE_DIRECTIVES) {
+            $c .= "    invoices_stripe_$d $st->{$d};\n" if defined $st->{$d};
+        }
     }
     $c .= "$o{http_config}\n" if defined $o{http_config};
     $c .= "    server {\n";
@@ -410,6 +436,13 @@ sub _make_prefix {
         print $fh $keys;
         close $fh;
         chmod $o{keys_mode} // 0600, "$prefix/conf/keys";
+    }
+    if ($o{stripe}) {
+        my $st = _stripe_opts($o{stripe}, $prefix);
+        if (defined $st->{key}) {
+            _write("$prefix/conf/stripe.key", "$st->{key}\n");
+            chmod $st->{key_mode}, "$prefix/conf/stripe.key";
+        }
     }
     return $prefix;
 }
@@ -452,6 +485,214 @@ sub _slurp {
     return <$fh>;
 }
 
+
+#----------------------------------------------------------------------
+# Stripe: the directives, and the fake Stripe of this file
+
+# _stripe_opts($opt, $prefix): the stripe option (1 or a hashref of
+# overrides) with every default filled in.  A key given as undef leaves
+# its line out.
+#   pool, threads, max_queue   the "thread_pool" line of the Stripe pool
+#                              (invoices_stripe, 4, 64)
+#   secret_key       the directive's value (file:PREFIX/conf/stripe.key)
+#   api_base         (http://127.0.0.1:FAKEPORT)
+#   version          (none: the module's default)
+#   thread_pool      (the pool above)
+#   connect_timeout (1s), timeout (2s), max_retries (2)
+#   key, key_mode    content and mode of conf/stripe.key (the fake's
+#                    secret, 0600)
+#   collect_delay    the fake's --collect-delay (3600: tests collect with
+#                    POST /_fake/advance)
+#   fake             0: start no fake (start_server)
+sub _stripe_opts {
+    my ($opt, $prefix) = @_;
+    my %o = ref $opt eq 'HASH' ? %$opt : ();
+    my %d = (
+        pool            => 'invoices_stripe',
+        threads         => 4,
+        max_queue       => 64,
+        secret_key      => "file:$prefix/conf/stripe.key",
+        api_base        => 'http://127.0.0.1:'
+                           . ($S{fake} && $S{fake}{port} ? $S{fake}{port} : 9),
+        version         => undef,
+        connect_timeout => '1s',
+        timeout         => '2s',
+        max_retries     => 2,
+        key             => $S{stripe_secret} // _random_secret(),
+        key_mode        => 0600,
+        collect_delay   => 3600,
+        fake            => 1,
+    );
+    for (keys %d) {
+        $o{$_} = $d{$_} unless exists $o{$_};
+    }
+    $o{thread_pool} = $o{pool} unless exists $o{thread_pool};
+    return \%o;
+}
+
+sub _random_secret {
+    return 'sk_test_' . join '', map { ('A'..'Z', 'a'..'z', 0..9)[rand 62] } 1 .. 32;
+}
+
+# stripe_secret(): the secret key of this file's fake (and of nginx)
+sub stripe_secret { $S{stripe_secret} // croak "no Stripe: start_server(stripe => ...)" }
+
+sub _start_fake {
+    my ($st) = @_;
+    my %e = env_or_die();
+    my $p = $S{prefix};
+    my $port_file = "$p/logs/fake-stripe.port";
+    my @cmd = ("$e{INVOICES_REPO}/scripts/fake-stripe", '--listen', '127.0.0.1:0',
+               '--port-file', $port_file, '--secret-key', $S{stripe_secret},
+               '--collect-delay', $st->{collect_delay},
+               '--log', "$p/logs/fake-stripe.log");
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$p/logs/fake-stripe.out";
+        open STDERR, '>>', "$p/logs/fake-stripe.out";
+        POSIX::setpgid(0, 0);
+        exec @cmd or POSIX::_exit(127);
+    }
+    $S{fake} = { pid => $pid };
+    my $deadline = time + 10 * time_factor();
+    while (time < $deadline) {
+        if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
+            delete $S{fake}{pid};
+            die "fake-stripe exited at start:\n"
+                . (_slurp("$p/logs/fake-stripe.out") // '');
+        }
+        if (-s $port_file) {
+            my $port = _slurp($port_file);
+            chomp $port;
+            $S{fake}{port} = $port;
+            return $port;
+        }
+        sleep 0.05;
+    }
+    _stop_fake();
+    die "fake-stripe wrote no port file within 10s:\n"
+        . (_slurp("$p/logs/fake-stripe.out") // '');
+}
+
+sub _stop_fake {
+    my $pid = $S{fake} && $S{fake}{pid} or return;
+    kill 'TERM', $pid;
+    my $deadline = time + 5;
+    while (time < $deadline) {
+        if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
+            delete $S{fake}{pid};
+            return;
+        }
+        sleep 0.05;
+    }
+    kill 'KILL', $pid;
+    waitpid $pid, 0;
+    delete $S{fake}{pid};
+}
+
+# fake_url(): http://127.0.0.1:PORT of this file's fake Stripe
+sub fake_url {
+    my $port = $S{fake} && $S{fake}{port}
+        or croak "no fake Stripe: start_server(stripe => ...)";
+    return "http://127.0.0.1:$port";
+}
+
+my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
+
+sub _fake_http {
+    my ($method, $path, $headers, $content) = @_;
+    require HTTP::Tiny;
+    my $http = HTTP::Tiny->new(timeout => 30 * time_factor());
+    my $res = $http->request($method, fake_url() . $path,
+        { headers => $headers, defined $content ? (content => $content) : () });
+    my $data = length($res->{content} // '')
+        ? eval { $JSON->decode($res->{content}) } : undef;
+    croak "fake Stripe: $method $path: $res->{status} $res->{reason}: "
+        . ($res->{content} // '') if $res->{status} == 599;
+    return ($res->{status}, $data, $res);
+}
+
+# fake_control($method, $path, [$data]): a /_fake/ control call (the
+# path with or without /_fake/); the decoded answer.  Dies unless 2xx.
+sub fake_control {
+    my ($method, $path, $data) = @_;
+    $path = "/_fake/$path" unless $path =~ m{^/};
+    my ($st, $got, $res) = _fake_http($method, $path,
+        { 'Content-Type' => 'application/json' },
+        defined $data ? $JSON->encode($data) : undef);
+    croak "fake Stripe: $method $path: $st: " . ($res->{content} // '')
+        unless $st >= 200 && $st < 300;
+    return $got;
+}
+
+# fake_config(\%config): POST /_fake/config (latency_ms, faults, ...)
+sub fake_config { return fake_control(POST => '/_fake/config', $_[0]) }
+
+# fake_requests([$filter]): every /v1 request the fake received (decoded
+# list, oldest first); $filter: a "METHOD /path" regex.
+sub fake_requests {
+    my ($filter) = @_;
+    my @r = @{ fake_control(GET => '/_fake/requests') };
+    @r = grep { "$_->{method} $_->{path}" =~ $filter } @r if defined $filter;
+    return @r;
+}
+
+# fake_reset([$all]): config, faults and recorded requests back to the
+# start; with $all, every Stripe object too.
+sub fake_reset {
+    my ($all) = @_;
+    return fake_control(POST => '/_fake/reset', $all ? { state => JSON::PP::true() } : {});
+}
+
+# fake_stripe($method, $path, [\%form]): the fake's /v1 API with the
+# secret key, as nginx calls it -> ($status, $decoded).  These requests
+# are recorded by the fake too.
+sub fake_stripe {
+    my ($method, $path, $form) = @_;
+    my $content;
+    if ($form) {
+        $content = join '&', map {
+            my ($k, $v) = ($_, $form->{$_});
+            join '=', map { (my $x = $_) =~ s/([^A-Za-z0-9_.~-])/sprintf '%%%02X', ord $1/ge; $x } $k, $v
+        } sort keys %$form;
+    }
+    my ($st, $got) = _fake_http($method, $path,
+        { Authorization => 'Bearer ' . stripe_secret(),
+          ($form ? ('Content-Type' => 'application/x-www-form-urlencoded') : ()) },
+        $content);
+    return wantarray ? ($st, $got) : $got;
+}
+
+# linked_customer(%opt) -> { customer => 'cus_...', team => {id, name, ...} }
+# A customer in the fake with the chosen (or a random) id, and a team row
+# linked to it.  Options: id, name, payment_method (a test token such as
+# pm_card_visa: the customer's default), team => 0 (no team row).
+sub linked_customer {
+    my (%o) = @_;
+    my $id = $o{id} // 'cus_T' . join '', map { ('A'..'Z', 'a'..'z', 0..9)[rand 62] } 1 .. 14;
+    my $name = $o{name} // "Team of $id";
+    fake_control(POST => '/_fake/customers', {
+        id => $id, name => $name,
+        ($o{payment_method} ? (payment_method => $o{payment_method}) : ()),
+    });
+    my $team = ($o{team} // 1)
+        ? insert_team(name => $name, stripe_customer_id => $id) : undef;
+    return { customer => $id, team => $team };
+}
+
+# The Stripe secret must never reach a client: every response of the file
+# is looked at.
+sub _seen {
+    my ($res) = @_;
+    if (defined $S{stripe_secret}) {
+        $S{responses_seen}++;
+        push @{ $S{leaks} }, $res->describe
+            if index($res->raw // '', $S{stripe_secret}) >= 0;
+    }
+    return $res;
+}
+
 #----------------------------------------------------------------------
 # the server of this file
 
@@ -462,6 +703,10 @@ sub _slurp {
 #   keys, keys_mode  content and mode of conf/keys
 #   before_start  sub called after the database exists, before nginx
 #   allow_log     regex: [alert]/[crit]/[emerg] lines matching it are ok
+#   stripe        1 or a hashref of overrides (see _stripe_opts): start
+#                 scripts/fake-stripe for this file and configure nginx
+#                 to call it; done_testing then also checks that the
+#                 secret key is in no response and not in the logs
 sub start_server {
     my (%o) = @_;
     my %e = env_or_die();
@@ -469,7 +714,14 @@ sub start_server {
     _hook_testing_done();
 
     %S = (opts => \%o, config_test_prefixes => $S{config_test_prefixes} || []);
+    if ($o{stripe}) {
+        my $given = ref $o{stripe} eq 'HASH' ? $o{stripe}{key} : undef;
+        $S{stripe_secret} = $given // _random_secret();
+    }
     $S{prefix} = _make_prefix(%o);
+    if ($o{stripe} && _stripe_opts($o{stripe}, $S{prefix})->{fake}) {
+        _start_fake(_stripe_opts($o{stripe}, $S{prefix}));
+    }
 
     if ($o{db} // 1) {
         my $tag = $0;
@@ -655,6 +907,18 @@ sub _final_checks {
     $tb->ok(!@bad, 'no [alert], [crit] or [emerg] in the error log')
         or $tb->diag(join "\n", @bad[0 .. ($#bad > 19 ? 19 : $#bad)]);
 
+    if (defined(my $secret = $S{stripe_secret})) {
+        my @leaks = @{ $S{leaks} || [] };
+        $tb->ok(!@leaks, "the Stripe secret key is in none of the file's "
+                         . ($S{responses_seen} // 0) . ' responses')
+            or $tb->diag("in:\n" . join "\n", @leaks[0 .. ($#leaks > 2 ? 2 : $#leaks)]);
+        for my $log (qw(error.log access.log)) {
+            my $text = _slurp("$S{prefix}/logs/$log") // '';
+            $tb->ok(index($text, $secret) < 0,
+                    "the Stripe secret key is not in nginx's $log");
+        }
+    }
+
     if (valgrind_mode()) {
         my @p = _valgrind_problems();
         $tb->ok(!@p, 'valgrind: no errors, no definite leaks in the module')
@@ -674,6 +938,7 @@ sub _cleanup {
     return if $S{cleaned};
     $S{cleaned} = 1;
     _kill_nginx() if $S{pid} && !stop_server();
+    _stop_fake();
     eval { pg_start() } if $PG_STOPPED;
     if ($S{db_created}) {
         eval { _psql('postgres', "DROP DATABASE IF EXISTS $S{db} WITH (FORCE);") };
@@ -714,8 +979,8 @@ END {
 sub request {
     my ($method, $path, $headers, $body, %opt) = @_;
     $opt{timeout} //= 10 * time_factor();
-    return Invoices::Test::HTTP::request(server_port(), $method, $path,
-                                         $headers, $body, %opt);
+    return _seen(Invoices::Test::HTTP::request(server_port(), $method, $path,
+                                               $headers, $body, %opt));
 }
 
 # api_request($method, $path, [$headers], [$body]): with Api-Key: test-key.
@@ -729,7 +994,37 @@ sub api_request {
 sub raw_request {
     my ($bytes, %opt) = @_;
     $opt{timeout} //= 10 * time_factor();
-    return Invoices::Test::HTTP::raw(server_port(), $bytes, %opt);
+    return _seen(Invoices::Test::HTTP::raw(server_port(), $bytes, %opt));
+}
+
+sub _api_headers {
+    my ($headers) = @_;
+    my @h = Invoices::Test::HTTP::normalize_headers($headers);
+    unshift @h, ['Api-Key', API_KEY] unless grep { lc $_->[0] eq 'api-key' } @h;
+    return \@h;
+}
+
+# start_request(...): api_request's arguments; sends the request and
+# returns at once.  finish_request(@pending) -> the responses, in order.
+sub start_request {
+    my ($method, $path, $headers, $body, %opt) = @_;
+    $opt{timeout} //= 20 * time_factor();
+    my $port = server_port();
+    my $bytes = Invoices::Test::HTTP::build($port, $method, $path,
+                                            _api_headers($headers), $body, %opt);
+    return Invoices::Test::HTTP::start($port, $bytes, %opt, method => $method);
+}
+
+sub finish_request {
+    return map { _seen($_) } Invoices::Test::HTTP::finish_all(@_);
+}
+
+# parallel_requests([$method, $path, $headers, $body], ...): all sent at
+# once (Api-Key added as by api_request), the responses in order, each
+# with its own elapsed time.
+sub parallel_requests {
+    my @p = map { start_request(@$_) } @_;
+    return finish_request(@p);
 }
 
 # json_typed($response) -> typed tree of its body (dies if not JSON).
@@ -784,7 +1079,7 @@ sub blocks_from_data {
 my @ASSERTIONS = qw(error_code response_headers response_headers_like
                     response_body response_body_like response_body_unlike
                     json_path error_log no_error_log db_unchanged
-                    response_time_max);
+                    response_time_max stripe_requests);
 
 # run_blocks(%opt): run every block of __DATA__ (or blocks => [...]).
 #   default_headers  header lines added to every request unless the block
@@ -844,6 +1139,8 @@ sub _run_block {
         }
 
         my $fp = $b->{sections}{db_unchanged} ? db_fingerprint() : undef;
+        my $stripe_before = $b->{sections}{stripe_requests}
+            ? scalar(fake_requests()) : undef;
         my $mark = error_log_mark();
         my $timeout = (_val($b, 'timeout') // 10) * time_factor();
 
@@ -927,6 +1224,13 @@ sub _run_block {
         }
         if ($fp) {
             Test::More::is(db_fingerprint(), $fp, 'database unchanged');
+        }
+        if (defined $stripe_before) {
+            my $want = _val($b, 'stripe_requests');
+            my @all = fake_requests();
+            my @new = @all[$stripe_before .. $#all];
+            Test::More::is(scalar @new, $want, "the fake Stripe got $want requests")
+                or Test::More::diag(join "\n", map { "$_->{method} $_->{path}" } @new);
         }
         if (defined(my $el = _val($b, 'error_log'))) {
             sleep 0.1;

@@ -29,7 +29,7 @@ our %KNOWN = map { $_ => 1 } qw(
     error_code response_headers response_headers_like
     response_body response_body_like response_body_unlike json_path
     error_log no_error_log setup setup_sql db_unchanged timeout
-    response_time_max skip todo ONLY
+    response_time_max stripe_requests skip todo ONLY
 );
 
 sub parse_blocks {

@@ -18,6 +18,14 @@ use Carp qw(croak);
 #   method   the request method, when the caller knows it (HEAD: no body)
 sub raw {
     my ($port, $bytes, %opt) = @_;
+    return finish(start($port, $bytes, %opt));
+}
+
+# start($port, $bytes, %opt) -> a pending exchange: the request is sent,
+# the answer is read later by finish($pending).  Several exchanges can be
+# in flight at once (see Invoices::Test::parallel_requests).
+sub start {
+    my ($port, $bytes, %opt) = @_;
     my $timeout = $opt{timeout} // 10;
     my $start = time;
 
@@ -44,28 +52,62 @@ sub raw {
     }
     shutdown($sock, 1) if $opt{half_close};
 
-    my $buf = '';
-    my $deadline = $start + $timeout;
+    return { sock => $sock, start => $start, deadline => $start + $timeout,
+             write_error => $write_error, method => $opt{method},
+             buf => '', done => 0 };
+}
+
+# finish($pending) -> Invoices::Test::Response (reads to EOF or timeout)
+sub finish {
+    my ($p) = @_;
+    my $sock = $p->{sock};
     my $timed_out = 0;
-    while (1) {
-        my $left = $deadline - time;
+    while (!$p->{done}) {
+        my $left = $p->{deadline} - time;
         if ($left <= 0) { $timed_out = 1; last; }
         my $rin = '';
         vec($rin, fileno($sock), 1) = 1;
         my $nfound = select(my $rout = $rin, undef, undef, $left);
         next if $nfound < 0 && $!{EINTR};
         if ($nfound <= 0) { $timed_out = 1; last; }
-        my $n = sysread($sock, $buf, 65536, length $buf);
-        last if !$n;    # EOF or error (reset)
+        _read_some($p);
     }
     close $sock;
 
-    return Invoices::Test::Response->parse($buf,
-        elapsed     => time - $start,
+    return Invoices::Test::Response->parse($p->{buf},
+        elapsed     => ($p->{end} // time) - $p->{start},
         timed_out   => $timed_out,
-        write_error => $write_error,
-        method      => $opt{method},
+        write_error => $p->{write_error},
+        method      => $p->{method},
     );
+}
+
+# one read; marks the exchange done (and its end time) at EOF or error
+sub _read_some {
+    my ($p) = @_;
+    my $n = sysread($p->{sock}, $p->{buf}, 65536, length $p->{buf});
+    if (!$n) {    # EOF or error (reset)
+        $p->{done} = 1;
+        $p->{end} = time;
+    }
+}
+
+# finish_all(@pending) -> responses in the same order; reads them all at
+# once, so that each one's elapsed time is its own.
+sub finish_all {
+    my (@p) = @_;
+    while (1) {
+        my @open = grep { !$_->{done} && time < $_->{deadline} } @p;
+        last unless @open;
+        my $rin = '';
+        vec($rin, fileno($_->{sock}), 1) = 1 for @open;
+        my $nfound = select(my $rout = $rin, undef, undef, 0.2);
+        next if $nfound <= 0;
+        for my $q (@open) {
+            _read_some($q) if vec($rout, fileno($q->{sock}), 1);
+        }
+    }
+    return map { finish($_) } @p;
 }
 
 # request($port, $method, $path, $headers, $body, %opt)
@@ -73,6 +115,13 @@ sub raw {
 #   "Name: value" lines.  Host, Connection: close and Content-Length are
 #   added unless given (no_host => 1 leaves Host out).
 sub request {
+    my ($port, $method, $path, $headers, $body, %opt) = @_;
+    return raw($port, build($port, $method, $path, $headers, $body, %opt),
+               %opt, method => $method);
+}
+
+# build(...): the bytes request() sends (same arguments).
+sub build {
     my ($port, $method, $path, $headers, $body, %opt) = @_;
     my @h = normalize_headers($headers);
     my %have = map { lc($_->[0]) => 1 } @h;
@@ -88,8 +137,7 @@ sub request {
     $req .= "$_->[0]: $_->[1]\r\n" for @h;
     $req .= "\r\n";
     $req .= $body if defined $body;
-
-    return raw($port, $req, %opt, method => $method);
+    return $req;
 }
 
 sub normalize_headers {
