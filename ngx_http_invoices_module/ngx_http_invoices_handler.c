@@ -12,6 +12,7 @@
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_read.h"
 #include "ngx_http_invoices_create.h"
+#include "ngx_http_invoices_sync.h"
 
 
 static const char *ngx_http_invoices_auth(ngx_http_request_t *r,
@@ -32,6 +33,7 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     static ngx_str_t  allow = ngx_string("Allow");
     static ngx_str_t  get_head = ngx_string("GET, HEAD");
     static ngx_str_t  get_head_post = ngx_string("GET, HEAD, POST");
+    static ngx_str_t  post = ngx_string("POST");
 
     ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
 
@@ -81,6 +83,29 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
         && ilcf->stripe_secret_key.len)
     {
         return ngx_http_invoices_create(r, ilcf);
+    }
+
+    /* the sync, where Stripe is configured: POST only */
+
+    if (id.len == 4 && ngx_strncmp(id.data, "sync", 4) == 0
+        && ilcf->stripe_secret_key.len)
+    {
+        if (r->method == NGX_HTTP_POST) {
+            return ngx_http_invoices_sync(r, ilcf);
+        }
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (ngx_http_invoices_set_header(r, &allow, &post) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                   "invalid_request_error", "method_not_allowed",
+                   "the sync is started with POST", NULL);
     }
 
     rc = ngx_http_discard_request_body(r);

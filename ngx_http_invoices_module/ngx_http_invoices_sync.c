@@ -1,0 +1,265 @@
+
+/*
+ * POST /admin/api/invoices/sync[?since=UNIX&starting_after=in_...]
+ *
+ * Pages through Stripe's invoice list (newest first, 100 a page) and
+ * applies every invoice through the same forward-only write as the
+ * webhook, so it recovers invoices whose events never arrived and is safe
+ * to run twice or beside the webhook.  One call is bounded in pages and
+ * time; when it stops early it says where to go on ("next").
+ */
+
+
+#include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_json.h"
+#include "ngx_http_invoices_pg.h"
+#include "ngx_http_invoices_stripe.h"
+#include "ngx_http_invoices_sync.h"
+
+
+#define NGX_HTTP_INVOICES_SYNC_PAGES    20
+#define NGX_HTTP_INVOICES_SYNC_SECONDS  20
+
+
+typedef struct {
+    ngx_http_invoices_stripe_conf_t   stripe;
+    char                              since[24];
+    char                              starting_after[256];
+} ngx_http_invoices_sync_t;
+
+
+static ngx_int_t ngx_http_invoices_sync_arg(ngx_http_request_t *r,
+    const char *name, const char *allowed, size_t min, size_t max,
+    char *out, size_t size);
+static void ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job);
+
+
+ngx_int_t
+ngx_http_invoices_sync(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf)
+{
+    ngx_int_t                  rc;
+    ngx_http_invoices_job_t   *job;
+    ngx_http_invoices_sync_t  *sy;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    sy = ngx_pcalloc(r->pool, sizeof(ngx_http_invoices_sync_t));
+    if (sy == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_invoices_sync_arg(r, "since", "0123456789", 1, 12,
+                                   sy->since, sizeof(sy->since))
+        != NGX_OK)
+    {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "parameter_invalid",
+                   "since must be a Unix timestamp (seconds)", "since");
+    }
+
+    if (ngx_http_invoices_sync_arg(r, "starting_after",
+                                   "abcdefghijklmnopqrstuvwxyz"
+                                   "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_",
+                                   4, 255, sy->starting_after,
+                                   sizeof(sy->starting_after))
+        != NGX_OK
+        || (sy->starting_after[0]
+            && ngx_strncmp(sy->starting_after, "in_", 3) != 0))
+    {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "parameter_invalid",
+                   "starting_after must be a Stripe invoice id (in_...)",
+                   "starting_after");
+    }
+
+    sy->stripe.api_base = (const char *) ilcf->stripe_api_base.data;
+    sy->stripe.secret_key = (const char *) ilcf->stripe_secret_key.data;
+    sy->stripe.version = (const char *) ilcf->stripe_version.data;
+    sy->stripe.connect_timeout = ilcf->stripe_connect_timeout;
+    sy->stripe.timeout = ilcf->stripe_timeout;
+    sy->stripe.max_retries = ilcf->stripe_max_retries;
+
+    job = ngx_http_invoices_job_create(r, ilcf);
+    if (job == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    job->thread_pool = ilcf->stripe_thread_pool;
+    job->run = ngx_http_invoices_sync_run;
+    job->data = sy;
+
+    return ngx_http_invoices_job_run(r, job);
+}
+
+
+/* an optional query argument of allowed characters; NGX_OK when fine */
+
+static ngx_int_t
+ngx_http_invoices_sync_arg(ngx_http_request_t *r, const char *name,
+    const char *allowed, size_t min, size_t max, char *out, size_t size)
+{
+    size_t     i;
+    ngx_str_t  value;
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &value)
+        != NGX_OK)
+    {
+        return NGX_OK;
+    }
+
+    if (value.len < min || value.len > max || value.len >= size) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < value.len; i++) {
+        if (ngx_strchr(allowed, value.data[i]) == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    *ngx_cpymem(out, value.data, value.len) = '\0';
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
+{
+    char                                *body;
+    size_t                               i, len;
+    json_t                              *list, *data, *invoice, *answer;
+    time_t                               deadline;
+    PGresult                            *res;
+    ngx_uint_t                           pages, more, final;
+    const char                          *values[9], *result;
+    char                                 path[512], now[24], *p;
+    ngx_http_invoices_sync_t            *sy = job->data;
+    ngx_http_invoices_stripe_res_t       sr;
+    ngx_http_invoices_stripe_invoice_t   inv;
+    json_int_t                           seen, inserted, updated,
+                                         unchanged, deleted;
+
+    seen = inserted = updated = unchanged = deleted = 0;
+    deadline = time(NULL) + NGX_HTTP_INVOICES_SYNC_SECONDS;
+    more = 0;
+
+    for (pages = 0; pages < NGX_HTTP_INVOICES_SYNC_PAGES; pages++) {
+
+        p = (char *) ngx_sprintf((u_char *) path, "/v1/invoices?limit=100");
+
+        if (sy->since[0]) {
+            p = (char *) ngx_sprintf((u_char *) p, "&created%%5Bgte%%5D=%s",
+                                     sy->since);
+        }
+
+        if (sy->starting_after[0]) {
+            p = (char *) ngx_sprintf((u_char *) p, "&starting_after=%s",
+                                     sy->starting_after);
+        }
+
+        *p = '\0';
+
+        ngx_http_invoices_stripe_request(&sy->stripe, "GET", path, NULL, NULL,
+                                         &sr);
+
+        if (sr.outcome != NGX_HTTP_INVOICES_STRIPE_ANSWERED
+            || sr.status != 200)
+        {
+            free(job->body);
+            job->status = ngx_http_invoices_stripe_error(&sr,
+                              "listing invoices", NULL, &job->body,
+                              &job->len, &final, job->log, sizeof(job->log));
+            ngx_http_invoices_stripe_res_free(&sr);
+            return;
+        }
+
+        list = json_loadb(sr.body, sr.len, 0, NULL);
+        ngx_http_invoices_stripe_res_free(&sr);
+
+        data = json_object_get(list, "data");
+
+        if (!json_is_array(data)) {
+            json_decref(list);
+            ngx_http_invoices_job_fail(job, NGX_HTTP_BAD_GATEWAY,
+                                       "stripe_error", "stripe_bad_response",
+                                       "Stripe's invoice list could not be "
+                                       "read");
+            return;
+        }
+
+        *ngx_sprintf((u_char *) now, "%T", time(NULL)) = '\0';
+
+        json_array_foreach(data, i, invoice) {
+
+            if (ngx_http_invoices_stripe_invoice(invoice, &inv) != NGX_OK) {
+                continue;
+            }
+
+            values[0] = inv.id;
+            values[1] = inv.customer;
+            values[2] = inv.status;
+            values[3] = inv.amount;
+            values[4] = inv.currency;
+            values[5] = inv.invoice_pdf;
+            values[6] = inv.created;
+            values[7] = now;
+            values[8] = inv.transition_at;
+
+            res = ngx_http_invoices_pg_query(job,
+                      "SELECT invoices_apply($1, $2, $3, $4, $5, $6, $7, "
+                      "$8, $9)", 9, values);
+            if (res == NULL) {
+                json_decref(list);
+                return;
+            }
+
+            result = PQgetvalue(res, 0, 0);
+            seen++;
+
+            if (ngx_strcmp(result, "inserted") == 0) {
+                inserted++;
+
+            } else if (ngx_strcmp(result, "updated") == 0) {
+                updated++;
+
+            } else if (ngx_strcmp(result, "deleted") == 0) {
+                deleted++;
+
+            } else {
+                unchanged++;
+            }
+
+            PQclear(res);
+
+            ngx_cpystrn((u_char *) sy->starting_after, (u_char *) inv.id,
+                        sizeof(sy->starting_after));
+        }
+
+        more = json_is_true(json_object_get(list, "has_more"))
+               && json_array_size(data) > 0;
+        json_decref(list);
+
+        if (!more || time(NULL) >= deadline) {
+            break;
+        }
+    }
+
+    answer = json_pack("{s:I,s:I,s:I,s:I,s:I,s:b,s:s?}",
+                       "seen", seen, "inserted", inserted,
+                       "updated", updated, "unchanged", unchanged,
+                       "deleted", deleted, "hasMore", (int) more,
+                       "next", more ? sy->starting_after : NULL);
+
+    body = ngx_http_invoices_json_dump(answer, &len);
+    json_decref(answer);
+
+    free(job->body);
+    job->body = body;
+    job->len = len;
+    job->status = body ? NGX_HTTP_OK : 0;
+}
