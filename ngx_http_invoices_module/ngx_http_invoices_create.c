@@ -23,6 +23,7 @@
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_create.h"
 #include "ngx_http_invoices_handler.h"
+#include "ngx_http_invoices_cache.h"
 
 
 #define NGX_HTTP_INVOICES_ITEMS_MAX    250
@@ -1111,6 +1112,12 @@ ngx_http_invoices_create_finish(ngx_http_request_t *r,
         && ngx_http_invoices_set_header(r, &replayed, &yes) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* an invoice was stored (finalized, or a draft left by a failure) */
+
+    if (!cr->replayed && cr->invoice_id[0]) {
+        ngx_http_invoices_cache_bump();
     }
 
     if (job->status == NGX_HTTP_CREATED && cr->invoice_id[0]) {

@@ -143,13 +143,7 @@ ngx_int_t
 ngx_http_invoices_send_json(ngx_http_request_t *r, ngx_uint_t status,
     char *body, size_t len)
 {
-    ngx_buf_t           *b;
-    ngx_int_t            rc;
-    ngx_chain_t          out;
     ngx_pool_cleanup_t  *cln;
-
-    static ngx_str_t  retry_after = ngx_string("Retry-After");
-    static ngx_str_t  one_second = ngx_string("1");
 
     if (body == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -163,6 +157,23 @@ ngx_http_invoices_send_json(ngx_http_request_t *r, ngx_uint_t status,
 
     cln->handler = ngx_http_invoices_free_body;
     cln->data = body;
+
+    return ngx_http_invoices_send_bytes(r, status, (u_char *) body, len);
+}
+
+
+/* the same for bytes that live at least as long as the request */
+
+ngx_int_t
+ngx_http_invoices_send_bytes(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *body, size_t len)
+{
+    ngx_buf_t    *b;
+    ngx_int_t     rc;
+    ngx_chain_t   out;
+
+    static ngx_str_t  retry_after = ngx_string("Retry-After");
+    static ngx_str_t  one_second = ngx_string("1");
 
     if (status == NGX_HTTP_SERVICE_UNAVAILABLE
         && ngx_http_invoices_set_header(r, &retry_after, &one_second)
@@ -196,7 +207,7 @@ ngx_http_invoices_send_json(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_ERROR;
     }
 
-    b->start = (u_char *) body;
+    b->start = body;
     b->pos = b->start;
     b->last = b->start + len;
     b->end = b->last;

@@ -25,6 +25,8 @@ json_t *ngx_http_invoices_json_error_new(const char *type, const char *code,
 /* event loop only */
 ngx_int_t ngx_http_invoices_send_json(ngx_http_request_t *r,
     ngx_uint_t status, char *body, size_t len);
+ngx_int_t ngx_http_invoices_send_bytes(ngx_http_request_t *r,
+    ngx_uint_t status, u_char *body, size_t len);
 ngx_int_t ngx_http_invoices_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *type, const char *code,
     const char *message, const char *param);

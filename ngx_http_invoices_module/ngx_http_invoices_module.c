@@ -15,11 +15,17 @@
 #include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_webhook.h"
+#include "ngx_http_invoices_cache.h"
 
 
 #define NGX_HTTP_INVOICES_KEYS_MAX_SIZE  65536
 
 
+static void *ngx_http_invoices_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_invoices_init_main_conf(ngx_conf_t *cf, void *conf);
+static char *ngx_http_invoices_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_invoices_init_process(ngx_cycle_t *cycle);
 static void *ngx_http_invoices_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -96,6 +102,27 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
       offsetof(ngx_http_invoices_loc_conf_t, webhook_tolerance),
       NULL },
 
+    { ngx_string("invoices_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
+      ngx_http_invoices_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("invoices_redis_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_invoices_main_conf_t, redis.timeout),
+      NULL },
+
+    { ngx_string("invoices_cache_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_invoices_main_conf_t, redis.ttl),
+      NULL },
+
     { ngx_string("invoices_currency"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -160,8 +187,8 @@ static ngx_http_module_t  ngx_http_invoices_module_ctx = {
     NULL,                                  /* preconfiguration */
     ngx_http_invoices_filter_init,         /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_invoices_create_main_conf,    /* create main configuration */
+    ngx_http_invoices_init_main_conf,      /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -178,13 +205,166 @@ ngx_module_t  ngx_http_invoices_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     ngx_http_invoices_init_module,         /* init module */
-    NULL,                                  /* init process */
+    ngx_http_invoices_init_process,        /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_invoices_exit_process,        /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static void *
+ngx_http_invoices_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_invoices_main_conf_t  *imcf;
+
+    imcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_invoices_main_conf_t));
+    if (imcf == NULL) {
+        return NULL;
+    }
+
+    imcf->redis.db = NGX_CONF_UNSET;
+    imcf->redis.timeout = NGX_CONF_UNSET_MSEC;
+    imcf->redis.ttl = NGX_CONF_UNSET;
+
+    return imcf;
+}
+
+
+static char *
+ngx_http_invoices_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_invoices_main_conf_t *imcf = conf;
+
+    ngx_conf_init_value(imcf->redis.db, 0);
+    ngx_conf_init_msec_value(imcf->redis.timeout, 100);
+    ngx_conf_init_value(imcf->redis.ttl, 60);
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * invoices_redis 127.0.0.1:6379 | [::1]:6379 | unix:/path
+ *                [password=file:/path|env:NAME] [db=N];
+ *
+ * Numeric addresses only: hiredis 0.14 resolves names with a blocking
+ * getaddrinfo(), which the event loop must never run.
+ */
+
+static char *
+ngx_http_invoices_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_invoices_main_conf_t *imcf = conf;
+
+    u_char                          *colon;
+    ngx_str_t                       *value, spec;
+    ngx_uint_t                       i;
+    ngx_http_invoices_redis_conf_t  *rc;
+
+    rc = &imcf->redis;
+
+    if (rc->addr.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    rc->addr = value[1];
+
+    if (value[1].len > 5 && ngx_strncmp(value[1].data, "unix:", 5) == 0) {
+        rc->unix_path.data = value[1].data + 5;
+        rc->unix_path.len = value[1].len - 5;
+
+    } else {
+        colon = NULL;
+
+        for (i = 0; i < value[1].len; i++) {
+            if (value[1].data[i] == ':') {
+                colon = &value[1].data[i];
+            }
+        }
+
+        if (colon == NULL) {
+            goto invalid;
+        }
+
+        rc->port = ngx_atoi(colon + 1, value[1].data + value[1].len - colon
+                                       - 1);
+
+        rc->host.data = value[1].data;
+        rc->host.len = colon - value[1].data;
+
+        if (rc->host.len > 2 && rc->host.data[0] == '['
+            && rc->host.data[rc->host.len - 1] == ']')
+        {
+            rc->host.data++;
+            rc->host.len -= 2;
+        }
+
+        if (rc->port < 1 || rc->port > 65535
+            || (ngx_inet_addr(rc->host.data, rc->host.len) == INADDR_NONE
+#if (NGX_HAVE_INET6)
+                && ngx_inet6_addr(rc->host.data, rc->host.len,
+                                  (u_char [16]) { 0 }) != NGX_OK
+#endif
+               ))
+        {
+            goto invalid;
+        }
+
+        /* NUL-ended for hiredis */
+
+        rc->host.data = ngx_pnalloc(cf->pool, rc->host.len + 1);
+        if (rc->host.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(rc->host.data,
+                   value[1].data + (value[1].data[0] == '[' ? 1 : 0),
+                   rc->host.len);
+        rc->host.data[rc->host.len] = '\0';
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (value[i].len > 9
+            && ngx_strncmp(value[i].data, "password=", 9) == 0)
+        {
+            spec.data = value[i].data + 9;
+            spec.len = value[i].len - 9;
+
+            if (ngx_http_invoices_load_secret(cf, &spec, &rc->password)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (value[i].len > 3 && ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            rc->db = ngx_atoi(value[i].data + 3, value[i].len - 3);
+            if (rc->db == NGX_ERROR || rc->db > 65535) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid \"invoices_redis\" value: it takes a "
+                       "numeric IP:port, [IPv6]:port or unix:/path, then "
+                       "optional password=file:/path|env:NAME and db=N");
+    return NGX_CONF_ERROR;
+}
 
 
 static void *
@@ -787,6 +967,14 @@ ngx_http_invoices_check_token(ngx_conf_t *cf, ngx_str_t *value,
 
 
 static ngx_int_t
+ngx_http_invoices_init_process(ngx_cycle_t *cycle)
+{
+    /* the worker's Redis link, when a cache is configured */
+    return ngx_http_invoices_cache_init(cycle);
+}
+
+
+static ngx_int_t
 ngx_http_invoices_init_module(ngx_cycle_t *cycle)
 {
     /* before any worker or pool thread builds JSON or calls Stripe */
@@ -799,6 +987,7 @@ ngx_http_invoices_init_module(ngx_cycle_t *cycle)
 static void
 ngx_http_invoices_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_invoices_redis_exit();
     ngx_http_invoices_pg_close_all();
     ngx_http_invoices_stripe_close_all();
 }

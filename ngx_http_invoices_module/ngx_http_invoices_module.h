@@ -46,6 +46,14 @@ typedef struct {
 } ngx_http_invoices_loc_conf_t;
 
 
+#include "ngx_http_invoices_redis.h"
+
+
+typedef struct {
+    ngx_http_invoices_redis_conf_t  redis;   /* addr.len == 0: no cache */
+} ngx_http_invoices_main_conf_t;
+
+
 typedef struct ngx_http_invoices_job_s  ngx_http_invoices_job_t;
 
 /* per request */

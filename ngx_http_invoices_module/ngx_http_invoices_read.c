@@ -12,6 +12,7 @@
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_read.h"
+#include "ngx_http_invoices_cache.h"
 
 
 #define NGX_HTTP_INVOICES_PAGE_MAX   2147483647
@@ -24,6 +25,9 @@ typedef struct {
     ngx_int_t    limit;
     ngx_uint_t   by_stripe_id;
     char        *id;                 /* NUL-ended, validated */
+    ngx_str_t    page_key;           /* ":<page>:<limit>", for the cache */
+    ngx_str_t    gen;                /* a miss: store under this */
+    ngx_str_t   *x_cache;
     char         offset_text[NGX_INT64_LEN + 1];
     char         limit_text[NGX_INT_T_LEN + 1];
 } ngx_http_invoices_read_t;
@@ -31,6 +35,12 @@ typedef struct {
 
 static ngx_int_t ngx_http_invoices_parse_arg(ngx_http_request_t *r,
     ngx_str_t *value, ngx_int_t max, ngx_int_t *out);
+static ngx_int_t ngx_http_invoices_list_query(ngx_http_request_t *r,
+    ngx_http_invoices_read_t *rd);
+static void ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
+    ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value);
+static ngx_int_t ngx_http_invoices_read_send(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job, ngx_str_t *etag, u_char *body, size_t len);
 static void ngx_http_invoices_list_run(ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_get_run(ngx_http_invoices_job_t *job);
 static json_t *ngx_http_invoices_row_json(PGresult *res, int row, int col);
@@ -40,6 +50,11 @@ static ngx_int_t ngx_http_invoices_read_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 static ngx_uint_t ngx_http_invoices_etag_match(ngx_str_t *header,
     u_char *etag, size_t len);
+
+
+static ngx_str_t  ngx_http_invoices_hit = ngx_string("HIT");
+static ngx_str_t  ngx_http_invoices_miss = ngx_string("MISS");
+static ngx_str_t  ngx_http_invoices_bypass = ngx_string("BYPASS");
 
 
 #define NGX_HTTP_INVOICES_TIME(col)                                           \
@@ -83,7 +98,6 @@ ngx_http_invoices_list(ngx_http_request_t *r,
     u_char                    *p, *end, *name, *eq;
     ngx_str_t                  value, page, limit;
     ngx_uint_t                 have_page, have_limit;
-    ngx_http_invoices_job_t   *job;
     ngx_http_invoices_read_t  *rd;
 
     have_page = 0;
@@ -162,6 +176,40 @@ ngx_http_invoices_list(ngx_http_request_t *r,
     *ngx_sprintf((u_char *) rd->offset_text, "%L",
                  (int64_t) (rd->page - 1) * rd->limit) = '\0';
 
+    rd->x_cache = &ngx_http_invoices_bypass;
+
+    if (ngx_http_invoices_cache_enabled()) {
+        rd->page_key.data = ngx_pnalloc(r->pool, 2 * NGX_INT_T_LEN + 2);
+        if (rd->page_key.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        rd->page_key.len = ngx_sprintf(rd->page_key.data, ":%i:%i",
+                                       rd->page, rd->limit)
+                           - rd->page_key.data;
+
+        if (ngx_http_invoices_cache_lookup(r, &rd->page_key,
+                                           ngx_http_invoices_list_cached, rd)
+            == NGX_OK)
+        {
+            r->main->count++;
+            return NGX_DONE;
+        }
+    }
+
+    return ngx_http_invoices_list_query(r, rd);
+}
+
+
+static ngx_int_t
+ngx_http_invoices_list_query(ngx_http_request_t *r,
+    ngx_http_invoices_read_t *rd)
+{
+    ngx_http_invoices_job_t       *job;
+    ngx_http_invoices_loc_conf_t  *ilcf;
+
+    ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
+
     job = ngx_http_invoices_job_create(r, ilcf);
     if (job == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -172,6 +220,48 @@ ngx_http_invoices_list(ngx_http_request_t *r,
     job->data = rd;
 
     return ngx_http_invoices_job_run(r, job);
+}
+
+
+/* Redis answered (or not): the cached page, or PostgreSQL */
+
+static void
+ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
+    ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value)
+{
+    u_char                    *nl;
+    ngx_int_t                  rc;
+    ngx_str_t                  etag;
+    ngx_connection_t          *c;
+    ngx_http_invoices_read_t  *rd = data;
+
+    c = r->connection;
+    ngx_http_set_log_request(c->log, r);
+
+    nl = (outcome == NGX_OK) ? ngx_strlchr(value->data,
+                                           value->data + value->len, '\n')
+                             : NULL;
+
+    if (nl) {
+        /* stored as "<etag>\n<body>" */
+        etag.data = value->data;
+        etag.len = nl - value->data;
+        rd->x_cache = &ngx_http_invoices_hit;
+
+        rc = ngx_http_invoices_read_send(r, NULL, &etag, nl + 1,
+                                         value->data + value->len - nl - 1);
+
+    } else {
+        if (outcome == NGX_DECLINED) {
+            rd->gen = *gen;
+            rd->x_cache = &ngx_http_invoices_miss;
+        }
+
+        rc = ngx_http_invoices_list_query(r, rd);
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -228,6 +318,8 @@ ngx_http_invoices_get(ngx_http_request_t *r,
     if (rd == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    rd->x_cache = &ngx_http_invoices_bypass;
 
     if (id->len == 24) {
         ok = 1;
@@ -430,31 +522,77 @@ static ngx_int_t
 ngx_http_invoices_read_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job)
 {
-    ngx_str_t  etag;
+    u_char                    *p;
+    ngx_str_t                  etag, value;
+    ngx_http_invoices_read_t  *rd = job->data;
 
-    static ngx_str_t  etag_name = ngx_string("ETag");
-    static ngx_str_t  x_cache = ngx_string("X-Cache");
-    static ngx_str_t  bypass = ngx_string("BYPASS");
+    if (job->status != NGX_HTTP_OK) {
+        return ngx_http_invoices_job_send(r, job);
+    }
 
-    if (job->status == NGX_HTTP_OK) {
-        etag.data = job->etag;
-        etag.len = job->etag_len;
+    etag.data = job->etag;
+    etag.len = job->etag_len;
 
-        if (ngx_http_invoices_set_header(r, &etag_name, &etag) != NGX_OK
-            || ngx_http_invoices_set_header(r, &x_cache, &bypass) != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+    if (rd->gen.len) {
+        /* a miss: the page for later readers, as "<etag>\n<body>" */
 
-        if (r->headers_in.if_none_match
-            && ngx_http_invoices_etag_match(&r->headers_in.if_none_match->value,
-                                            etag.data, etag.len))
-        {
-            job->status = NGX_HTTP_NOT_MODIFIED;
+        value.len = etag.len + 1 + job->len;
+        value.data = ngx_pnalloc(r->pool, value.len);
+
+        if (value.data) {
+            p = ngx_cpymem(value.data, etag.data, etag.len);
+            *p++ = '\n';
+            ngx_memcpy(p, job->body, job->len);
+
+            ngx_http_invoices_cache_store(r, &rd->gen, &rd->page_key, &value);
         }
     }
 
-    return ngx_http_invoices_job_send(r, job);
+    return ngx_http_invoices_read_send(r, job, &etag, NULL, 0);
+}
+
+
+/*
+ * A 200 with its ETag and X-Cache, or a 304 when If-None-Match matches:
+ * the job's body, or (job == NULL) bytes of the request's pool.
+ */
+
+static ngx_int_t
+ngx_http_invoices_read_send(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job, ngx_str_t *etag, u_char *body, size_t len)
+{
+    ngx_uint_t                 status;
+    ngx_http_invoices_read_t  *rd;
+
+    static ngx_str_t  etag_name = ngx_string("ETag");
+    static ngx_str_t  x_cache = ngx_string("X-Cache");
+
+    rd = job ? job->data : NULL;
+
+    if (ngx_http_invoices_set_header(r, &etag_name, etag) != NGX_OK
+        || ngx_http_invoices_set_header(r, &x_cache,
+                                        rd ? rd->x_cache
+                                           : &ngx_http_invoices_hit)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    status = NGX_HTTP_OK;
+
+    if (r->headers_in.if_none_match
+        && ngx_http_invoices_etag_match(&r->headers_in.if_none_match->value,
+                                        etag->data, etag->len))
+    {
+        status = NGX_HTTP_NOT_MODIFIED;
+    }
+
+    if (job) {
+        job->status = status;
+        return ngx_http_invoices_job_send(r, job);
+    }
+
+    return ngx_http_invoices_send_bytes(r, status, body, len);
 }
 
 

@@ -15,6 +15,7 @@
 #include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_sync.h"
+#include "ngx_http_invoices_cache.h"
 
 
 #define NGX_HTTP_INVOICES_SYNC_PAGES    20
@@ -25,6 +26,7 @@ typedef struct {
     ngx_http_invoices_stripe_conf_t   stripe;
     char                              since[24];
     char                              starting_after[256];
+    ngx_uint_t                        changed;     /* out */
 } ngx_http_invoices_sync_t;
 
 
@@ -32,6 +34,8 @@ static ngx_int_t ngx_http_invoices_sync_arg(ngx_http_request_t *r,
     const char *name, const char *allowed, size_t min, size_t max,
     char *out, size_t size);
 static void ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job);
+static ngx_int_t ngx_http_invoices_sync_finish(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job);
 
 
 ngx_int_t
@@ -90,6 +94,7 @@ ngx_http_invoices_sync(ngx_http_request_t *r,
 
     job->thread_pool = ilcf->stripe_thread_pool;
     job->run = ngx_http_invoices_sync_run;
+    job->finish = ngx_http_invoices_sync_finish;
     job->data = sy;
 
     return ngx_http_invoices_job_run(r, job);
@@ -221,6 +226,12 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
             result = PQgetvalue(res, 0, 0);
             seen++;
 
+            if (ngx_strcmp(result, "inserted") == 0
+                || ngx_strcmp(result, "updated") == 0)
+            {
+                sy->changed = 1;
+            }
+
             if (ngx_strcmp(result, "inserted") == 0) {
                 inserted++;
 
@@ -262,4 +273,20 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
     job->body = body;
     job->len = len;
     job->status = body ? NGX_HTTP_OK : 0;
+}
+
+
+/* even a sync that failed half-way may have changed rows */
+
+static ngx_int_t
+ngx_http_invoices_sync_finish(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job)
+{
+    ngx_http_invoices_sync_t  *sy = job->data;
+
+    if (sy->changed) {
+        ngx_http_invoices_cache_bump();
+    }
+
+    return ngx_http_invoices_job_send(r, job);
 }

@@ -1,0 +1,312 @@
+
+/*
+ * The list page cache in Redis.
+ *
+ * A finished list body is kept under "invoices:list:<gen>:<page>", where
+ * <gen> is the value of "invoices:gen" that every write increments.  The
+ * generation and the page are read in ONE round trip by a Lua script
+ * (EVALSHA; on NOSCRIPT the script is sent again with EVAL, which loads
+ * it).  A miss stores the page under the generation read BEFORE the
+ * database was asked, so a write that lands meanwhile moves readers to a
+ * new generation and the page stored late is never seen.  A bump that
+ * could not reach Redis is sent again as soon as the link is back, before
+ * any lookup of this worker.
+ */
+
+
+#include <openssl/evp.h>
+
+#include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_redis.h"
+#include "ngx_http_invoices_cache.h"
+
+
+#define NGX_HTTP_INVOICES_GEN_KEY   "invoices:gen"
+#define NGX_HTTP_INVOICES_PAGE_KEY  "invoices:list:"
+
+
+typedef struct {
+    ngx_http_invoices_cache_pt   handler;
+    void                        *data;
+    ngx_str_t                    page;
+    ngx_uint_t                   evaled;
+} ngx_http_invoices_lookup_t;
+
+
+static ngx_int_t ngx_http_invoices_cache_send(ngx_http_request_t *r,
+    ngx_http_invoices_lookup_t *lk, ngx_uint_t eval);
+static void ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
+    redisReply *reply);
+static void ngx_http_invoices_cache_connected(void);
+static void ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
+    redisReply *reply);
+
+
+/* KEYS[1] the generation; ARGV[1] the page key's prefix, ARGV[2] its end */
+static const char  ngx_http_invoices_cache_script[] =
+    "local g = redis.call('GET', KEYS[1]) or '0' "
+    "return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}";
+
+static char                             ngx_http_invoices_cache_sha[41];
+static ngx_uint_t                       ngx_http_invoices_cache_on;
+static ngx_uint_t                       ngx_http_invoices_cache_bump_lost;
+static ngx_http_invoices_redis_conf_t  *ngx_http_invoices_cache_conf;
+
+
+ngx_int_t
+ngx_http_invoices_cache_init(ngx_cycle_t *cycle)
+{
+    u_char                          digest[20];
+    ngx_http_invoices_main_conf_t  *imcf;
+
+    imcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_invoices_module);
+
+    if (imcf == NULL || imcf->redis.addr.len == 0) {
+        return NGX_OK;
+    }
+
+    if (EVP_Digest(ngx_http_invoices_cache_script,
+                   sizeof(ngx_http_invoices_cache_script) - 1, digest, NULL,
+                   EVP_sha1(), NULL)
+        != 1)
+    {
+        return NGX_ERROR;
+    }
+
+    *ngx_hex_dump((u_char *) ngx_http_invoices_cache_sha, digest, 20) = '\0';
+
+    ngx_http_invoices_cache_conf = &imcf->redis;
+    ngx_http_invoices_cache_on = 1;
+
+    return ngx_http_invoices_redis_init(cycle, &imcf->redis,
+                                        ngx_http_invoices_cache_connected);
+}
+
+
+ngx_uint_t
+ngx_http_invoices_cache_enabled(void)
+{
+    return ngx_http_invoices_cache_on;
+}
+
+
+/*
+ * "page" names the page within a generation (":<page>:<limit>").  NGX_OK:
+ * the handler will be called; NGX_DECLINED: no cache now, serve directly.
+ */
+
+ngx_int_t
+ngx_http_invoices_cache_lookup(ngx_http_request_t *r, ngx_str_t *page,
+    ngx_http_invoices_cache_pt handler, void *data)
+{
+    ngx_http_invoices_lookup_t  *lk;
+
+    if (!ngx_http_invoices_cache_on || !ngx_http_invoices_redis_ready()) {
+        return NGX_DECLINED;
+    }
+
+    lk = ngx_palloc(r->pool, sizeof(ngx_http_invoices_lookup_t));
+    if (lk == NULL) {
+        return NGX_DECLINED;
+    }
+
+    lk->handler = handler;
+    lk->data = data;
+    lk->page = *page;
+    lk->evaled = 0;
+
+    return ngx_http_invoices_cache_send(r, lk, 0);
+}
+
+
+static ngx_int_t
+ngx_http_invoices_cache_send(ngx_http_request_t *r,
+    ngx_http_invoices_lookup_t *lk, ngx_uint_t eval)
+{
+    const char  *argv[6];
+    size_t       argvlen[6];
+
+    argv[0] = eval ? "EVAL" : "EVALSHA";
+    argv[1] = eval ? ngx_http_invoices_cache_script
+                   : ngx_http_invoices_cache_sha;
+    argv[2] = "1";
+    argv[3] = NGX_HTTP_INVOICES_GEN_KEY;
+    argv[4] = NGX_HTTP_INVOICES_PAGE_KEY;
+    argv[5] = (const char *) lk->page.data;
+
+    argvlen[0] = ngx_strlen(argv[0]);
+    argvlen[1] = eval ? sizeof(ngx_http_invoices_cache_script) - 1 : 40;
+    argvlen[2] = 1;
+    argvlen[3] = sizeof(NGX_HTTP_INVOICES_GEN_KEY) - 1;
+    argvlen[4] = sizeof(NGX_HTTP_INVOICES_PAGE_KEY) - 1;
+    argvlen[5] = lk->page.len;
+
+    return ngx_http_invoices_redis_call(r, ngx_http_invoices_cache_reply, lk,
+                                        6, argv, argvlen);
+}
+
+
+static void
+ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_str_t                    gen, value;
+    redisReply                  *g, *v;
+    ngx_http_invoices_lookup_t  *lk = data;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR && !lk->evaled
+        && reply->len >= 8 && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+    {
+        /* the script cache was flushed: EVAL loads it again */
+
+        lk->evaled = 1;
+
+        if (ngx_http_invoices_cache_send(r, lk, 1) == NGX_OK) {
+            return;
+        }
+
+        reply = NULL;
+    }
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements < 1
+        || (reply->element[0]->type != REDIS_REPLY_STRING
+            && reply->element[0]->type != REDIS_REPLY_INTEGER))
+    {
+        lk->handler(r, lk->data, NGX_ERROR, NULL, NULL);
+        return;
+    }
+
+    g = reply->element[0];
+
+    if (g->type == REDIS_REPLY_INTEGER) {
+        gen.data = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+        if (gen.data == NULL) {
+            lk->handler(r, lk->data, NGX_ERROR, NULL, NULL);
+            return;
+        }
+
+        gen.len = ngx_sprintf(gen.data, "%L", (int64_t) g->integer)
+                  - gen.data;
+
+    } else {
+        gen.len = g->len;
+        gen.data = ngx_pnalloc(r->pool, g->len);
+        if (gen.data == NULL) {
+            lk->handler(r, lk->data, NGX_ERROR, NULL, NULL);
+            return;
+        }
+
+        ngx_memcpy(gen.data, g->str, g->len);
+    }
+
+    /* a Lua nil ends the array: one element is a miss */
+
+    v = reply->elements > 1 ? reply->element[1] : NULL;
+
+    if (v == NULL || v->type != REDIS_REPLY_STRING) {
+        lk->handler(r, lk->data, NGX_DECLINED, &gen, NULL);
+        return;
+    }
+
+    /* hiredis frees the reply after this: the page goes to the pool */
+
+    value.len = v->len;
+    value.data = ngx_pnalloc(r->pool, v->len);
+    if (value.data == NULL) {
+        lk->handler(r, lk->data, NGX_ERROR, NULL, NULL);
+        return;
+    }
+
+    ngx_memcpy(value.data, v->str, v->len);
+
+    lk->handler(r, lk->data, NGX_OK, &gen, &value);
+}
+
+
+/* a miss's page, under the generation read before the database was asked */
+
+void
+ngx_http_invoices_cache_store(ngx_http_request_t *r, ngx_str_t *gen,
+    ngx_str_t *page, ngx_str_t *value)
+{
+    u_char      *p;
+    size_t       argvlen[5];
+    ngx_str_t    key;
+    const char  *argv[5];
+    u_char       ttl[NGX_TIME_T_LEN];
+
+    key.len = sizeof(NGX_HTTP_INVOICES_PAGE_KEY) - 1 + gen->len + page->len;
+    key.data = ngx_pnalloc(r->pool, key.len);
+    if (key.data == NULL) {
+        return;
+    }
+
+    p = ngx_cpymem(key.data, NGX_HTTP_INVOICES_PAGE_KEY,
+                   sizeof(NGX_HTTP_INVOICES_PAGE_KEY) - 1);
+    p = ngx_cpymem(p, gen->data, gen->len);
+    ngx_memcpy(p, page->data, page->len);
+
+    argv[0] = "SET";
+    argv[1] = (const char *) key.data;
+    argv[2] = (const char *) value->data;
+    argv[3] = "EX";
+    argv[4] = (const char *) ttl;
+
+    argvlen[0] = 3;
+    argvlen[1] = key.len;
+    argvlen[2] = value->len;
+    argvlen[3] = 2;
+    argvlen[4] = ngx_sprintf(ttl, "%T", ngx_http_invoices_cache_conf->ttl)
+                 - ttl;
+
+    ngx_http_invoices_redis_send(5, argv, argvlen);
+}
+
+
+/* a write happened: every node's next lookup reads a new generation */
+
+void
+ngx_http_invoices_cache_bump(void)
+{
+    const char  *argv[2];
+    size_t       argvlen[2];
+
+    if (!ngx_http_invoices_cache_on) {
+        return;
+    }
+
+    argv[0] = "INCR";
+    argv[1] = NGX_HTTP_INVOICES_GEN_KEY;
+    argvlen[0] = 4;
+    argvlen[1] = sizeof(NGX_HTTP_INVOICES_GEN_KEY) - 1;
+
+    ngx_http_invoices_cache_bump_lost = 0;
+
+    if (ngx_http_invoices_redis_call(NULL, ngx_http_invoices_cache_bumped,
+                                     NULL, 2, argv, argvlen)
+        != NGX_OK)
+    {
+        ngx_http_invoices_cache_bump_lost = 1;
+    }
+}
+
+
+static void
+ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+        ngx_http_invoices_cache_bump_lost = 1;
+    }
+}
+
+
+static void
+ngx_http_invoices_cache_connected(void)
+{
+    if (ngx_http_invoices_cache_bump_lost) {
+        ngx_http_invoices_cache_bump();
+    }
+}

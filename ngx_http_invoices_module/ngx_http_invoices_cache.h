@@ -1,0 +1,34 @@
+
+/*
+ * The list page cache in Redis, keyed by a generation that writes bump.
+ */
+
+
+#ifndef _NGX_HTTP_INVOICES_CACHE_H_INCLUDED_
+#define _NGX_HTTP_INVOICES_CACHE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+/*
+ * outcome: NGX_OK a hit ("value" is the page as stored), NGX_DECLINED a
+ * miss ("gen" is the generation to store the page under), NGX_ERROR no
+ * answer from Redis (serve without the cache)
+ */
+typedef void (*ngx_http_invoices_cache_pt)(ngx_http_request_t *r,
+    void *data, ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value);
+
+
+ngx_int_t ngx_http_invoices_cache_init(ngx_cycle_t *cycle);
+ngx_uint_t ngx_http_invoices_cache_enabled(void);
+ngx_int_t ngx_http_invoices_cache_lookup(ngx_http_request_t *r,
+    ngx_str_t *page, ngx_http_invoices_cache_pt handler, void *data);
+void ngx_http_invoices_cache_store(ngx_http_request_t *r, ngx_str_t *gen,
+    ngx_str_t *page, ngx_str_t *value);
+void ngx_http_invoices_cache_bump(void);
+
+
+#endif /* _NGX_HTTP_INVOICES_CACHE_H_INCLUDED_ */
