@@ -121,12 +121,7 @@ ngx_http_invoices_create(ngx_http_request_t *r,
     }
 
     cr->currency = (const char *) ilcf->currency.data;
-    cr->stripe.api_base = (const char *) ilcf->stripe_api_base.data;
-    cr->stripe.secret_key = (const char *) ilcf->stripe_secret_key.data;
-    cr->stripe.version = (const char *) ilcf->stripe_version.data;
-    cr->stripe.connect_timeout = ilcf->stripe_connect_timeout;
-    cr->stripe.timeout = ilcf->stripe_timeout;
-    cr->stripe.max_retries = ilcf->stripe_max_retries;
+    ngx_http_invoices_stripe_conf(&cr->stripe, ilcf);
 
     ctx->data = cr;
 
@@ -245,38 +240,12 @@ static ngx_int_t
 ngx_http_invoices_idempotency_key(ngx_http_request_t *r,
     ngx_http_invoices_create_t *cr)
 {
-    u_char           *p;
-    ngx_str_t        *key;
-    ngx_uint_t        i, n;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-    u_char            rnd[16];
+    u_char      *p;
+    ngx_str_t   *key;
+    ngx_uint_t   i, n;
+    u_char       rnd[16];
 
-    key = NULL;
-    n = 0;
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("Idempotency-Key") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Idempotency-Key",
-                               sizeof("Idempotency-Key") - 1) == 0)
-        {
-            key = &h[i].value;
-            n++;
-        }
-    }
+    key = ngx_http_invoices_header(r, "Idempotency-Key", &n);
 
     if (key == NULL) {
         if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
@@ -1002,9 +971,7 @@ ngx_http_invoices_create_stripe_error(ngx_http_invoices_job_t *job,
 static ngx_int_t
 ngx_http_invoices_create_store(ngx_http_invoices_job_t *job, json_t *invoice)
 {
-    char                                 now[24];
-    PGresult                            *res;
-    const char                          *values[9];
+    char                                 result[16];
     ngx_http_invoices_stripe_invoice_t   inv;
 
     if (ngx_http_invoices_stripe_invoice(invoice, &inv) != NGX_OK) {
@@ -1015,28 +982,7 @@ ngx_http_invoices_create_store(ngx_http_invoices_job_t *job, json_t *invoice)
         return NGX_ERROR;
     }
 
-    *ngx_sprintf((u_char *) now, "%T", time(NULL)) = '\0';
-
-    values[0] = inv.id;
-    values[1] = inv.customer;
-    values[2] = inv.status;
-    values[3] = inv.amount;
-    values[4] = inv.currency;
-    values[5] = inv.invoice_pdf;
-    values[6] = inv.created;
-    values[7] = now;
-    values[8] = inv.transition_at;
-
-    res = ngx_http_invoices_pg_query(job,
-              "SELECT invoices_apply($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-              9, values);
-    if (res == NULL) {
-        return NGX_ERROR;
-    }
-
-    PQclear(res);
-
-    return NGX_OK;
+    return ngx_http_invoices_stripe_store(job, &inv, result, sizeof(result));
 }
 
 

@@ -205,19 +205,21 @@ ngx_http_invoices_request_body(ngx_http_request_t *r, ngx_str_t *body)
 }
 
 
-/* NULL when the Api-Key is one of ours, else the error code to answer */
+/* the value of a request header (any case) and how often it came */
 
-static const char *
-ngx_http_invoices_auth(ngx_http_request_t *r,
-    ngx_http_invoices_loc_conf_t *ilcf)
+ngx_str_t *
+ngx_http_invoices_header(ngx_http_request_t *r, const char *name,
+    ngx_uint_t *count)
 {
-    ngx_str_t        *keys, *given;
-    ngx_uint_t        i, n, found;
+    size_t            len;
+    ngx_str_t        *value;
+    ngx_uint_t        i;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
-    given = NULL;
-    n = 0;
+    len = ngx_strlen(name);
+    value = NULL;
+    *count = 0;
 
     part = &r->headers_in.headers.part;
     h = part->elts;
@@ -234,14 +236,31 @@ ngx_http_invoices_auth(ngx_http_request_t *r,
             i = 0;
         }
 
-        if (h[i].key.len == sizeof("Api-Key") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Api-Key",
-                               sizeof("Api-Key") - 1) == 0)
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
         {
-            given = &h[i].value;
-            n++;
+            if (value == NULL) {
+                value = &h[i].value;
+            }
+
+            (*count)++;
         }
     }
+
+    return value;
+}
+
+
+/* NULL when the Api-Key is one of ours, else the error code to answer */
+
+static const char *
+ngx_http_invoices_auth(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf)
+{
+    ngx_str_t   *keys, *given;
+    ngx_uint_t   i, n, found;
+
+    given = ngx_http_invoices_header(r, "Api-Key", &n);
 
     if (given == NULL || given->len == 0) {
         return "api_key_missing";

@@ -14,6 +14,8 @@
 
 
 ngx_int_t ngx_http_invoices_admin_handler(ngx_http_request_t *r);
+ngx_str_t *ngx_http_invoices_header(ngx_http_request_t *r,
+    const char *name, ngx_uint_t *count);
 ngx_int_t ngx_http_invoices_request_body(ngx_http_request_t *r,
     ngx_str_t *body);
 

@@ -17,6 +17,7 @@
 
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_json.h"
+#include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_stripe.h"
 
 
@@ -50,6 +51,21 @@ static __thread CURL              *ngx_http_invoices_curl_mine;
 static __thread unsigned int       ngx_http_invoices_curl_seed;
 static ngx_http_invoices_curl_t   *ngx_http_invoices_curl_all;
 static pthread_mutex_t  ngx_http_invoices_curl_lock = PTHREAD_MUTEX_INITIALIZER;
+
+
+/* what a pool thread needs of the location's Stripe settings */
+
+void
+ngx_http_invoices_stripe_conf(ngx_http_invoices_stripe_conf_t *conf,
+    ngx_http_invoices_loc_conf_t *ilcf)
+{
+    conf->api_base = (const char *) ilcf->stripe_api_base.data;
+    conf->secret_key = (const char *) ilcf->stripe_secret_key.data;
+    conf->version = (const char *) ilcf->stripe_version.data;
+    conf->connect_timeout = ilcf->stripe_connect_timeout;
+    conf->timeout = ilcf->stripe_timeout;
+    conf->max_retries = ilcf->stripe_max_retries;
+}
 
 
 /* once, in the master, before any thread exists */
@@ -704,4 +720,45 @@ ngx_http_invoices_stripe_error(ngx_http_invoices_stripe_res_t *sr,
     *final = store;
 
     return status;
+}
+
+
+/*
+ * An invoice as an API answer just described it, through the one
+ * forward-only write (an API read is as new as now).  The result
+ * ("inserted", "updated", "unchanged", "deleted") goes to "result";
+ * NGX_ERROR with the job failed when the database did.
+ */
+
+ngx_int_t
+ngx_http_invoices_stripe_store(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_stripe_invoice_t *inv, char *result, size_t size)
+{
+    char         now[24];
+    PGresult    *res;
+    const char  *values[9];
+
+    *ngx_sprintf((u_char *) now, "%T", time(NULL)) = '\0';
+
+    values[0] = inv->id;
+    values[1] = inv->customer;
+    values[2] = inv->status;
+    values[3] = inv->amount;
+    values[4] = inv->currency;
+    values[5] = inv->invoice_pdf;
+    values[6] = inv->created;
+    values[7] = now;
+    values[8] = inv->transition_at;
+
+    res = ngx_http_invoices_pg_query(job,
+              "SELECT invoices_apply($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+              9, values);
+    if (res == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_cpystrn((u_char *) result, (u_char *) PQgetvalue(res, 0, 0), size);
+    PQclear(res);
+
+    return NGX_OK;
 }

@@ -13,6 +13,8 @@
 #include <ngx_core.h>
 #include <jansson.h>
 
+#include "ngx_http_invoices_module.h"
+
 
 /* plain C, copied from the location configuration; strings NUL-ended */
 typedef struct {
@@ -68,6 +70,10 @@ typedef struct {
 
 ngx_int_t ngx_http_invoices_stripe_invoice(json_t *invoice,
     ngx_http_invoices_stripe_invoice_t *inv);
+ngx_int_t ngx_http_invoices_stripe_store(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_stripe_invoice_t *inv, char *result, size_t size);
+void ngx_http_invoices_stripe_conf(ngx_http_invoices_stripe_conf_t *conf,
+    ngx_http_invoices_loc_conf_t *ilcf);
 
 void ngx_http_invoices_form_add(ngx_http_invoices_form_t *form,
     const char *key, const char *value);

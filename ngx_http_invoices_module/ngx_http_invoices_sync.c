@@ -80,12 +80,7 @@ ngx_http_invoices_sync(ngx_http_request_t *r,
                    "starting_after");
     }
 
-    sy->stripe.api_base = (const char *) ilcf->stripe_api_base.data;
-    sy->stripe.secret_key = (const char *) ilcf->stripe_secret_key.data;
-    sy->stripe.version = (const char *) ilcf->stripe_version.data;
-    sy->stripe.connect_timeout = ilcf->stripe_connect_timeout;
-    sy->stripe.timeout = ilcf->stripe_timeout;
-    sy->stripe.max_retries = ilcf->stripe_max_retries;
+    ngx_http_invoices_stripe_conf(&sy->stripe, ilcf);
 
     job = ngx_http_invoices_job_create(r, ilcf);
     if (job == NULL) {
@@ -139,10 +134,8 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
     size_t                               i, len;
     json_t                              *list, *data, *invoice, *answer;
     time_t                               deadline;
-    PGresult                            *res;
     ngx_uint_t                           pages, more, final;
-    const char                          *values[9], *result;
-    char                                 path[512], now[24], *p;
+    char                                 path[512], result[16], *p;
     ngx_http_invoices_sync_t            *sy = job->data;
     ngx_http_invoices_stripe_res_t       sr;
     ngx_http_invoices_stripe_invoice_t   inv;
@@ -197,46 +190,29 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
             return;
         }
 
-        *ngx_sprintf((u_char *) now, "%T", time(NULL)) = '\0';
-
         json_array_foreach(data, i, invoice) {
 
             if (ngx_http_invoices_stripe_invoice(invoice, &inv) != NGX_OK) {
                 continue;
             }
 
-            values[0] = inv.id;
-            values[1] = inv.customer;
-            values[2] = inv.status;
-            values[3] = inv.amount;
-            values[4] = inv.currency;
-            values[5] = inv.invoice_pdf;
-            values[6] = inv.created;
-            values[7] = now;
-            values[8] = inv.transition_at;
-
-            res = ngx_http_invoices_pg_query(job,
-                      "SELECT invoices_apply($1, $2, $3, $4, $5, $6, $7, "
-                      "$8, $9)", 9, values);
-            if (res == NULL) {
+            if (ngx_http_invoices_stripe_store(job, &inv, result,
+                                               sizeof(result))
+                != NGX_OK)
+            {
                 json_decref(list);
                 return;
             }
 
-            result = PQgetvalue(res, 0, 0);
             seen++;
-
-            if (ngx_strcmp(result, "inserted") == 0
-                || ngx_strcmp(result, "updated") == 0)
-            {
-                sy->changed = 1;
-            }
 
             if (ngx_strcmp(result, "inserted") == 0) {
                 inserted++;
+                sy->changed = 1;
 
             } else if (ngx_strcmp(result, "updated") == 0) {
                 updated++;
+                sy->changed = 1;
 
             } else if (ngx_strcmp(result, "deleted") == 0) {
                 deleted++;
@@ -244,8 +220,6 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
             } else {
                 unchanged++;
             }
-
-            PQclear(res);
 
             ngx_cpystrn((u_char *) sy->starting_after, (u_char *) inv.id,
                         sizeof(sy->starting_after));

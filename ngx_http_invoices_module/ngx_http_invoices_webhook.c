@@ -143,39 +143,13 @@ static const char *
 ngx_http_invoices_webhook_verify(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf, ngx_str_t *body)
 {
-    u_char           *p, *end, *item, *eq, *next;
-    time_t            t;
-    ngx_str_t        *header, *secrets, ts, v1[NGX_HTTP_INVOICES_V1_MAX];
-    ngx_uint_t        i, j, n, nv1;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-    u_char            expected[64];
+    u_char      *p, *end, *item, *eq, *next;
+    time_t       t;
+    ngx_str_t   *header, *secrets, ts, v1[NGX_HTTP_INVOICES_V1_MAX];
+    ngx_uint_t   i, j, n, nv1;
+    u_char       expected[64];
 
-    header = NULL;
-    n = 0;
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("Stripe-Signature") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Stripe-Signature",
-                               sizeof("Stripe-Signature") - 1) == 0)
-        {
-            header = &h[i].value;
-            n++;
-        }
-    }
+    header = ngx_http_invoices_header(r, "Stripe-Signature", &n);
 
     if (header == NULL) {
         return "no Stripe-Signature header";
