@@ -116,6 +116,19 @@ ngx_http_invoices_create(ngx_http_request_t *r,
     }
 
     rc = ngx_http_invoices_idempotency_key(r, cr);
+
+    if (rc == NGX_DECLINED) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "parameter_invalid",
+                   "Idempotency-Key must be given once, with 1 to 255 "
+                   "printable ASCII characters", "Idempotency-Key");
+    }
+
     if (rc != NGX_OK) {
         return rc;
     }
@@ -234,7 +247,10 @@ ngx_http_invoices_content_type_json(ngx_http_request_t *r)
 }
 
 
-/* the caller's Idempotency-Key, or a new random one; NGX_OK or an rc */
+/*
+ * The caller's Idempotency-Key, or a new random one: NGX_OK, NGX_DECLINED
+ * for a key that is not acceptable, or an HTTP error status.
+ */
 
 static ngx_int_t
 ngx_http_invoices_idempotency_key(ngx_http_request_t *r,
@@ -260,25 +276,18 @@ ngx_http_invoices_idempotency_key(ngx_http_request_t *r,
     }
 
     if (n > 1 || key->len == 0 || key->len > 255) {
-        goto invalid;
+        return NGX_DECLINED;
     }
 
     for (i = 0; i < key->len; i++) {
         if (key->data[i] < 0x20 || key->data[i] > 0x7e) {
-            goto invalid;
+            return NGX_DECLINED;
         }
     }
 
     *ngx_cpymem(cr->key, key->data, key->len) = '\0';
 
     return NGX_OK;
-
-invalid:
-
-    return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
-               "invalid_request_error", "parameter_invalid",
-               "Idempotency-Key must be given once, with 1 to 255 printable "
-               "ASCII characters", "Idempotency-Key");
 }
 
 
@@ -376,7 +385,8 @@ ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
                                        "body_invalid",
                                        req ? "the body must be a JSON object"
                                            : "the body is not valid JSON "
-                                             "(UTF-8, no duplicate keys)",
+                                             "(UTF-8, no duplicate keys, "
+                                             "no \\u0000)",
                                        NULL);
         return NGX_ERROR;
     }

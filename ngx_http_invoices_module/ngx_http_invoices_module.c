@@ -419,9 +419,9 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                              "https://api.stripe.com");
     ngx_conf_merge_str_value(conf->stripe_version, prev->stripe_version,
                              "2023-10-16");
+    /* "": the pool of invoices_thread_pool, resolved below */
     ngx_conf_merge_str_value(conf->stripe_thread_pool_name,
-                             prev->stripe_thread_pool_name,
-                             (char *) conf->thread_pool_name.data);
+                             prev->stripe_thread_pool_name, "");
     ngx_conf_merge_msec_value(conf->stripe_connect_timeout,
                               prev->stripe_connect_timeout, 5000);
     ngx_conf_merge_msec_value(conf->stripe_timeout, prev->stripe_timeout,
@@ -525,6 +525,10 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     if (conf->stripe_secret_key.len) {
+        if (conf->stripe_thread_pool_name.len == 0) {
+            conf->stripe_thread_pool_name = conf->thread_pool_name;
+        }
+
         conf->stripe_thread_pool = ngx_thread_pool_add(cf,
                                               &conf->stripe_thread_pool_name);
         if (conf->stripe_thread_pool == NULL) {

@@ -37,6 +37,7 @@ struct ngx_http_invoices_pg_conn_s {
 
 static void ngx_http_invoices_job_thread(void *data, ngx_log_t *log);
 static void ngx_http_invoices_job_done(ngx_event_t *ev);
+static void ngx_http_invoices_job_hold(ngx_event_t *ev);
 static void ngx_http_invoices_job_resume(ngx_http_request_t *r);
 static void ngx_http_invoices_job_log(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
@@ -116,6 +117,17 @@ ngx_http_invoices_job_run(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
 
     ctx->job = job;
 
+    /*
+     * A graceful quit or reload lets the worker exit once no timer but
+     * cancelable ones is left; nothing else holds it while a job (a Stripe
+     * sequence, say) runs.  This timer does, so the answer is still sent.
+     */
+
+    job->hold.handler = ngx_http_invoices_job_hold;
+    job->hold.data = job;
+    job->hold.log = r->connection->log;
+    ngx_add_timer(&job->hold, 60000);
+
     r->main->blocked++;
     r->aio = 1;
     r->main->count++;
@@ -157,19 +169,36 @@ ngx_http_invoices_job_thread(void *data, ngx_log_t *log)
 static void
 ngx_http_invoices_job_done(ngx_event_t *ev)
 {
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
+    ngx_connection_t         *c;
+    ngx_http_request_t       *r;
+    ngx_http_invoices_job_t  *job;
 
     r = ev->data;
     c = r->connection;
 
     ngx_http_set_log_request(c->log, r);
 
+    job = ((ngx_thread_task_t *) ((u_char *) ev
+                                  - offsetof(ngx_thread_task_t, event)))->ctx;
+
+    if (job->hold.timer_set) {
+        ngx_del_timer(&job->hold);
+    }
+
     r->main->blocked--;
     r->aio = 0;
 
     r->write_event_handler(r);
     ngx_http_run_posted_requests(c);
+}
+
+
+/* the job is still running: keep holding */
+
+static void
+ngx_http_invoices_job_hold(ngx_event_t *ev)
+{
+    ngx_add_timer(ev, 60000);
 }
 
 

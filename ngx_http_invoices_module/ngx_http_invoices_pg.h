@@ -41,6 +41,7 @@ struct ngx_http_invoices_job_s {
 
     ngx_thread_task_t                *task;
     ngx_thread_pool_t                *thread_pool;
+    ngx_event_t                       hold;        /* see job_run */
 };
 
 

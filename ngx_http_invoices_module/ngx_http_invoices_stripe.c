@@ -661,7 +661,8 @@ ngx_http_invoices_stripe_error(ngx_http_invoices_stripe_res_t *sr,
         err = json_object_get(root, "error");
 
         if (json_is_object(err)) {
-            stripe = json_pack("{s:s?,s:s?,s:s?,s:s?,s:s?}",
+            /* the fields Stripe gave, and only those */
+            stripe = json_pack("{s:s*,s:s*,s:s*,s:s*,s:s*}",
                                "type", ngx_http_invoices_json_str(err, "type"),
                                "code", ngx_http_invoices_json_str(err, "code"),
                                "decline_code",

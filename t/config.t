@@ -66,4 +66,101 @@ config_fails('unknown thread pool in invoices_thread_pool',
 config_fails('invoices_admin with an argument',
              $emerg->('invoices_admin'), admin_directive => 'invoices_admin on;');
 
+#----------------------------------------------------------------------
+# Stripe (creating invoices)
+
+my $SK = 'sk_test_config' . join '', map { ('a'..'z')[rand 26] } 1 .. 20;
+my %stripe = (key => $SK);
+
+sub stripe_fails {
+    my ($name, $re, %opt) = @_;
+    my ($rc, $out) = nginx_config_test(%opt);
+    subtest "bad: $name" => sub {
+        isnt($rc, 0, 'nginx -t fails') or diag $out;
+        like($out, $re, 'the [emerg] line names the problem') or diag $out;
+        unlike($out, qr/test is successful/, 'not reported as successful');
+        unlike($out, qr/\Q$SK\E/, 'the secret key is not in the output');
+    };
+}
+
+config_ok('Stripe: the test config (file:, api base, pool, timeouts)',
+          stripe => { %stripe });
+config_ok('Stripe: key file of mode 0400', stripe => { %stripe, key_mode => 0400 });
+config_ok('Stripe: key file group-readable (0640)', stripe => { %stripe, key_mode => 0640 });
+config_ok('Stripe: the module defaults (no api base, timeouts, retries)',
+          stripe => { %stripe, api_base => undef, timeout => undef,
+                      connect_timeout => undef, max_retries => undef });
+config_ok('Stripe: no invoices_stripe_thread_pool: the pool of invoices_thread_pool',
+          stripe => { %stripe, pool => undef, thread_pool => undef });
+config_ok('Stripe: no invoices_stripe_thread_pool, invoices_thread_pool pg',
+          stripe => { %stripe, pool => undef, thread_pool => undef },
+          main_config => 'thread_pool pg threads=2;',
+          http_config => '    invoices_thread_pool pg;');
+config_ok('Stripe: an https api base with a trailing slash',
+          stripe => { %stripe, api_base => 'https://api.stripe.com/' });
+config_ok('Stripe: invoices_stripe_max_retries 10', stripe => { %stripe, max_retries => 10 });
+config_ok('Stripe: invoices_stripe_max_retries 0', stripe => { %stripe, max_retries => 0 });
+config_ok('Stripe: invoices_stripe_version 2023-10-16',
+          stripe => { %stripe, version => '2023-10-16' });
+config_ok('Stripe: the pool of invoices_thread_pool',
+          stripe => { %stripe, pool => undef, thread_pool => 'invoices' });
+{
+    local $ENV{INVOICES_TEST_STRIPE_KEY} = $SK;
+    config_ok('Stripe: env:NAME with the variable set',
+              stripe => { %stripe, secret_key => 'env:INVOICES_TEST_STRIPE_KEY' });
+}
+config_ok('invoices_currency usd', http_config => '    invoices_currency usd;');
+
+stripe_fails('Stripe: a literal key in the configuration',
+             $emerg->('invoices_stripe_secret_key'),
+             stripe => { %stripe, secret_key => $SK });
+stripe_fails('Stripe: key file readable by others (0644)',
+             $emerg->('invoices_stripe_secret_key'),
+             stripe => { %stripe, key_mode => 0644 });
+stripe_fails('Stripe: key file writable by others (0602)',
+             $emerg->('invoices_stripe_secret_key'),
+             stripe => { %stripe, key_mode => 0602 });
+stripe_fails('Stripe: key file missing',
+             $emerg->('invoices_stripe_secret_key'),
+             stripe => { %stripe, secret_key => 'file:/nonexistent/stripe.key' });
+stripe_fails('Stripe: key file empty',
+             $emerg->('invoices_stripe_secret_key'),
+             stripe => { %stripe, key => '' });
+{
+    delete local $ENV{INVOICES_TEST_NO_SUCH_VAR};
+    stripe_fails('Stripe: env:NAME with the variable unset',
+                 qr/\[emerg\][^\n]*invoices_stripe_secret_key[^\n]*INVOICES_TEST_NO_SUCH_VAR/,
+                 stripe => { %stripe, secret_key => 'env:INVOICES_TEST_NO_SUCH_VAR' });
+}
+stripe_fails('Stripe: invoices_stripe_secret_key twice in one block',
+             $emerg->('invoices_stripe_secret_key'),
+             stripe => { %stripe },
+             http_config => '    invoices_stripe_secret_key env:PATH;');
+stripe_fails('Stripe: an api base that is not http(s)',
+             $emerg->('invoices_stripe_api_base'),
+             stripe => { %stripe, api_base => 'ftp://127.0.0.1:9' });
+stripe_fails('Stripe: an api base without a scheme',
+             $emerg->('invoices_stripe_api_base'),
+             stripe => { %stripe, api_base => 'api.stripe.com' });
+stripe_fails('Stripe: an unknown thread pool',
+             qr/\[emerg\][^\n]*unknown thread pool "nosuch"/,
+             stripe => { %stripe, thread_pool => 'nosuch' });
+stripe_fails('Stripe: invoices_stripe_max_retries 11',
+             $emerg->('invoices_stripe_max_retries'),
+             stripe => { %stripe, max_retries => 11 });
+stripe_fails('Stripe: invoices_stripe_max_retries not a number',
+             $emerg->('invoices_stripe_max_retries'),
+             stripe => { %stripe, max_retries => 'two' });
+stripe_fails('Stripe: invoices_stripe_timeout not a time',
+             $emerg->('invoices_stripe_timeout'),
+             stripe => { %stripe, timeout => 'soon' });
+stripe_fails('Stripe: invoices_stripe_version with a space',
+             $emerg->('invoices_stripe_version'),
+             stripe => { %stripe, version => '"2023-10-16 x"' });
+for my $cur ('EUR', 'euro', 'eu', 'e1r') {
+    stripe_fails("invoices_currency $cur",
+                 $emerg->('invoices_currency'),
+                 http_config => "    invoices_currency $cur;");
+}
+
 done_testing();
