@@ -35,7 +35,7 @@ typedef struct {
     ngx_connection_t                *c;
     ngx_event_t                      reconnect;
     ngx_msec_t                       backoff;
-    void                           (*connected)(void);
+    void                           (*connected)(void);  /* usable again */
     ngx_msec_t                       logged;
     ngx_uint_t                       suppressed;
     unsigned                         ready:1;
@@ -212,9 +212,22 @@ ngx_http_invoices_redis_reply(redisAsyncContext *ac, void *r, void *data)
         ngx_del_timer(&call->timer);
     }
 
-    /* any answer means Redis is alive again */
+    /*
+     * Any answer means Redis is alive: the link is usable again and the
+     * backoff starts over; what was put off while it was stalled (a lost
+     * bump) is sent now.
+     */
+
     if (reply) {
-        rd->stalled = 0;
+        rd->backoff = 0;
+
+        if (rd->stalled) {
+            rd->stalled = 0;
+
+            if (rd->connected && !rd->exiting) {
+                rd->connected();
+            }
+        }
     }
 
     /* NOSCRIPT is the cache's to handle: the script is sent again */
@@ -352,9 +365,10 @@ ngx_http_invoices_redis_on_connect(const redisAsyncContext *ac, int status)
         return;
     }
 
+    /* the backoff starts over only once Redis answers (see the reply) */
+
     rd->ready = 1;
     rd->stalled = 0;
-    rd->backoff = 0;
 
     ngx_log_error(NGX_LOG_INFO, rd->log, 0, "invoices: redis connected to %V",
                   &rd->conf->addr);
