@@ -524,6 +524,12 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
     inv->invoice_pdf = json_string_value(json_object_get(invoice,
                                                          "invoice_pdf"));
 
+    /* a PDF URL or null, nothing else */
+    v = json_object_get(invoice, "invoice_pdf");
+    if (v != NULL && !json_is_null(v) && !json_is_string(v)) {
+        return NGX_ERROR;
+    }
+
     /* the customer may come expanded */
     v = json_object_get(invoice, "customer");
     inv->customer = json_is_object(v)
@@ -554,11 +560,20 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
     *ngx_sprintf((u_char *) inv->created, "%L",
                  (int64_t) json_integer_value(t)) = '\0';
 
+    /* {"finalized_at": 1700000000, "paid_at": null, ...} */
+
+    v = json_object_get(invoice, "status_transitions");
+    if (!json_is_object(v)) {
+        return NGX_ERROR;
+    }
+
     latest = 0;
 
-    json_object_foreach(json_object_get(invoice, "status_transitions"),
-                        key, t)
-    {
+    json_object_foreach(v, key, t) {
+        if (!json_is_integer(t) && !json_is_null(t)) {
+            return NGX_ERROR;
+        }
+
         if (json_is_integer(t) && json_integer_value(t) > latest) {
             latest = json_integer_value(t);
         }

@@ -140,9 +140,9 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
     ngx_http_invoices_stripe_res_t       sr;
     ngx_http_invoices_stripe_invoice_t   inv;
     json_int_t                           seen, inserted, updated,
-                                         unchanged, deleted;
+                                         unchanged, deleted, skipped;
 
-    seen = inserted = updated = unchanged = deleted = 0;
+    seen = inserted = updated = unchanged = deleted = skipped = 0;
     deadline = time(NULL) + NGX_HTTP_INVOICES_SYNC_SECONDS;
     more = 0;
 
@@ -193,6 +193,16 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
         json_array_foreach(data, i, invoice) {
 
             if (ngx_http_invoices_stripe_invoice(invoice, &inv) != NGX_OK) {
+                /* counted and logged, never silently dropped */
+                skipped++;
+                p = (char *) ngx_snprintf((u_char *) job->log,
+                                          sizeof(job->log) - 1,
+                                          "sync: %L invoice(s) from Stripe "
+                                          "could not be read, the last one "
+                                          "%s", (int64_t) skipped,
+                                          json_string_value(json_object_get(
+                                              invoice, "id")));
+                *p = '\0';
                 continue;
             }
 
@@ -234,10 +244,11 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
         }
     }
 
-    answer = json_pack("{s:I,s:I,s:I,s:I,s:I,s:b,s:s?}",
+    answer = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:s?}",
                        "seen", seen, "inserted", inserted,
                        "updated", updated, "unchanged", unchanged,
-                       "deleted", deleted, "hasMore", (int) more,
+                       "deleted", deleted, "skipped", skipped,
+                       "hasMore", (int) more,
                        "next", more ? sy->starting_after : NULL);
 
     body = ngx_http_invoices_json_dump(answer, &len);

@@ -295,7 +295,12 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     type = json_string_value(json_object_get(event, "type"));
     created = json_object_get(event, "created");
 
+    object = json_object_get(json_object_get(event, "data"), "object");
+
+    /* every Stripe event carries its object in data.object */
+
     if (id == NULL || type == NULL || !json_is_integer(created)
+        || !json_is_object(object)
         || ngx_strncmp(id, "evt_", 4) != 0 || ngx_strlen(id) > 255
         || ngx_strlen(type) > 255)
     {
@@ -324,8 +329,6 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
             break;
         }
     }
-
-    object = json_object_get(json_object_get(event, "data"), "object");
 
     if (ngx_http_invoices_invoice_events[i] != NULL) {
 

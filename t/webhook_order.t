@@ -332,7 +332,7 @@ sub step {
     my $before = $LAST{ $inv->{id} };
     my $again = deliver($body);
     subtest 'dup: the same event again is a duplicate' => sub {
-        is($again->status, 200, '200');
+        is($again->status, 200, 'status 200');
         is(result_of($again), 'duplicate', 'result duplicate');
         is_deeply(row_now($inv->{id}), $before, 'the row is the same, updated_at too');
     };
@@ -397,7 +397,7 @@ sub step {
         $first //= $ev;
         my $res = deliver_event($ev);
         subtest "ignored: $o->[0]" => sub {
-            is($res->status, 200, '200') or diag $res->describe;
+            is($res->status, 200, 'status 200') or diag $res->describe;
             is(result_of($res), 'ignored', 'result ignored');
             my $row = event_row($ev->{id});
             ok($row, 'recorded in webhook_events') or return;
