@@ -136,6 +136,11 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
 no_route:
 
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
     return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_FOUND,
                "invalid_request_error", "route_missing",
                "unrecognized request URL", NULL);

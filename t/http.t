@@ -180,6 +180,16 @@ $res = raw_request("GET /admin/api/invoices/x/y HTTP/1.1\r\nHost: x\r\n"
 @statuses = $res->raw =~ m{HTTP/1\.1 (\d{3}) }g;
 is_deeply(\@statuses, [404, 200], 'keep-alive: 404 then 200 on one connection');
 
+# an unknown route with a body: the body is read and dropped, so the next
+# request on the connection is understood
+$res = raw_request("POST /admin/api/invoicesX HTTP/1.1\r\nHost: x\r\n"
+                 . "Api-Key: test-key\r\nContent-Length: 11\r\n\r\n"
+                 . "hello world"
+                 . "GET /admin/api/invoices?limit=1 HTTP/1.1\r\nHost: x\r\n"
+                 . "Api-Key: test-key\r\nConnection: close\r\n\r\n");
+@statuses = $res->raw =~ m{HTTP/1\.1 (\d{3}) }g;
+is_deeply(\@statuses, [404, 200], 'keep-alive: 404 with a body, then 200');
+
 # a body nginx itself refuses under the API's location is JSON too, and
 # the connection is closed (what follows is not a request).  (A chunked
 # body over the limit on an endpoint that reads bodies: t/create.t.)
