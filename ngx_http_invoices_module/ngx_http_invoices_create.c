@@ -838,7 +838,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
         ngx_http_invoices_form_add(&form, "amount", amount);
         ngx_http_invoices_form_add(&form, "currency", currency);
         ngx_http_invoices_form_add(&form, "description",
-                               json_string_value(json_object_get(item, "name")));
+                                   ngx_http_invoices_json_str(item, "name"));
 
         *ngx_sprintf((u_char *) key, "%s:item:%uz", cr->stripe_key, i) = '\0';
 

@@ -682,8 +682,10 @@ ngx_http_invoices_stripe_error(ngx_http_invoices_stripe_res_t *sr,
                                "code", ngx_http_invoices_json_str(err, "code"),
                                "decline_code",
                                ngx_http_invoices_json_str(err, "decline_code"),
-                               "message", ngx_http_invoices_json_str(err, "message"),
-                               "param", ngx_http_invoices_json_str(err, "param"));
+                               "message",
+                               ngx_http_invoices_json_str(err, "message"),
+                               "param",
+                               ngx_http_invoices_json_str(err, "param"));
         }
 
         json_decref(root);
