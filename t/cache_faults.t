@@ -100,7 +100,7 @@ is(rcmd($redis, 'EXISTS', "invoices:list:$g:1:50"), 1,
    'the page cached before the write is still in Redis');
 proxy_mode($proxy, 'pass');
 my $first;
-wait_for(sub { my $r = list('?limit=50'); $first = $r if xc($r) ne 'BYPASS'; $first }, 10);
+wait_until(sub { my $r = list('?limit=50'); $first = $r if xc($r) ne 'BYPASS'; $first }, 10);
 ok($first, 'A reconnects by itself within 10s');
 if ($first) {
     is(xc($first), 'MISS', 'A: the first cached answer after the reconnect is a MISS')
@@ -121,13 +121,13 @@ is(rcmd($redis, 'EXISTS', "invoices:list:$g:1:48"), 0, 'race: page limit=48 not 
 proxy_mode($proxy, 'hold_set');
 my $race_miss = list('?limit=48');
 is(xc($race_miss), 'MISS', 'race: A misses and answers from PostgreSQL');
-ok(wait_for(sub { proxy_held($proxy) > 0 }, 5), 'race: A\'s SET of the page is held back');
+ok(wait_until(sub { proxy_held($proxy) > 0 }, 5), 'race: A\'s SET of the page is held back');
 my ($race_id, $race_result) = insert_event($B->{port}, 2222);
 is($race_result, 'inserted', 'race: a write through B meanwhile');
 is(gen(), $g + 1, 'race: the write moved the generation to G+1');
 ok(!has_invoice($race_miss, $race_id), 'race: (the held page was built before the write)');
 proxy_mode($proxy, 'pass');
-ok(wait_for(sub { rcmd($redis, 'EXISTS', "invoices:list:$g:1:48") }, 5),
+ok(wait_until(sub { rcmd($redis, 'EXISTS', "invoices:list:$g:1:48") }, 5),
    'race: the late page lands in Redis, under G (the generation read before the query)');
 is(rcmd($redis, 'EXISTS', "invoices:list:" . ($g + 1) . ":1:48"), 0,
    'race: nothing was stored under G+1');
@@ -171,7 +171,7 @@ cmp_ok($b_slow, '<', 1.5 * time_factor(), 'B, Redis hung: each within 1.5s');
 cmp_ok(time - $t0, '<', 2, '(all of that while Redis slept)');
 reap_background();
 my $back;
-wait_for(sub { my $r = list('?limit=50'); $back = $r if xc($r) eq 'HIT'; $back }, 5);
+wait_until(sub { my $r = list('?limit=50'); $back = $r if xc($r) eq 'HIT'; $back }, 5);
 ok($back, 'A: HIT again once Redis answers');
 like(error_log_since($mark), qr/\[error\].*invoices: redis .*timed out/,
      'the timeout is logged at [error]');
@@ -190,7 +190,7 @@ my ($stall_id, $stall_result) = insert_event($A, 3333);
 is($stall_result, 'inserted', 'A, Redis hung: a webhook write succeeds');
 reap_background();
 my $after_stall;
-wait_for(sub { my $r = list('?limit=47'); $after_stall = $r if xc($r) ne 'BYPASS'; $after_stall }, 5);
+wait_until(sub { my $r = list('?limit=47'); $after_stall = $r if xc($r) ne 'BYPASS'; $after_stall }, 5);
 ok($after_stall, 'A uses the cache again once Redis answers');
 ok($after_stall && has_invoice($after_stall, $stall_id),
    'A: the first cached answer after the hang shows the write made during it')
@@ -232,7 +232,7 @@ cmp_ok(scalar @lines, '<=', 5,
 
 restart_redis($redis);
 my $back_a;
-wait_for(sub { my $r = list('?limit=50'); $back_a = $r if xc($r) ne 'BYPASS'; $back_a }, 8);
+wait_until(sub { my $r = list('?limit=50'); $back_a = $r if xc($r) ne 'BYPASS'; $back_a }, 8);
 ok($back_a, 'A: the cache is back by itself after the restart');
 if ($back_a) {
     is(xc($back_a), 'MISS', 'A: the first cached answer is a MISS (Redis restarted empty)');
@@ -241,7 +241,7 @@ if ($back_a) {
 is(xc(list('?limit=50')), 'HIT', 'A: then a HIT');
 # B: both workers come back (each request lands on either)
 my $b_hits = 0;
-wait_for(sub {
+wait_until(sub {
     my $r = list_on($B->{port}, '?limit=50');
     return 0 unless $r->status == 200;
     $b_hits = xc($r) eq 'HIT' ? $b_hits + 1 : 0;

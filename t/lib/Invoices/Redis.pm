@@ -43,7 +43,7 @@ our @EXPORT = qw(
     start_nginx stop_nginx nginx_log
     list_on list get_on
     webhook_location sign_event deliver_event invoice_event stripe_invoice
-    new_stripe_id wait_for
+    new_stripe_id
 );
 
 my $JSON = JSON::PP->new->utf8->canonical;
@@ -62,18 +62,6 @@ sub free_port {
     return $port;
 }
 
-# wait_for($sub, $seconds): the first true value of $sub (polled every
-# 50 ms), or undef after $seconds (scaled by time_factor).
-sub wait_for {
-    my ($code, $seconds) = @_;
-    my $deadline = time + ($seconds // 10) * time_factor();
-    while (1) {
-        my $v = $code->();
-        return $v if $v;
-        return undef if time > $deadline;
-        sleep 0.05;
-    }
-}
 
 # write_conf_file($name, $text, [$mode]): PREFIX/conf/$name of this
 # file's server (for before_start); returns the path.
@@ -114,7 +102,7 @@ sub _redis_spawn {
     push @cmd, '--requirepass', $r->{requirepass} if defined $r->{requirepass};
     unlink "$r->{dir}/redis.pid";
     system(@cmd) == 0 or croak "redis-server failed to start: $?";
-    wait_for(sub { redis_alive($r) }, 10)
+    wait_until(sub { redis_alive($r) }, 10)
         or croak "redis-server on port $r->{port} does not answer PING:\n"
                . (_slurp("$r->{dir}/redis.log") // '');
     $r->{running} = 1;
@@ -133,7 +121,7 @@ sub stop_redis {
     my $pid = _slurp("$r->{dir}/redis.pid");
     if (defined $pid && $pid =~ /(\d+)/) {
         kill 'TERM', $1;
-        my $gone = wait_for(sub { !kill(0, $1) }, 10);
+        my $gone = wait_until(sub { !kill(0, $1) }, 10);
         kill 'KILL', $1 unless $gone;
     }
     $r->{running} = 0;
@@ -312,7 +300,7 @@ sub proxy_mode {
     croak "proxy_mode: bad mode $mode" unless $mode =~ /^(?:pass|hold_set|hold|down)$/;
     _write("$p->{dir}/mode", "$mode\n");
     # the proxy acknowledges in its next round (every 10 ms)
-    wait_for(sub { (_slurp("$p->{dir}/ack") // '') eq "$mode\n" }, 5)
+    wait_until(sub { (_slurp("$p->{dir}/ack") // '') eq "$mode\n" }, 5)
         or croak "proxy did not take mode $mode";
 }
 
@@ -473,7 +461,7 @@ sub start_nginx {
     }
     my $n = { port => $port, prefix => $prefix, pid => $pid };
     push @NGINX, $n;
-    my $up = wait_for(sub {
+    my $up = wait_until(sub {
         return 0 if waitpid($pid, POSIX::WNOHANG()) == $pid && ($n->{dead} = 1);
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
                                       Proto => 'tcp', Timeout => 1);
@@ -494,7 +482,7 @@ sub stop_nginx {
     my ($n) = @_;
     return (1, $n->{status}) unless $n->{pid};
     kill 'QUIT', $n->{pid};
-    my $ok = wait_for(sub { waitpid($n->{pid}, POSIX::WNOHANG()) == $n->{pid} }, 15);
+    my $ok = wait_until(sub { waitpid($n->{pid}, POSIX::WNOHANG()) == $n->{pid} }, 15);
     if ($ok) {
         $n->{status} = $?;
     } else {

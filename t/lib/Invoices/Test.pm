@@ -87,7 +87,7 @@ our @EXPORT = qw(
     nginx_config_test config_text
     pg_stop pg_start pg_is_stopped
     error_log_text error_log_mark error_log_since
-    json_typed json_check time_factor valgrind_mode
+    json_typed json_check time_factor valgrind_mode wait_until
     API_KEY API_KEY_2
     parallel_requests start_request finish_request
     fake_url fake_control fake_config fake_requests fake_reset
@@ -123,6 +123,19 @@ sub valgrind_mode { ($ENV{TEST_NGINX_USE_VALGRIND} // '') =~ /^[1-9]/ ? 1 : 0 }
 
 # Multiply every timing bound by this (valgrind is ~20x slower).
 sub time_factor { valgrind_mode() ? 15 : 1 }
+
+# wait_until($sub, $seconds) -> the first true value of $sub (polled every
+# 50 ms), or undef after $seconds (default 10, scaled by time_factor).
+sub wait_until {
+    my ($code, $seconds) = @_;
+    my $deadline = time + ($seconds // 10) * time_factor();
+    while (1) {
+        my $v = $code->();
+        return $v if $v;
+        return undef if time > $deadline;
+        sleep 0.05;
+    }
+}
 
 #----------------------------------------------------------------------
 # processes

@@ -37,7 +37,7 @@ our @EXPORT = qw(
     stripe_invoice invoice_event event_body new_id
     deliver deliver_event start_delivery
     invoice_row invoice_rows event_row event_count db_state stored api_invoice iso_ms
-    wait_until result_of
+    result_of
 );
 
 my $JSON = JSON::PP->new->utf8->canonical;
@@ -330,17 +330,5 @@ sub iso_ms {
     return POSIX::strftime('%Y-%m-%dT%H:%M:%S.000Z', gmtime $t);
 }
 
-# wait_until($sub, $seconds) -> the first true value of $sub, or undef
-# after $seconds (scaled by time_factor).
-sub wait_until {
-    my ($code, $seconds) = @_;
-    my $deadline = time + ($seconds // 10) * time_factor();
-    while (1) {
-        my $v = $code->();
-        return $v if $v;
-        return undef if time > $deadline;
-        sleep 0.1;
-    }
-}
 
 1;
