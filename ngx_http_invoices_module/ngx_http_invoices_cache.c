@@ -40,6 +40,14 @@ static void ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
 static void ngx_http_invoices_cache_connected(void);
 static void ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
     redisReply *reply);
+static void ngx_http_invoices_cache_bumped_for(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+
+
+typedef struct {
+    void   (*then)(ngx_http_request_t *r, void *data);
+    void    *data;
+} ngx_http_invoices_bump_t;
 
 
 /* KEYS[1] the generation; ARGV[1] the page key's prefix, ARGV[2] its end */
@@ -290,6 +298,65 @@ ngx_http_invoices_cache_bump(void)
     {
         ngx_http_invoices_cache_bump_lost = 1;
     }
+}
+
+
+/*
+ * The same for a request that answers only once Redis has the bump: a
+ * reader anywhere that comes after the answer sees the new generation.
+ * NGX_OK: "then" will be called; NGX_DECLINED: no cache or no Redis now
+ * (the bump is kept for later), go on at once.
+ */
+
+ngx_int_t
+ngx_http_invoices_cache_bump_for(ngx_http_request_t *r,
+    void (*then)(ngx_http_request_t *r, void *data), void *data)
+{
+    const char                *argv[2];
+    size_t                     argvlen[2];
+    ngx_http_invoices_bump_t  *b;
+
+    if (!ngx_http_invoices_cache_on) {
+        return NGX_DECLINED;
+    }
+
+    b = ngx_palloc(r->pool, sizeof(ngx_http_invoices_bump_t));
+    if (b == NULL) {
+        ngx_http_invoices_cache_bump();
+        return NGX_DECLINED;
+    }
+
+    b->then = then;
+    b->data = data;
+
+    argv[0] = "INCR";
+    argv[1] = NGX_HTTP_INVOICES_GEN_KEY;
+    argvlen[0] = 4;
+    argvlen[1] = sizeof(NGX_HTTP_INVOICES_GEN_KEY) - 1;
+
+    ngx_http_invoices_cache_bump_lost = 0;
+
+    if (ngx_http_invoices_redis_call(r, ngx_http_invoices_cache_bumped_for,
+                                     b, 2, argv, argvlen)
+        != NGX_OK)
+    {
+        ngx_http_invoices_cache_bump_lost = 1;
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_invoices_cache_bumped_for(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_invoices_bump_t  *b = data;
+
+    ngx_http_invoices_cache_bumped(r, NULL, reply);
+
+    b->then(r, b->data);
 }
 
 

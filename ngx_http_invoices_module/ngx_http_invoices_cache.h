@@ -29,6 +29,8 @@ ngx_int_t ngx_http_invoices_cache_lookup(ngx_http_request_t *r,
 void ngx_http_invoices_cache_store(ngx_http_request_t *r, ngx_str_t *gen,
     ngx_str_t *page, ngx_str_t *value);
 void ngx_http_invoices_cache_bump(void);
+ngx_int_t ngx_http_invoices_cache_bump_for(ngx_http_request_t *r,
+    void (*then)(ngx_http_request_t *r, void *data), void *data);
 
 
 #endif /* _NGX_HTTP_INVOICES_CACHE_H_INCLUDED_ */

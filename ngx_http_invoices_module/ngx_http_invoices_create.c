@@ -23,7 +23,6 @@
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_create.h"
 #include "ngx_http_invoices_handler.h"
-#include "ngx_http_invoices_cache.h"
 
 
 #define NGX_HTTP_INVOICES_ITEMS_MAX    250
@@ -346,6 +345,9 @@ ngx_http_invoices_create_run(ngx_http_invoices_job_t *job)
     }
 
 done:
+
+    /* an invoice was stored (finalized, or a draft left by a failure) */
+    job->changed = !cr->replayed && cr->invoice_id[0];
 
     json_decref(cr->req);
     cr->req = NULL;
@@ -1070,11 +1072,6 @@ ngx_http_invoices_create_finish(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* an invoice was stored (finalized, or a draft left by a failure) */
-
-    if (!cr->replayed && cr->invoice_id[0]) {
-        ngx_http_invoices_cache_bump();
-    }
 
     if (job->status == NGX_HTTP_CREATED && cr->invoice_id[0]) {
         ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);

@@ -23,6 +23,7 @@
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
+#include "ngx_http_invoices_cache.h"
 
 
 typedef struct ngx_http_invoices_pg_conn_s  ngx_http_invoices_pg_conn_t;
@@ -39,6 +40,7 @@ static void ngx_http_invoices_job_thread(void *data, ngx_log_t *log);
 static void ngx_http_invoices_job_done(ngx_event_t *ev);
 static void ngx_http_invoices_job_hold(ngx_event_t *ev);
 static void ngx_http_invoices_job_resume(ngx_http_request_t *r);
+static void ngx_http_invoices_job_bumped(ngx_http_request_t *r, void *data);
 static void ngx_http_invoices_job_log(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_job_cleanup(void *data);
@@ -217,7 +219,35 @@ ngx_http_invoices_job_resume(ngx_http_request_t *r)
         ngx_http_invoices_job_log(r, job);
     }
 
+    /*
+     * A job that changed invoices answers once the cache generation is
+     * bumped, so that any list read after the answer, on any node, is
+     * fresh.
+     */
+
+    if (job->changed
+        && ngx_http_invoices_cache_bump_for(r, ngx_http_invoices_job_bumped,
+                                            job)
+           == NGX_OK)
+    {
+        return;
+    }
+
     ngx_http_finalize_request(r, job->finish(r, job));
+}
+
+
+static void
+ngx_http_invoices_job_bumped(ngx_http_request_t *r, void *data)
+{
+    ngx_connection_t         *c;
+    ngx_http_invoices_job_t  *job = data;
+
+    c = r->connection;
+    ngx_http_set_log_request(c->log, r);
+
+    ngx_http_finalize_request(r, job->finish(r, job));
+    ngx_http_run_posted_requests(c);
 }
 
 

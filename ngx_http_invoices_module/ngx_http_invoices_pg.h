@@ -38,6 +38,7 @@ struct ngx_http_invoices_job_s {
     u_char                            etag[20];    /* "16 hex digits" */
     size_t                            etag_len;
     char                              log[256];    /* error for the log */
+    ngx_uint_t                        changed;     /* invoices changed */
 
     ngx_thread_task_t                *task;
     ngx_thread_pool_t                *thread_pool;

@@ -15,7 +15,6 @@
 #include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_sync.h"
-#include "ngx_http_invoices_cache.h"
 
 
 #define NGX_HTTP_INVOICES_SYNC_PAGES    20
@@ -26,7 +25,6 @@ typedef struct {
     ngx_http_invoices_stripe_conf_t   stripe;
     char                              since[24];
     char                              starting_after[256];
-    ngx_uint_t                        changed;     /* out */
 } ngx_http_invoices_sync_t;
 
 
@@ -34,8 +32,6 @@ static ngx_int_t ngx_http_invoices_sync_arg(ngx_http_request_t *r,
     const char *name, const char *allowed, size_t min, size_t max,
     char *out, size_t size);
 static void ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job);
-static ngx_int_t ngx_http_invoices_sync_finish(ngx_http_request_t *r,
-    ngx_http_invoices_job_t *job);
 
 
 ngx_int_t
@@ -89,7 +85,6 @@ ngx_http_invoices_sync(ngx_http_request_t *r,
 
     job->thread_pool = ilcf->stripe_thread_pool;
     job->run = ngx_http_invoices_sync_run;
-    job->finish = ngx_http_invoices_sync_finish;
     job->data = sy;
 
     return ngx_http_invoices_job_run(r, job);
@@ -218,11 +213,11 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
 
             if (ngx_strcmp(result, "inserted") == 0) {
                 inserted++;
-                sy->changed = 1;
+                job->changed = 1;
 
             } else if (ngx_strcmp(result, "updated") == 0) {
                 updated++;
-                sy->changed = 1;
+                job->changed = 1;
 
             } else if (ngx_strcmp(result, "deleted") == 0) {
                 deleted++;
@@ -260,18 +255,3 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
     job->status = body ? NGX_HTTP_OK : 0;
 }
 
-
-/* even a sync that failed half-way may have changed rows */
-
-static ngx_int_t
-ngx_http_invoices_sync_finish(ngx_http_request_t *r,
-    ngx_http_invoices_job_t *job)
-{
-    ngx_http_invoices_sync_t  *sy = job->data;
-
-    if (sy->changed) {
-        ngx_http_invoices_cache_bump();
-    }
-
-    return ngx_http_invoices_job_send(r, job);
-}

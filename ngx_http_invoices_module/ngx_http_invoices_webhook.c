@@ -23,16 +23,14 @@
 #include "ngx_http_invoices_handler.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_webhook.h"
-#include "ngx_http_invoices_cache.h"
 
 
 #define NGX_HTTP_INVOICES_V1_MAX  8
 
 
 typedef struct {
-    u_char      *body;
-    size_t       len;
-    ngx_uint_t   changed;       /* out: an invoice row changed */
+    u_char  *body;
+    size_t   len;
 } ngx_http_invoices_webhook_t;
 
 
@@ -42,8 +40,6 @@ static const char *ngx_http_invoices_webhook_verify(ngx_http_request_t *r,
 static ngx_int_t ngx_http_invoices_hmac_hex(ngx_str_t *secret, ngx_str_t *t,
     ngx_str_t *body, u_char *hex);
 static void ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job);
-static ngx_int_t ngx_http_invoices_webhook_finish(ngx_http_request_t *r,
-    ngx_http_invoices_job_t *job);
 
 
 /* the event types that describe an invoice (API.md); others are ignored */
@@ -127,10 +123,8 @@ ngx_http_invoices_webhook_body(ngx_http_request_t *r)
 
     wh->body = body.data;
     wh->len = body.len;
-    wh->changed = 0;
 
     job->run = ngx_http_invoices_webhook_run;
-    job->finish = ngx_http_invoices_webhook_finish;
     job->data = wh;
 
     ngx_http_finalize_request(r, ngx_http_invoices_job_run(r, job));
@@ -363,9 +357,9 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
         return;
     }
 
-    wh->changed = ngx_strcmp(PQgetvalue(res, 0, 0), "inserted") == 0
-                  || ngx_strcmp(PQgetvalue(res, 0, 0), "updated") == 0
-                  || ngx_strcmp(PQgetvalue(res, 0, 0), "deleted") == 0;
+    job->changed = ngx_strcmp(PQgetvalue(res, 0, 0), "inserted") == 0
+                   || ngx_strcmp(PQgetvalue(res, 0, 0), "updated") == 0
+                   || ngx_strcmp(PQgetvalue(res, 0, 0), "deleted") == 0;
 
     event = json_pack("{s:b,s:s}", "received", 1,
                       "result", PQgetvalue(res, 0, 0));
@@ -377,16 +371,3 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     json_decref(event);
 }
 
-
-static ngx_int_t
-ngx_http_invoices_webhook_finish(ngx_http_request_t *r,
-    ngx_http_invoices_job_t *job)
-{
-    ngx_http_invoices_webhook_t  *wh = job->data;
-
-    if (wh->changed) {
-        ngx_http_invoices_cache_bump();
-    }
-
-    return ngx_http_invoices_job_send(r, job);
-}

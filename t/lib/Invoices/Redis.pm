@@ -4,6 +4,7 @@ package Invoices::Redis;
 # Invoices::Test.
 #
 #     use Invoices::Test;
+use Invoices::Webhook ();
 #     use Invoices::Redis;
 #
 #     my $redis = start_redis();                 # a private redis-server
@@ -577,11 +578,12 @@ sub invoice_event {
     };
 }
 
-# sign_event($body, $whsec, [$t]) -> the Stripe-Signature value
+# sign_event($body, $whsec, [$t]) -> the Stripe-Signature value, made by
+# the one signer (Invoices::Webhook)
 sub sign_event {
     my ($body, $whsec, $t) = @_;
-    $t //= int time;
-    return "t=$t,v1=" . hmac_sha256_hex("$t.$body", $whsec);
+    return Invoices::Webhook::signature_header($body, secret => $whsec,
+                                               defined $t ? (t => $t) : ());
 }
 
 # deliver_event($port, $event_or_body, $whsec) -> response of POST
