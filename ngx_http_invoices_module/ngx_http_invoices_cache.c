@@ -42,6 +42,8 @@ static void ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
     redisReply *reply);
 static void ngx_http_invoices_cache_bumped_for(ngx_http_request_t *r,
     void *data, redisReply *reply);
+static ngx_int_t ngx_http_invoices_cache_incr(ngx_http_request_t *r,
+    ngx_http_invoices_redis_pt handler, void *data);
 
 
 typedef struct {
@@ -278,25 +280,10 @@ ngx_http_invoices_cache_store(ngx_http_request_t *r, ngx_str_t *gen,
 void
 ngx_http_invoices_cache_bump(void)
 {
-    const char  *argv[2];
-    size_t       argvlen[2];
-
-    if (!ngx_http_invoices_cache_on) {
-        return;
-    }
-
-    argv[0] = "INCR";
-    argv[1] = NGX_HTTP_INVOICES_GEN_KEY;
-    argvlen[0] = 4;
-    argvlen[1] = sizeof(NGX_HTTP_INVOICES_GEN_KEY) - 1;
-
-    ngx_http_invoices_cache_bump_lost = 0;
-
-    if (ngx_http_invoices_redis_call(NULL, ngx_http_invoices_cache_bumped,
-                                     NULL, 2, argv, argvlen)
-        != NGX_OK)
-    {
-        ngx_http_invoices_cache_bump_lost = 1;
+    if (ngx_http_invoices_cache_on) {
+        (void) ngx_http_invoices_cache_incr(NULL,
+                                            ngx_http_invoices_cache_bumped,
+                                            NULL);
     }
 }
 
@@ -312,8 +299,6 @@ ngx_int_t
 ngx_http_invoices_cache_bump_for(ngx_http_request_t *r,
     void (*then)(ngx_http_request_t *r, void *data), void *data)
 {
-    const char                *argv[2];
-    size_t                     argvlen[2];
     ngx_http_invoices_bump_t  *b;
 
     if (!ngx_http_invoices_cache_on) {
@@ -329,6 +314,20 @@ ngx_http_invoices_cache_bump_for(ngx_http_request_t *r,
     b->then = then;
     b->data = data;
 
+    return ngx_http_invoices_cache_incr(r, ngx_http_invoices_cache_bumped_for,
+                                        b);
+}
+
+
+/* INCR the generation; a bump that cannot be sent is kept for later */
+
+static ngx_int_t
+ngx_http_invoices_cache_incr(ngx_http_request_t *r,
+    ngx_http_invoices_redis_pt handler, void *data)
+{
+    const char  *argv[2];
+    size_t       argvlen[2];
+
     argv[0] = "INCR";
     argv[1] = NGX_HTTP_INVOICES_GEN_KEY;
     argvlen[0] = 4;
@@ -336,8 +335,7 @@ ngx_http_invoices_cache_bump_for(ngx_http_request_t *r,
 
     ngx_http_invoices_cache_bump_lost = 0;
 
-    if (ngx_http_invoices_redis_call(r, ngx_http_invoices_cache_bumped_for,
-                                     b, 2, argv, argvlen)
+    if (ngx_http_invoices_redis_call(r, handler, data, 2, argv, argvlen)
         != NGX_OK)
     {
         ngx_http_invoices_cache_bump_lost = 1;
