@@ -262,7 +262,40 @@ is($res->json->{invoices}[0]{createdAt}, '2030-01-01T00:00:00.000Z', '.000 kept'
 is($res->json->{invoices}[0]{user}, undef, 'user is null without a team');
 is($res->json->{invoices}[0]{invoicePdf}, undef, 'invoicePdf is null without a PDF');
 
+# the count is kept by triggers (migration 0003), not counted: it must
+# follow bulk inserts, upserts that only update, deletes and a truncate,
+# from several sessions at once
+sql_do("INSERT INTO invoices (stripe_invoice_id, status, amount, currency,
+                              stripe_created_at)
+        SELECT 'in_bulk' || g, 'open', g, 'eur', '2001-01-01'::timestamptz
+        FROM generate_series(1, 500) g");
+is(get_list('?limit=1')->json->{count}, 524, 'count follows a bulk insert');
+sql_do("INSERT INTO invoices (stripe_invoice_id, status, amount, currency,
+                              stripe_created_at)
+        SELECT 'in_bulk' || g, 'paid', g, 'eur', '2001-01-01'::timestamptz
+        FROM generate_series(1, 600) g
+        ON CONFLICT (stripe_invoice_id) DO UPDATE SET status = 'paid'");
+is(get_list('?limit=1')->json->{count}, 624,
+   'an upsert counts only the rows it inserted');
+sql_do("DELETE FROM invoices WHERE stripe_invoice_id LIKE 'in_bulk%'
+        AND amount % 2 = 0");
+is(get_list('?limit=1')->json->{count}, 324, 'count follows a delete');
+sql_do("BEGIN; DELETE FROM invoices WHERE stripe_invoice_id LIKE 'in_bulk%';
+        ROLLBACK");
+is(get_list('?limit=1')->json->{count}, 324,
+   'a rolled back delete leaves the count');
+is(get_list('?limit=1')->json->{count},
+   sql_value('SELECT count(*) FROM invoices'), 'count equals count(*)');
+sql_do("DELETE FROM invoices WHERE stripe_invoice_id LIKE 'in_bulk%'");
+is(sql_value('SELECT count(DISTINCT slot) FROM invoices_count'), 16,
+   'sixteen count slots');
+
 # nothing at all
+sql_do('TRUNCATE invoices CASCADE');
+is(sql_value('SELECT sum(n) FROM invoices_count'), 0,
+   'a truncate zeroes the count');
+insert_invoice(stripe_invoice_id => 'in_after_truncate');
+is(get_list('')->json->{count}, 1, 'count after a truncate and an insert');
 sql_do('DELETE FROM invoices');
 $res = get_list('');
 is($res->status, 200, 'empty table: 200');
