@@ -11,6 +11,10 @@
  * new generation and the page stored late is never seen.  A bump that
  * could not reach Redis is sent again as soon as the link is back, before
  * any lookup of this worker.
+ *
+ * Every bump is also published on a channel, for the workers' own copies
+ * in front of Redis (_local.c): those are dropped as soon as any node
+ * writes, and at once on the node that wrote.
  */
 
 
@@ -19,10 +23,12 @@
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_redis.h"
 #include "ngx_http_invoices_cache.h"
+#include "ngx_http_invoices_local.h"
 
 
 #define NGX_HTTP_INVOICES_GEN_KEY   "invoices:gen"
 #define NGX_HTTP_INVOICES_PAGE_KEY  "invoices:list:"
+#define NGX_HTTP_INVOICES_CHANNEL   "invoices:changed"
 
 
 typedef struct {
@@ -38,6 +44,8 @@ static ngx_int_t ngx_http_invoices_cache_send(ngx_http_request_t *r,
 static void ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
     redisReply *reply);
 static void ngx_http_invoices_cache_connected(void);
+static void ngx_http_invoices_cache_message(void);
+static void ngx_http_invoices_cache_listening(ngx_uint_t on);
 static void ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
     redisReply *reply);
 static void ngx_http_invoices_cache_bumped_for(ngx_http_request_t *r,
@@ -56,6 +64,13 @@ typedef struct {
 static const char  ngx_http_invoices_cache_script[] =
     "local g = redis.call('GET', KEYS[1]) or '0' "
     "return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}";
+
+/* KEYS[1] the generation; ARGV[1] the channel.  Sent whole (writes are
+ * rare), so a script cache flush cannot lose a bump. */
+static const char  ngx_http_invoices_bump_script[] =
+    "local g = redis.call('INCR', KEYS[1]) "
+    "redis.call('PUBLISH', ARGV[1], g) "
+    "return g";
 
 static char                             ngx_http_invoices_cache_sha[41];
 static ngx_uint_t                       ngx_http_invoices_cache_on;
@@ -89,8 +104,22 @@ ngx_http_invoices_cache_init(ngx_cycle_t *cycle)
     ngx_http_invoices_cache_conf = &imcf->redis;
     ngx_http_invoices_cache_on = 1;
 
-    return ngx_http_invoices_redis_init(cycle, &imcf->redis,
-                                        ngx_http_invoices_cache_connected);
+    if (ngx_http_invoices_redis_init(cycle, &imcf->redis,
+                                     ngx_http_invoices_cache_connected)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_http_invoices_local_init(imcf->redis.local, imcf->redis.ttl * 1000);
+
+    if (imcf->redis.local == 0) {
+        return NGX_OK;
+    }
+
+    return ngx_http_invoices_redis_subscribe(cycle, NGX_HTTP_INVOICES_CHANNEL,
+                                             ngx_http_invoices_cache_message,
+                                             ngx_http_invoices_cache_listening);
 }
 
 
@@ -280,6 +309,8 @@ ngx_http_invoices_cache_store(ngx_http_request_t *r, ngx_str_t *gen,
 void
 ngx_http_invoices_cache_bump(void)
 {
+    ngx_http_invoices_local_invalidate();
+
     if (ngx_http_invoices_cache_on) {
         (void) ngx_http_invoices_cache_incr(NULL,
                                             ngx_http_invoices_cache_bumped,
@@ -305,6 +336,10 @@ ngx_http_invoices_cache_bump_for(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
+    /* this node's copies go at once, whatever becomes of the bump */
+
+    ngx_http_invoices_local_invalidate();
+
     b = ngx_palloc(r->pool, sizeof(ngx_http_invoices_bump_t));
     if (b == NULL) {
         ngx_http_invoices_cache_bump();
@@ -319,23 +354,32 @@ ngx_http_invoices_cache_bump_for(ngx_http_request_t *r,
 }
 
 
-/* INCR the generation; a bump that cannot be sent is kept for later */
+/*
+ * INCR the generation and publish it; a bump that cannot be sent is kept
+ * for later
+ */
 
 static ngx_int_t
 ngx_http_invoices_cache_incr(ngx_http_request_t *r,
     ngx_http_invoices_redis_pt handler, void *data)
 {
-    const char  *argv[2];
-    size_t       argvlen[2];
+    const char  *argv[5];
+    size_t       argvlen[5];
 
-    argv[0] = "INCR";
-    argv[1] = NGX_HTTP_INVOICES_GEN_KEY;
+    argv[0] = "EVAL";
+    argv[1] = ngx_http_invoices_bump_script;
+    argv[2] = "1";
+    argv[3] = NGX_HTTP_INVOICES_GEN_KEY;
+    argv[4] = NGX_HTTP_INVOICES_CHANNEL;
     argvlen[0] = 4;
-    argvlen[1] = sizeof(NGX_HTTP_INVOICES_GEN_KEY) - 1;
+    argvlen[1] = sizeof(ngx_http_invoices_bump_script) - 1;
+    argvlen[2] = 1;
+    argvlen[3] = sizeof(NGX_HTTP_INVOICES_GEN_KEY) - 1;
+    argvlen[4] = sizeof(NGX_HTTP_INVOICES_CHANNEL) - 1;
 
     ngx_http_invoices_cache_bump_lost = 0;
 
-    if (ngx_http_invoices_redis_call(r, handler, data, 2, argv, argvlen)
+    if (ngx_http_invoices_redis_call(r, handler, data, 5, argv, argvlen)
         != NGX_OK)
     {
         ngx_http_invoices_cache_bump_lost = 1;
@@ -371,7 +415,27 @@ ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
 static void
 ngx_http_invoices_cache_connected(void)
 {
+    /* the copies were not used while the link was down or stalled */
+
+    ngx_http_invoices_local_invalidate();
+
     if (ngx_http_invoices_cache_bump_lost) {
         ngx_http_invoices_cache_bump();
     }
+}
+
+
+/* some node wrote */
+
+static void
+ngx_http_invoices_cache_message(void)
+{
+    ngx_http_invoices_local_invalidate();
+}
+
+
+static void
+ngx_http_invoices_cache_listening(ngx_uint_t on)
+{
+    ngx_http_invoices_local_listening(on);
 }

@@ -16,6 +16,7 @@
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_webhook.h"
 #include "ngx_http_invoices_cache.h"
+#include "ngx_http_invoices_local.h"
 
 
 #define NGX_HTTP_INVOICES_KEYS_MAX_SIZE  65536
@@ -23,6 +24,8 @@
 
 static void *ngx_http_invoices_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_invoices_init_main_conf(ngx_conf_t *cf, void *conf);
+static char *ngx_http_invoices_cache_local(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_invoices_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_invoices_init_process(ngx_cycle_t *cycle);
@@ -121,6 +124,13 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_invoices_main_conf_t, redis.ttl),
+      NULL },
+
+    { ngx_string("invoices_cache_local"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_invoices_cache_local,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("invoices_currency"),
@@ -227,6 +237,7 @@ ngx_http_invoices_create_main_conf(ngx_conf_t *cf)
     imcf->redis.db = NGX_CONF_UNSET;
     imcf->redis.timeout = NGX_CONF_UNSET_MSEC;
     imcf->redis.ttl = NGX_CONF_UNSET;
+    imcf->redis.local = NGX_CONF_UNSET_SIZE;
 
     return imcf;
 }
@@ -240,6 +251,52 @@ ngx_http_invoices_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_value(imcf->redis.db, 0);
     ngx_conf_init_msec_value(imcf->redis.timeout, 100);
     ngx_conf_init_value(imcf->redis.ttl, 60);
+    ngx_conf_init_size_value(imcf->redis.local, 4 * 1024 * 1024);
+
+    /* the worker's copy needs the subscription, so Redis */
+
+    if (imcf->redis.addr.len && imcf->redis.local
+        && ngx_http_invoices_local_add_zone(cf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* invoices_cache_local off | <size>: the worker's copy in front of Redis */
+
+static char *
+ngx_http_invoices_cache_local(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_invoices_main_conf_t *imcf = conf;
+
+    ssize_t     size;
+    ngx_str_t  *value;
+
+    if (imcf->redis.local != NGX_CONF_UNSET_SIZE) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        imcf->redis.local = 0;
+        return NGX_CONF_OK;
+    }
+
+    size = ngx_parse_size(&value[1]);
+
+    if (size < 64 * 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"invoices_cache_local\" value \"%V\": "
+                           "it takes \"off\" or a size of at least 64k",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    imcf->redis.local = size;
 
     return NGX_CONF_OK;
 }
@@ -992,6 +1049,7 @@ static void
 ngx_http_invoices_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_invoices_redis_exit();
+    ngx_http_invoices_local_exit();
     ngx_http_invoices_pg_close_all();
     ngx_http_invoices_stripe_close_all();
 }

@@ -181,21 +181,19 @@ ngx_http_invoices_job_thread(void *data, ngx_log_t *log)
 static void
 ngx_http_invoices_job_done(ngx_event_t *ev)
 {
-    ngx_connection_t         *c;
-    ngx_http_request_t       *r;
-    ngx_http_invoices_job_t  *job;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
 
     r = ev->data;
     c = r->connection;
 
     ngx_http_set_log_request(c->log, r);
 
-    job = ((ngx_thread_task_t *) ((u_char *) ev
-                                  - offsetof(ngx_thread_task_t, event)))->ctx;
-
-    if (job->hold.timer_set) {
-        ngx_del_timer(&job->hold);
-    }
+    /*
+     * The hold timer stays until the answer is made: the wait for the
+     * cache bump that may come first has only cancelable timers, and a
+     * worker told to quit gracefully would not wait for it.
+     */
 
     r->main->blocked--;
     r->aio = 0;
@@ -243,6 +241,10 @@ ngx_http_invoices_job_resume(ngx_http_request_t *r)
         return;
     }
 
+    if (job->hold.timer_set) {
+        ngx_del_timer(&job->hold);
+    }
+
     ngx_http_finalize_request(r, job->finish(r, job));
 }
 
@@ -255,6 +257,10 @@ ngx_http_invoices_job_bumped(ngx_http_request_t *r, void *data)
 
     c = r->connection;
     ngx_http_set_log_request(c->log, r);
+
+    if (job->hold.timer_set) {
+        ngx_del_timer(&job->hold);
+    }
 
     ngx_http_finalize_request(r, job->finish(r, job));
     ngx_http_run_posted_requests(c);
@@ -300,6 +306,10 @@ static void
 ngx_http_invoices_job_cleanup(void *data)
 {
     ngx_http_invoices_job_t  *job = data;
+
+    if (job->hold.timer_set) {
+        ngx_del_timer(&job->hold);
+    }
 
     free(job->body);
     job->body = NULL;

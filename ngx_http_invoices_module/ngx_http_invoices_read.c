@@ -13,6 +13,7 @@
 #include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_read.h"
 #include "ngx_http_invoices_cache.h"
+#include "ngx_http_invoices_local.h"
 
 
 #define NGX_HTTP_INVOICES_PAGE_MAX   2147483647
@@ -27,6 +28,7 @@ typedef struct {
     char        *id;                 /* NUL-ended, validated */
     ngx_str_t    page_key;           /* ":<page>:<limit>", for the cache */
     ngx_str_t    gen;                /* a miss: store under this */
+    ngx_atomic_uint_t  local;        /* the worker's copy: its version */
     ngx_str_t   *x_cache;
     char         offset_text[NGX_INT64_LEN + 1];
     char         limit_text[NGX_INT_T_LEN + 1];
@@ -99,7 +101,7 @@ ngx_http_invoices_list(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf)
 {
     u_char                    *p, *end, *name, *eq;
-    ngx_str_t                  value, page, limit;
+    ngx_str_t                  value, page, limit, etag, body;
     ngx_uint_t                 have_page, have_limit;
     ngx_http_invoices_read_t  *rd;
 
@@ -191,6 +193,18 @@ ngx_http_invoices_list(ngx_http_request_t *r,
                                        rd->page, rd->limit)
                            - rd->page_key.data;
 
+        /* the worker's own copy first: no round trip at all */
+
+        rd->local = ngx_http_invoices_local_version();
+
+        if (rd->local
+            && ngx_http_invoices_local_get(r, &rd->page_key, &etag, &body)
+               == NGX_OK)
+        {
+            return ngx_http_invoices_read_send(r, NULL, &etag, body.data,
+                                               body.len);
+        }
+
         if (ngx_http_invoices_cache_lookup(r, &rd->page_key,
                                            ngx_http_invoices_list_cached, rd)
             == NGX_OK)
@@ -250,6 +264,9 @@ ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
         etag.data = value->data;
         etag.len = nl - value->data;
         rd->x_cache = &ngx_http_invoices_hit;
+
+        ngx_http_invoices_local_put(&rd->page_key, rd->local, &etag, nl + 1,
+                                    value->data + value->len - nl - 1);
 
         rc = ngx_http_invoices_read_send(r, NULL, &etag, nl + 1,
                                          value->data + value->len - nl - 1);
@@ -313,6 +330,7 @@ ngx_http_invoices_get(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf, ngx_str_t *id)
 {
     size_t                     i;
+    ngx_str_t                  etag, body;
     ngx_uint_t                 ok;
     ngx_http_invoices_job_t   *job;
     ngx_http_invoices_read_t  *rd;
@@ -368,6 +386,30 @@ ngx_http_invoices_get(ngx_http_request_t *r,
     }
 
     *ngx_cpymem(rd->id, id->data, id->len) = '\0';
+
+    /* single invoices are kept only in the worker's copy, not in Redis */
+
+    rd->local = ngx_http_invoices_local_version();
+
+    if (rd->local) {
+        rd->page_key.len = sizeof("id:") - 1 + id->len;
+        rd->page_key.data = ngx_pnalloc(r->pool, rd->page_key.len);
+        if (rd->page_key.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_memcpy(ngx_cpymem(rd->page_key.data, "id:", 3), id->data,
+                   id->len);
+
+        if (ngx_http_invoices_local_get(r, &rd->page_key, &etag, &body)
+            == NGX_OK)
+        {
+            return ngx_http_invoices_read_send(r, NULL, &etag, body.data,
+                                               body.len);
+        }
+
+        rd->x_cache = &ngx_http_invoices_miss;
+    }
 
     job = ngx_http_invoices_job_create(r, ilcf);
     if (job == NULL) {
@@ -535,6 +577,11 @@ ngx_http_invoices_read_finish(ngx_http_request_t *r,
 
     etag.data = job->etag;
     etag.len = job->etag_len;
+
+    if (rd->local) {
+        ngx_http_invoices_local_put(&rd->page_key, rd->local, &etag,
+                                    (u_char *) job->body, job->len);
+    }
 
     if (rd->gen.len) {
         /* a miss: the page for later readers, as "<etag>\n<body>" */

@@ -36,17 +36,33 @@ typedef struct {
     ngx_event_t                      reconnect;
     ngx_msec_t                       backoff;
     void                           (*connected)(void);  /* usable again */
+    ngx_event_t                      ping;              /* main: heartbeat */
+    const char                      *channel;           /* sub: SUBSCRIBE */
+    void                           (*message)(void);
+    void                           (*state)(ngx_uint_t subscribed);
+    const char                      *name;              /* for the log */
     ngx_msec_t                       logged;
     ngx_uint_t                       suppressed;
     unsigned                         ready:1;
     unsigned                         stalled:1;
     unsigned                         exiting:1;
+    unsigned                         subscribed:1;
+    unsigned                         pinging:1;
 } ngx_http_invoices_redis_t;
 
 
-static void ngx_http_invoices_redis_connect(void);
+static void ngx_http_invoices_redis_link_init(ngx_http_invoices_redis_t *rd,
+    ngx_cycle_t *cycle, ngx_http_invoices_redis_conf_t *conf,
+    const char *name);
+static void ngx_http_invoices_redis_link_exit(ngx_http_invoices_redis_t *rd);
+static void ngx_http_invoices_redis_connect(ngx_http_invoices_redis_t *rd);
 static void ngx_http_invoices_redis_retry(ngx_event_t *ev);
-static void ngx_http_invoices_redis_schedule(void);
+static void ngx_http_invoices_redis_schedule(ngx_http_invoices_redis_t *rd);
+static void ngx_http_invoices_redis_ping(ngx_event_t *ev);
+static void ngx_http_invoices_redis_pong(ngx_http_request_t *r, void *data,
+    redisReply *reply);
+static void ngx_http_invoices_redis_subscribed(redisAsyncContext *ac,
+    void *r, void *data);
 static void ngx_http_invoices_redis_on_connect(const redisAsyncContext *ac,
     int status);
 static void ngx_http_invoices_redis_on_disconnect(const redisAsyncContext *ac,
@@ -62,11 +78,21 @@ static void ngx_http_invoices_redis_reply(redisAsyncContext *ac, void *r,
     void *data);
 static void ngx_http_invoices_redis_timeout(ngx_event_t *ev);
 static void ngx_http_invoices_redis_request_gone(void *data);
-static void ngx_http_invoices_redis_error(const char *what,
-    const char *detail);
+static void ngx_http_invoices_redis_error(ngx_http_invoices_redis_t *rd,
+    const char *what, const char *detail);
 
 
+/* the link for commands, and the one that only listens (SUBSCRIBE) */
 static ngx_http_invoices_redis_t  ngx_http_invoices_redis;
+static ngx_http_invoices_redis_t  ngx_http_invoices_redis_sub;
+
+
+/*
+ * A PING every 200 ms keeps "stalled" true to Redis even when the worker
+ * serves everything from its own copy and sends nothing else: a hung
+ * Redis turns the copies off within 200 ms plus invoices_redis_timeout.
+ */
+#define NGX_HTTP_INVOICES_REDIS_PING  200
 
 
 /* init_process: start connecting */
@@ -77,34 +103,88 @@ ngx_http_invoices_redis_init(ngx_cycle_t *cycle,
 {
     ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis;
 
-    ngx_memzero(rd, sizeof(ngx_http_invoices_redis_t));
+    ngx_http_invoices_redis_link_init(rd, cycle, conf, "");
 
-    rd->conf = conf;
-    rd->log = cycle->log;
     rd->connected = connected;
 
-    rd->reconnect.handler = ngx_http_invoices_redis_retry;
-    rd->reconnect.log = cycle->log;
-    rd->reconnect.data = rd;
-    rd->reconnect.cancelable = 1;
+    rd->ping.handler = ngx_http_invoices_redis_ping;
+    rd->ping.log = cycle->log;
+    rd->ping.data = rd;
+    rd->ping.cancelable = 1;
 
-    ngx_http_invoices_redis_connect();
+    ngx_http_invoices_redis_connect(rd);
+
+    ngx_add_timer(&rd->ping, NGX_HTTP_INVOICES_REDIS_PING);
 
     return NGX_OK;
 }
 
 
-/* exit_process: close the link; pending calls get no answer */
+/*
+ * init_process, after redis_init: a second link that subscribes to
+ * "channel".  state(1) once the subscription stands, state(0) when it is
+ * lost (messages may have been missed); message() for each message.
+ */
+
+ngx_int_t
+ngx_http_invoices_redis_subscribe(ngx_cycle_t *cycle, const char *channel,
+    void (*message)(void), void (*state)(ngx_uint_t subscribed))
+{
+    ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis_sub;
+
+    ngx_http_invoices_redis_link_init(rd, cycle,
+                                      ngx_http_invoices_redis.conf,
+                                      " subscription");
+
+    rd->channel = channel;
+    rd->message = message;
+    rd->state = state;
+
+    ngx_http_invoices_redis_connect(rd);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_invoices_redis_link_init(ngx_http_invoices_redis_t *rd,
+    ngx_cycle_t *cycle, ngx_http_invoices_redis_conf_t *conf,
+    const char *name)
+{
+    ngx_memzero(rd, sizeof(ngx_http_invoices_redis_t));
+
+    rd->conf = conf;
+    rd->log = cycle->log;
+    rd->name = name;
+
+    rd->reconnect.handler = ngx_http_invoices_redis_retry;
+    rd->reconnect.log = cycle->log;
+    rd->reconnect.data = rd;
+    rd->reconnect.cancelable = 1;
+}
+
+
+/* exit_process: close the links; pending calls get no answer */
 
 void
 ngx_http_invoices_redis_exit(void)
 {
-    ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis;
+    ngx_http_invoices_redis_link_exit(&ngx_http_invoices_redis_sub);
+    ngx_http_invoices_redis_link_exit(&ngx_http_invoices_redis);
+}
 
+
+static void
+ngx_http_invoices_redis_link_exit(ngx_http_invoices_redis_t *rd)
+{
     rd->exiting = 1;
 
     if (rd->reconnect.timer_set) {
         ngx_del_timer(&rd->reconnect);
+    }
+
+    if (rd->ping.timer_set) {
+        ngx_del_timer(&rd->ping);
     }
 
     if (rd->ac) {
@@ -235,7 +315,7 @@ ngx_http_invoices_redis_reply(redisAsyncContext *ac, void *r, void *data)
     if (reply && reply->type == REDIS_REPLY_ERROR
         && ngx_strncmp(reply->str, "NOSCRIPT", 8) != 0)
     {
-        ngx_http_invoices_redis_error("command failed", reply->str);
+        ngx_http_invoices_redis_error(rd, "command failed", reply->str);
     }
 
     if (call->waiting && !rd->exiting) {
@@ -256,7 +336,8 @@ ngx_http_invoices_redis_timeout(ngx_event_t *ev)
     ngx_http_invoices_redis_call_t  *call = ev->data;
 
     ngx_http_invoices_redis.stalled = 1;
-    ngx_http_invoices_redis_error("command timed out", NULL);
+    ngx_http_invoices_redis_error(&ngx_http_invoices_redis,
+                                  "command timed out", NULL);
 
     /* the call itself stays until hiredis hands back its reply */
 
@@ -284,11 +365,10 @@ ngx_http_invoices_redis_request_gone(void *data)
 
 
 static void
-ngx_http_invoices_redis_connect(void)
+ngx_http_invoices_redis_connect(ngx_http_invoices_redis_t *rd)
 {
-    ngx_connection_t           *c;
-    redisAsyncContext          *ac;
-    ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis;
+    ngx_connection_t   *c;
+    redisAsyncContext  *ac;
 
     if (rd->conf->unix_path.len) {
         ac = redisAsyncConnectUnix((char *) rd->conf->unix_path.data);
@@ -298,20 +378,20 @@ ngx_http_invoices_redis_connect(void)
     }
 
     if (ac == NULL || ac->err) {
-        ngx_http_invoices_redis_error("connect failed",
+        ngx_http_invoices_redis_error(rd, "connect failed",
                                       ac ? ac->errstr : "out of memory");
         if (ac) {
             redisAsyncFree(ac);
         }
 
-        ngx_http_invoices_redis_schedule();
+        ngx_http_invoices_redis_schedule(rd);
         return;
     }
 
     c = ngx_get_connection(ac->c.fd, rd->log);
     if (c == NULL) {
         redisAsyncFree(ac);
-        ngx_http_invoices_redis_schedule();
+        ngx_http_invoices_redis_schedule(rd);
         return;
     }
 
@@ -322,6 +402,7 @@ ngx_http_invoices_redis_connect(void)
     c->read->handler = ngx_http_invoices_redis_read;
     c->write->handler = ngx_http_invoices_redis_write;
 
+    ac->data = rd;
     rd->ac = ac;
     rd->c = c;
 
@@ -355,13 +436,13 @@ ngx_http_invoices_redis_connect(void)
 static void
 ngx_http_invoices_redis_on_connect(const redisAsyncContext *ac, int status)
 {
-    ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis;
+    ngx_http_invoices_redis_t  *rd = ac->data;
 
     if (status != REDIS_OK) {
         /* hiredis frees the context after this; the cleanup hook runs */
-        ngx_http_invoices_redis_error("connect failed", ac->errstr);
+        ngx_http_invoices_redis_error(rd, "connect failed", ac->errstr);
         rd->ac = NULL;
-        ngx_http_invoices_redis_schedule();
+        ngx_http_invoices_redis_schedule(rd);
         return;
     }
 
@@ -370,8 +451,20 @@ ngx_http_invoices_redis_on_connect(const redisAsyncContext *ac, int status)
     rd->ready = 1;
     rd->stalled = 0;
 
-    ngx_log_error(NGX_LOG_INFO, rd->log, 0, "invoices: redis connected to %V",
+    ngx_log_error(NGX_LOG_INFO, rd->log, 0,
+                  "invoices: redis%s connected to %V", rd->name,
                   &rd->conf->addr);
+
+    if (rd->channel) {
+        if (redisAsyncCommand(rd->ac, ngx_http_invoices_redis_subscribed, rd,
+                              "SUBSCRIBE %s", rd->channel)
+            != REDIS_OK)
+        {
+            ngx_http_invoices_redis_error(rd, "subscribe failed", NULL);
+        }
+
+        return;
+    }
 
     if (rd->connected) {
         rd->connected();
@@ -383,28 +476,117 @@ static void
 ngx_http_invoices_redis_on_disconnect(const redisAsyncContext *ac,
     int status)
 {
-    ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis;
+    ngx_http_invoices_redis_t  *rd = ac->data;
 
     rd->ready = 0;
     rd->ac = NULL;
+
+    if (rd->subscribed) {
+        rd->subscribed = 0;
+
+        if (!rd->exiting) {
+            rd->state(0);
+        }
+    }
 
     if (rd->exiting) {
         return;
     }
 
-    ngx_http_invoices_redis_error("connection lost",
+    ngx_http_invoices_redis_error(rd, "connection lost",
                                   status == REDIS_OK ? NULL : ac->errstr);
-    ngx_http_invoices_redis_schedule();
+    ngx_http_invoices_redis_schedule(rd);
+}
+
+
+/*
+ * The subscription's replies: its confirmation, then every message; NULL
+ * when the link goes (the disconnect hook tells the loss).
+ */
+
+static void
+ngx_http_invoices_redis_subscribed(redisAsyncContext *ac, void *r,
+    void *data)
+{
+    redisReply                 *reply = r;
+    ngx_http_invoices_redis_t  *rd = data;
+
+    if (reply == NULL || rd->exiting || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements < 3
+        || reply->element[0]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    if (ngx_strcmp(reply->element[0]->str, "message") == 0) {
+        rd->message();
+        return;
+    }
+
+    if (ngx_strcmp(reply->element[0]->str, "subscribe") == 0
+        && !rd->subscribed)
+    {
+        rd->backoff = 0;
+        rd->subscribed = 1;
+        rd->state(1);
+    }
+}
+
+
+ngx_uint_t
+ngx_http_invoices_redis_subscription(void)
+{
+    return ngx_http_invoices_redis_sub.subscribed;
+}
+
+
+/*
+ * The heartbeat: with no other command a hung Redis would never time out
+ * and the link would count as healthy; the timeout marks it stalled.
+ */
+
+static void
+ngx_http_invoices_redis_ping(ngx_event_t *ev)
+{
+    const char                 *argv[1];
+    size_t                      argvlen[1];
+    ngx_http_invoices_redis_t  *rd = ev->data;
+
+    if (rd->exiting || ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    if (!rd->pinging) {
+        argv[0] = "PING";
+        argvlen[0] = 4;
+
+        if (ngx_http_invoices_redis_call(NULL, ngx_http_invoices_redis_pong,
+                                         rd, 1, argv, argvlen)
+            == NGX_OK)
+        {
+            rd->pinging = 1;
+        }
+    }
+
+    ngx_add_timer(&rd->ping, NGX_HTTP_INVOICES_REDIS_PING);
+}
+
+
+static void
+ngx_http_invoices_redis_pong(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_invoices_redis_t  *rd = data;
+
+    rd->pinging = 0;
 }
 
 
 /* 100 ms, doubling up to 5 s */
 
 static void
-ngx_http_invoices_redis_schedule(void)
+ngx_http_invoices_redis_schedule(ngx_http_invoices_redis_t *rd)
 {
-    ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis;
-
     rd->ready = 0;
 
     if (rd->exiting || ngx_exiting || ngx_quit || ngx_terminate) {
@@ -422,8 +604,10 @@ ngx_http_invoices_redis_schedule(void)
 static void
 ngx_http_invoices_redis_retry(ngx_event_t *ev)
 {
-    if (ngx_http_invoices_redis.ac == NULL) {
-        ngx_http_invoices_redis_connect();
+    ngx_http_invoices_redis_t  *rd = ev->data;
+
+    if (rd->ac == NULL) {
+        ngx_http_invoices_redis_connect(rd);
     }
 }
 
@@ -524,13 +708,21 @@ ngx_http_invoices_redis_cleanup(void *data)
     if (ngx_http_invoices_redis.c == c) {
         ngx_http_invoices_redis.c = NULL;
     }
+
+    if (ngx_http_invoices_redis_sub.c == c) {
+        ngx_http_invoices_redis_sub.c = NULL;
+    }
 }
 
 
-/* at most one line a second per worker while Redis is down or slow */
+/*
+ * At most one line a second per worker while Redis is down or slow, for
+ * both links together.
+ */
 
 static void
-ngx_http_invoices_redis_error(const char *what, const char *detail)
+ngx_http_invoices_redis_error(ngx_http_invoices_redis_t *link,
+    const char *what, const char *detail)
 {
     ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis;
 
@@ -542,8 +734,8 @@ ngx_http_invoices_redis_error(const char *what, const char *detail)
     rd->logged = ngx_current_msec ? ngx_current_msec : 1;
 
     ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                  "invoices: redis %V: %s%s%s (%ui more like it before)",
-                  &rd->conf->addr, what, detail ? ": " : "",
+                  "invoices: redis%s %V: %s%s%s (%ui more like it before)",
+                  link->name, &rd->conf->addr, what, detail ? ": " : "",
                   detail ? detail : "", rd->suppressed);
 
     rd->suppressed = 0;

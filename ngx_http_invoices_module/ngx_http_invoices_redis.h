@@ -24,6 +24,7 @@ typedef struct {
     ngx_int_t     db;
     ngx_msec_t    timeout;
     time_t        ttl;
+    size_t        local;            /* the worker's copy; 0: none */
 } ngx_http_invoices_redis_conf_t;
 
 
@@ -34,6 +35,10 @@ typedef void (*ngx_http_invoices_redis_pt)(ngx_http_request_t *r,
 
 ngx_int_t ngx_http_invoices_redis_init(ngx_cycle_t *cycle,
     ngx_http_invoices_redis_conf_t *conf, void (*connected)(void));
+ngx_int_t ngx_http_invoices_redis_subscribe(ngx_cycle_t *cycle,
+    const char *channel, void (*message)(void),
+    void (*state)(ngx_uint_t subscribed));
+ngx_uint_t ngx_http_invoices_redis_subscription(void);
 void ngx_http_invoices_redis_exit(void);
 
 ngx_int_t ngx_http_invoices_redis_call(ngx_http_request_t *r,

@@ -130,13 +130,13 @@ my $bad = list('?limit=abc');
 is($bad->status, 400, 'a bad limit is still 400');
 is(scalar @{ rcmd($redis, 'KEYS', 'invoices:list:*') }, 4, 'no key for a 400');
 
-# the single GET is never cached
-for my $i (1, 2) {
-    my $one = get_on($PORT, "/admin/api/invoices/$seed[0]{id}");
-    is($one->status, 200, "single GET #$i: 200");
-    is($one->header('X-Cache'), 'BYPASS', "single GET #$i: X-Cache BYPASS");
-}
-is(scalar @{ rcmd($redis, 'KEYS', 'invoices:list:*') }, 4, 'the single GET stored nothing');
+# the single GET is kept only in the worker's own copy, never in Redis
+my @one = map { get_on($PORT, "/admin/api/invoices/$seed[0]{id}") } 1, 2;
+is_deeply([map { $_->status . ' ' . ($_->header('X-Cache') // '-') } @one],
+          ['200 MISS', '200 HIT'], 'single GET: MISS, then HIT from the worker');
+is($one[1]->body, $one[0]->body, 'single GET HIT: the same bytes');
+is($one[1]->header('ETag'), $one[0]->header('ETag'), 'single GET HIT: the same ETag');
+is(scalar @{ rcmd($redis, 'KEYS', 'invoices:list:*') }, 4, 'the single GET stored nothing in Redis');
 is(gen(), $g0, 'reads do not move the generation');
 
 #----------------------------------------------------------------------
@@ -203,6 +203,10 @@ is(gen(), $g, 'forged: invoices:gen unchanged');
 list_is(list('?limit=100'), 'HIT', 'list after the forged event is still a HIT');
 
 # an update of an existing row: updated, bump
+my $one_before = get_on($PORT, '/admin/api/invoices/in_cacheseed03');
+$one_before = get_on($PORT, '/admin/api/invoices/in_cacheseed03');
+is(($one_before->header('X-Cache') // '-') . ' ' . $one_before->json->{status},
+   'HIT open', 'single GET of in_cacheseed03 before the update: HIT, open');
 sql_do("UPDATE invoices SET amount = 888888 WHERE stripe_invoice_id = 'in_cacheseed02'");
 my $seed3 = stripe_invoice(id => 'in_cacheseed03', customer => $A->{customer},
                            status => 'paid', total => 300,
@@ -215,6 +219,9 @@ $after = list('?limit=100');
 list_is($after, 'MISS', 'list after the webhook update');
 is(by_invoice_id($after, 'in_cacheseed03')->{status}, 'paid', '... shows the new status');
 is(by_invoice_id($after, 'in_cacheseed02')->{amount}, 888888, '... and the SQL change made before it');
+my $one_after = get_on($PORT, '/admin/api/invoices/in_cacheseed03');
+is(($one_after->header('X-Cache') // '-') . ' ' . $one_after->json->{status},
+   'MISS paid', 'single GET after the webhook update: MISS, paid');
 
 # a draft deleted: deleted, bump
 my $draft = stripe_invoice(customer => $A->{customer}, status => 'draft', invoice_pdf => undef);
@@ -361,6 +368,47 @@ is($a1->header('ETag'), $d1->header('ETag'), '... and so is the ETag');
 stop_nginx($D);
 
 #----------------------------------------------------------------------
+# the worker's own copy in front of Redis (invoices_cache_local): a HIT
+# from it sends Redis nothing; without the subscription it is not used
+
+sub evalsha_calls {
+    my ($line) = grep { /^cmdstat_evalsha:/ } split /\r?\n/, rcmd($redis, 'INFO', 'commandstats');
+    return $line && $line =~ /calls=(\d+)/ ? $1 : 0;
+}
+list('?limit=33') for 1, 2;
+my $calls = evalsha_calls();
+my @local = map { list('?limit=33') } 1 .. 20;
+is_deeply([map { $_->header('X-Cache') // '-' } @local], [('HIT') x 20],
+          'the worker\'s copy: 20 lists, all HIT');
+is(evalsha_calls(), $calls, '... and not one of them asked Redis');
+
+ok(rcmd($redis, 'CLIENT', 'KILL', 'TYPE', 'pubsub') >= 1, 'the subscription is cut');
+sql_do("UPDATE invoices SET amount = 424242 WHERE stripe_invoice_id = 'in_cacheseed01'");
+rcmd($redis, 'INCR', 'invoices:gen');    # a write whose message nobody heard
+my $unheard = list('?limit=33');
+list_is($unheard, 'MISS', 'without the subscription the copy is not used');
+is(by_invoice_id($unheard, 'in_cacheseed01')->{amount}, 424242, '... the write shows');
+ok(wait_until(sub { (rcmd($redis, 'PUBSUB', 'NUMSUB', 'invoices:changed'))->[1] >= 1 }, 5),
+   'the worker subscribes again by itself');
+list('?limit=33');
+$calls = evalsha_calls();
+list_is(list('?limit=33'), 'HIT', 'then the copy serves again');
+is(evalsha_calls(), $calls, '... without asking Redis');
+
+# invoices_cache_local off: every HIT is a Redis round trip
+my $E = start_nginx(workers => 1,
+                    http_config => cache_http_config($redis->{port}, local => 'off'));
+list_on($E->{port}, '?limit=33');
+$calls = evalsha_calls();
+my @redis_hits = map { list_on($E->{port}, '?limit=33') } 1 .. 5;
+is_deeply([map { $_->header('X-Cache') // '-' } @redis_hits], [('HIT') x 5],
+          'invoices_cache_local off: 5 lists, all HIT');
+is(evalsha_calls(), $calls + 5, '... each one asked Redis');
+is(get_on($E->{port}, "/admin/api/invoices/$seed[0]{id}")->header('X-Cache'), 'BYPASS',
+   '... and a single GET is not cached');
+stop_nginx($E);
+
+#----------------------------------------------------------------------
 # bad invoices_redis values fail nginx -t
 
 for my $case (
@@ -392,6 +440,23 @@ for my $case (
     my ($code, $out) = nginx_config_test(server_config => "        invoices_redis 127.0.0.1:6379;");
     isnt($code, 0, 'nginx -t fails for invoices_redis in a server block (http level only)');
     like($out, qr/\[emerg\].*invoices_redis/, '... naming it') or diag $out;
+}
+for my $case (['1k', 'too small'], ['lots', 'not a size'], ['-1m', 'negative']) {
+    my ($value, $what) = @$case;
+    my ($code, $out) = nginx_config_test(http_config =>
+        "    invoices_redis 127.0.0.1:6379;\n    invoices_cache_local $value;");
+    isnt($code, 0, "nginx -t fails for invoices_cache_local $value ($what)");
+    like($out, qr/\[emerg\].*invoices_cache_local/, '... naming it') or diag $out;
+}
+{
+    my ($code, $out) = nginx_config_test(http_config =>
+        "    invoices_cache_local off;\n    invoices_cache_local 1m;");
+    isnt($code, 0, 'nginx -t fails for invoices_cache_local given twice');
+}
+for my $value ('off', '64k', '16m') {
+    my ($code, $out) = nginx_config_test(http_config =>
+        "    invoices_redis 127.0.0.1:6379;\n    invoices_cache_local $value;");
+    is($code, 0, "nginx -t accepts invoices_cache_local $value") or diag $out;
 }
 for my $value ('127.0.0.1:6379', '[::1]:6379', 'unix:/tmp/redis.sock',
                '127.0.0.1:6379 db=3') {

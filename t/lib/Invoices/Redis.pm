@@ -254,6 +254,7 @@ sub cache_http_config {
           . (defined $o{extra} ? " $o{extra}" : '') . ";\n";
     $c .= "    invoices_redis_timeout " . ($o{timeout} // '200ms') . ";\n";
     $c .= "    invoices_cache_ttl $o{ttl};\n" if defined $o{ttl};
+    $c .= "    invoices_cache_local $o{local};\n" if defined $o{local};
     return $c;
 }
 
