@@ -56,6 +56,7 @@ static PGresult *ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job,
     const char *sql, int nparams, const char *const *values, ngx_uint_t fail);
 static PGresult *ngx_http_invoices_pg_run(ngx_http_invoices_pg_conn_t *pc,
     const char *sql, int nparams, const char *const *values);
+static ngx_uint_t ngx_http_invoices_pg_transient(PGresult *res);
 static PGconn *ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
     ngx_http_invoices_pg_conn_t **pc);
 static void ngx_http_invoices_pg_note(ngx_http_invoices_job_t *job,
@@ -398,6 +399,16 @@ ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job, const char *sql,
         if (PQstatus(conn) != CONNECTION_BAD) {
             ngx_http_invoices_pg_note(job, "statement failed",
                                       PQresultErrorMessage(res));
+
+            if (fail && ngx_http_invoices_pg_transient(res)) {
+                PQclear(res);
+                ngx_http_invoices_job_fail(job, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                           "api_error", "database_busy",
+                                           "the database is busy, "
+                                           "retry later");
+                return NULL;
+            }
+
             PQclear(res);
 
             if (fail) {
@@ -424,6 +435,32 @@ ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job, const char *sql,
     }
 
     return NULL;
+}
+
+
+/*
+ * Failures that a retry a moment later may not meet: a statement_timeout
+ * or lock_timeout set in the conninfo's options, a deadlock, a
+ * serialization failure, a server out of connections or shutting down.
+ */
+
+static ngx_uint_t
+ngx_http_invoices_pg_transient(PGresult *res)
+{
+    char  *state;
+
+    state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+    if (state == NULL) {
+        return 0;
+    }
+
+    return ngx_strcmp(state, "57014") == 0        /* query_canceled */
+           || ngx_strcmp(state, "55P03") == 0     /* lock_not_available */
+           || ngx_strcmp(state, "40001") == 0     /* serialization_failure */
+           || ngx_strcmp(state, "40P01") == 0     /* deadlock_detected */
+           || ngx_strncmp(state, "53", 2) == 0    /* insufficient resources */
+           || ngx_strncmp(state, "57P", 3) == 0;  /* shutting down */
 }
 
 
