@@ -41,6 +41,7 @@ typedef struct {
     void                           (*message)(void);
     void                           (*state)(ngx_uint_t subscribed);
     const char                      *name;              /* for the log */
+    ngx_msec_t                       stalled_at;
     ngx_msec_t                       logged;
     ngx_uint_t                       suppressed;
     unsigned                         ready:1;
@@ -93,6 +94,13 @@ static ngx_http_invoices_redis_t  ngx_http_invoices_redis_sub;
  * Redis turns the copies off within 200 ms plus invoices_redis_timeout.
  */
 #define NGX_HTTP_INVOICES_REDIS_PING  200
+
+/*
+ * A link stalled this long is closed and opened again: a Redis host that
+ * vanished without closing the connection would otherwise hold it for as
+ * long as the kernel keeps retransmitting.
+ */
+#define NGX_HTTP_INVOICES_REDIS_GIVE_UP  5000
 
 
 /* init_process: start connecting */
@@ -335,7 +343,11 @@ ngx_http_invoices_redis_timeout(ngx_event_t *ev)
 {
     ngx_http_invoices_redis_call_t  *call = ev->data;
 
-    ngx_http_invoices_redis.stalled = 1;
+    if (!ngx_http_invoices_redis.stalled) {
+        ngx_http_invoices_redis.stalled = 1;
+        ngx_http_invoices_redis.stalled_at = ngx_current_msec;
+    }
+
     ngx_http_invoices_redis_error(&ngx_http_invoices_redis,
                                   "command timed out", NULL);
 
@@ -554,6 +566,15 @@ ngx_http_invoices_redis_ping(ngx_event_t *ev)
 
     if (rd->exiting || ngx_exiting || ngx_quit || ngx_terminate) {
         return;
+    }
+
+    if (rd->stalled && rd->ac
+        && ngx_current_msec - rd->stalled_at >= NGX_HTTP_INVOICES_REDIS_GIVE_UP)
+    {
+        ngx_http_invoices_redis_error(rd, "no answer for 5 s", "reconnecting");
+
+        /* pending calls get NULL, the disconnect hook schedules the retry */
+        redisAsyncFree(rd->ac);
     }
 
     if (!rd->pinging) {

@@ -227,6 +227,27 @@ SKIP: {
 }
 
 #----------------------------------------------------------------------
+# Redis unreachable without the connection closing (the proxy holds
+# everything): after 5 s stalled the worker drops the link and opens a
+# new one, instead of waiting on the kernel's retransmissions
+
+wait_until(sub { xc(list('?limit=44')) ne 'BYPASS' }, 5);
+$mark = error_log_mark();
+proxy_mode($proxy, 'hold');
+my @held;
+my $t_held = time;
+while (time - $t_held < 6) {
+    push @held, list('?limit=44');
+    sleep 0.2;
+}
+is(scalar(grep { $_->status == 200 } @held), scalar @held,
+   'A, Redis unreachable for 6 s: ' . @held . ' lists, all 200');
+like(error_log_since($mark), qr/\[error\].*invoices: redis .*no answer for 5 s: reconnecting/,
+     'A gives the stalled link up after 5 s and reconnects');
+proxy_mode($proxy, 'pass');
+ok(wait_until(sub { xc(list('?limit=44')) eq 'HIT' }, 8), 'A: HIT again once Redis answers');
+
+#----------------------------------------------------------------------
 # B's own copies while Redis hangs: no message can come, so they must go
 # out of use by themselves (a PING every 200 ms that times out after
 # invoices_redis_timeout): a write through A during the hang shows on
