@@ -14,7 +14,6 @@ use strict;
 use warnings;
 use Test::More;
 use JSON::PP ();
-use POSIX ();
 use Time::HiRes qw(time sleep);
 use Invoices::Test;
 use Invoices::Webhook;
@@ -133,39 +132,8 @@ ok(kill(0, $master), 'the same nginx master');
 is(api_request(GET => '/slow/api/invoices?limit=1')->status, 200,
    '/slow (statement_timeout in the conninfo) answers');
 
-sub locker {
-    # another session takes the table and sits on it
-    my %e = map { $_ => $ENV{$_} } qw(INVOICES_TEST_PGHOST INVOICES_TEST_PGPORT
-                                      INVOICES_TEST_PGUSER);
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>', '/dev/null';
-        open STDERR, '>', '/dev/null';
-        $ENV{PGAPPNAME} = 'faults_locker';
-        { exec 'psql', '-X', '-q', '-h', $e{INVOICES_TEST_PGHOST}, '-p',
-               $e{INVOICES_TEST_PGPORT}, '-U', $e{INVOICES_TEST_PGUSER}, '-d', db_name(),
-               '-c', 'BEGIN; LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE; '
-                   . 'SELECT pg_sleep(60)'; }
-        POSIX::_exit(127);
-    }
-    return $pid;
-}
-sub locked {
-    return sql_value(q{SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-                       WHERE a.application_name = 'faults_locker' AND l.granted
-                         AND l.relation = 'invoices'::regclass
-                         AND l.mode = 'AccessExclusiveLock'}) > 0;
-}
-sub unlock {
-    my ($pid) = @_;
-    sql_value(q{SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                WHERE application_name = 'faults_locker'});
-    waitpid $pid, 0;
-}
-
-my $lpid = locker();
-ok(wait_until(\&locked, 10), 'another session holds an exclusive lock on invoices');
+my $lpid = lock_invoices();
+ok(wait_until(\&invoices_locked, 10), 'another session holds an exclusive lock on invoices');
 
 my @slow = parallel_requests(map { [GET => '/slow/api/invoices?limit=2'] } 1 .. 6);
 push @slow, api_request(GET => '/slow/api/invoices/in_pgfault1');
@@ -189,8 +157,8 @@ subtest 'locked table, statement_timeout 300ms: 7 concurrent reads end quickly' 
         or diag 'got: ' . join(', ', map { $_->status . ' ' . (($_->json_or_undef // {})->{error}{code} // '') } @slow);
 }
 
-unlock($lpid);
-ok(!locked(), 'the lock is released');
+unlock_invoices($lpid);
+ok(!invoices_locked(), 'the lock is released');
 my @after = parallel_requests(map { [GET => '/slow/api/invoices?limit=2'] } 1 .. 6);
 is_deeply([map { $_->status } @after], [(200) x 6],
           'after the lock: /slow answers 200 again on every thread');

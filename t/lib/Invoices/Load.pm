@@ -20,7 +20,10 @@ package Invoices::Load;
 # content_type, retry_after, x_cache, code (error.code of a JSON error
 # body), json (1 when the body parsed as JSON).
 #
-# Also: worker_pids($master) and fd_count($pid) from /proc.
+# Also: worker_pids($master) and fd_count($pid) from /proc, and
+# lock_invoices() / unlock_invoices($pid): another PostgreSQL session
+# that holds an exclusive lock on the invoices table (statements on it
+# wait), for "PostgreSQL slow" and for holding a pool thread.
 
 use strict;
 use warnings;
@@ -37,7 +40,8 @@ use Invoices::Test;
 use Invoices::Test::HTTP ();
 
 our @EXPORT = qw(start_load stop_load load_records load_count
-                 worker_pids fd_count summarize);
+                 worker_pids fd_count summarize
+                 lock_invoices invoices_locked unlock_invoices lock_waiters);
 
 my $JSON = JSON::PP->new->utf8->canonical;
 my $OWNER = $$;
@@ -200,6 +204,46 @@ sub fd_count {
     opendir my $d, "/proc/$pid/fd" or return undef;
     my $n = grep { !/^\./ } readdir $d;
     return $n;
+}
+
+# lock_invoices() -> the pid of a psql that holds ACCESS EXCLUSIVE on
+# invoices (for at most 60 s) once invoices_locked() is true
+sub lock_invoices {
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>', '/dev/null';
+        $ENV{PGAPPNAME} = 'faults_locker';
+        { exec 'psql', '-X', '-q', '-h', $ENV{INVOICES_TEST_PGHOST},
+               '-p', $ENV{INVOICES_TEST_PGPORT}, '-U', $ENV{INVOICES_TEST_PGUSER},
+               '-d', db_name(),
+               '-c', 'BEGIN; LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE; '
+                   . 'SELECT pg_sleep(60)'; }
+        POSIX::_exit(127);
+    }
+    return $pid;
+}
+
+sub invoices_locked {
+    return sql_value(q{SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                       WHERE a.application_name = 'faults_locker' AND l.granted
+                         AND l.relation = 'invoices'::regclass
+                         AND l.mode = 'AccessExclusiveLock'}) > 0;
+}
+
+# statements of the module waiting for that lock
+sub lock_waiters {
+    return sql_value(q{SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'ngx_http_invoices'
+                         AND wait_event_type = 'Lock'});
+}
+
+sub unlock_invoices {
+    my ($pid) = @_;
+    sql_value(q{SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                WHERE application_name = 'faults_locker'});
+    waitpid $pid, 0 if $pid;
 }
 
 END {
