@@ -22,7 +22,9 @@ plan skip_all => 'timing test: not run under valgrind' if valgrind_mode();
 
 start_server(stripe => 1, workers => 2, threads => 4);
 my $master = server_info()->{pid};
-my @old = worker_pids($master);
+# start_server returns once the port accepts: the workers may still be forking
+my @old;
+wait_until(sub { (@old = worker_pids($master)) == 2 }, 10);
 is(scalar @old, 2, 'two workers');
 
 my $J = JSON::PP->new->utf8->canonical;

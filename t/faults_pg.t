@@ -43,7 +43,9 @@ CONF
 default_secret($W);
 
 my $master = server_info()->{pid};
-my @workers = worker_pids($master);
+# start_server returns once the port accepts: the workers may still be forking
+my @workers;
+wait_until(sub { (@workers = worker_pids($master)) == 2 }, 10);
 is(scalar @workers, 2, 'two workers');
 my %fds = map { $_ => fd_count($_) } @workers;
 

@@ -21,7 +21,10 @@ my $TIMEOUT_MS = 200;
 start_server(workers => 2,
              http_config => cache_http_config($redis->{port}, timeout => "${TIMEOUT_MS}ms"));
 my $master = server_info()->{pid};
-my @workers = worker_pids($master);
+# start_server returns once the port accepts: the workers may still be forking
+my @workers;
+wait_until(sub { (@workers = worker_pids($master)) == 2 }, 10);
+is(scalar @workers, 2, 'two workers');
 
 insert_rows(invoices => map { {
     stripe_invoice_id => "in_rfault$_", status => 'paid', amount => 10 * $_,

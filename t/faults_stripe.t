@@ -42,7 +42,9 @@ start_server(stripe => { max_retries => 1, timeout => '1s' },
 CONF
 default_secret($W);
 my $master = server_info()->{pid};
-my @workers = worker_pids($master);
+# start_server returns once the port accepts: the workers may still be forking
+my @workers;
+wait_until(sub { (@workers = worker_pids($master)) == 1 }, 10);
 is(scalar @workers, 1, 'one worker');
 my $J = JSON::PP->new->utf8->canonical;
 
@@ -171,7 +173,7 @@ my (@full, @queued);
 subtest 'pool full: 6 of 7 more requests are answered at once' => sub {
     is(scalar @full, 6, '6 answered while the lock is held, 1 queued');
     for my $r (@full) {
-        is($r->status, 503, '503') or diag $r->describe;
+        is($r->status, 503, 'status 503') or diag $r->describe;
         like($r->header('Retry-After') // '', qr/^[1-9]\d*$/, 'Retry-After');
         json_check($r, "error.type = \"api_error\"\nerror.code = \"thread_pool_full\"");
         cmp_ok($r->elapsed, '<', 1 * time_factor(), sprintf 'in %.3fs', $r->elapsed);
@@ -231,7 +233,7 @@ my $mark6 = error_log_mark();
 my @twins = parallel_requests(map { create_req($_->{customer}, "gone-$_->{customer}") } @gone);
 subtest 'the same keys while the abandoned creates still run: 409 in use' => sub {
     for my $r (@twins) {
-        is($r->status, 409, '409') or diag $r->describe;
+        is($r->status, 409, 'status 409') or diag $r->describe;
         json_check($r, 'error.code = "idempotency_key_in_use"');
     }
 };
@@ -253,7 +255,7 @@ for my $g (@gone) {
     my $r = api_request(@{ create_req($g->{customer}, "gone-$g->{customer}") }[0 .. 3]);
     my @at = invoices_of($g->{customer});
     subtest "the client of $g->{customer} comes back with its key" => sub {
-        is($r->status, 201, '201') or diag $r->describe;
+        is($r->status, 201, 'status 201') or diag $r->describe;
         is($r->header('Idempotent-Replayed'), 'true', 'the stored answer, replayed');
         is(scalar @at, 1, 'one invoice at Stripe');
         is(($r->json_or_undef // {})->{id}, $at[0]{id}, 'the same invoice');
