@@ -45,6 +45,7 @@ typedef struct {
     char                              hash[65];
     char                              lock[24];
     char                              stripe_key[64];
+    ngx_uint_t                        locked;
 
     /* out */
     ngx_uint_t                        replayed;
@@ -335,7 +336,13 @@ ngx_http_invoices_create_run(ngx_http_invoices_job_t *job)
         ngx_http_invoices_create_sequence(job, cr);
     }
 
-    {
+    /*
+     * Only the session that took the lock releases it: unlocking a key
+     * held by another request's session makes PostgreSQL send a WARNING,
+     * which libpq writes to nginx's stderr, on every 409 in_use.
+     */
+
+    if (cr->locked) {
         const char  *values[1] = { cr->lock };
         PGresult    *res;
 
@@ -615,6 +622,7 @@ ngx_http_invoices_create_claim(ngx_http_invoices_job_t *job,
     }
 
     PQclear(res);
+    cr->locked = 1;
 
     values[0] = cr->key;
 

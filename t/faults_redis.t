@@ -1,0 +1,117 @@
+# The Redis list cache under concurrent load while Redis is killed
+# (SIGKILL: the sockets reset, nothing is answered again until a new
+# Redis starts) and hung (SIGSTOP: the sockets stay open and nothing
+# answers).  No request may fail: every answer is a 200 (X-Cache HIT,
+# MISS or BYPASS), none waits much longer than invoices_redis_timeout,
+# and the cache comes back (HIT) by itself once Redis is back.
+# t/cache_faults.t covers the single-request cases (stop, DEBUG SLEEP,
+# cut link); this file adds load and the two signals.  It uses a Redis
+# of its own, never the shared one of scripts/test.
+
+use strict;
+use warnings;
+use Test::More;
+use Time::HiRes qw(time sleep);
+use Invoices::Test;
+use Invoices::Redis;
+use Invoices::Load;
+
+my $redis = start_redis();
+my $TIMEOUT_MS = 200;
+start_server(workers => 2,
+             http_config => cache_http_config($redis->{port}, timeout => "${TIMEOUT_MS}ms"));
+my $master = server_info()->{pid};
+# start_server returns once the port accepts: the workers may still be forking
+my @workers;
+wait_until(sub { (@workers = worker_pids($master)) == 2 }, 10);
+is(scalar @workers, 2, 'two workers');
+
+insert_rows(invoices => map { {
+    stripe_invoice_id => "in_rfault$_", status => 'paid', amount => 10 * $_,
+    currency => 'eur', stripe_created_at => sprintf('2024-04-%02dT00:00:00.000Z', $_),
+} } 1 .. 12);
+
+sub redis_pid {
+    open my $fh, '<', "$redis->{dir}/redis.pid" or return undef;
+    my ($pid) = <$fh> =~ /(\d+)/;
+    return $pid;
+}
+# both workers serve HITs again: six HITs in a row
+sub hits_again {
+    my $n = 0;
+    return wait_until(sub {
+        my $r = list('?limit=5');
+        return 0 unless $r->status == 200;
+        $n = ($r->header('X-Cache') // '') eq 'HIT' ? $n + 1 : 0;
+        return $n >= 6;
+    }, 10);
+}
+
+ok(hits_again(), 'warm: the cache serves HITs on both workers');
+
+my @pages = map { [GET => "/admin/api/invoices?limit=$_"] } 3, 5, 7;
+push @pages, [GET => '/admin/api/invoices?page=2&limit=5'];
+my $load = start_load(clients => 6, pause => 0.005, requests => \@pages);
+ok(wait_until(sub { load_count($load, x_cache => 'HIT') >= 20 }, 10),
+   'load: 20 HITs before the faults');
+
+#----------------------------------------------------------------------
+# SIGKILL
+
+my $pid = redis_pid();
+ok($pid && kill('KILL', $pid), 'Redis killed (SIGKILL)');
+ok(wait_until(sub { !kill(0, $pid) }, 5), '... and gone');
+$redis->{running} = 0;
+my $t_kill = time;
+ok(wait_until(sub { load_count($load, since => $t_kill, x_cache => 'BYPASS') >= 30 }, 10),
+   'load: 30 BYPASS answers while Redis is dead');
+restart_redis($redis);
+my $t_back = time;
+ok(wait_until(sub { load_count($load, since => $t_back, x_cache => 'HIT') >= 20 }, 10),
+   'load: HITs again after Redis is restarted (the workers reconnect by themselves)');
+
+#----------------------------------------------------------------------
+# SIGSTOP: hung with its sockets open
+
+$pid = redis_pid();
+ok(kill('STOP', $pid), 'Redis stopped (SIGSTOP)');
+my $t_stop = time;
+my $during = wait_until(sub { load_count($load, since => $t_stop + $TIMEOUT_MS / 1000) >= 40 }, 15);
+ok($during, 'load: 40 answers while Redis is hung');
+kill 'CONT', $pid;
+my $t_cont = time;
+ok(wait_until(sub { load_count($load, since => $t_cont, x_cache => 'HIT') >= 20 }, 10),
+   'load: HITs again after SIGCONT');
+my @rec = stop_load($load);
+ok(hits_again(), 'after the load: both workers serve HITs');
+
+subtest 'the whole load: ' . summarize(@rec) => sub {
+    my @bad = grep { !$_->{complete} || $_->{status} != 200 } @rec;
+    is(scalar @bad, 0, 'every request a complete 200')
+        or diag explain [@bad[0 .. ($#bad > 4 ? 4 : $#bad)]];
+    my @xc = grep { ($_->{x_cache} // '') !~ /^(?:HIT|MISS|BYPASS)$/ } @rec;
+    is(scalar @xc, 0, 'X-Cache is HIT, MISS or BYPASS');
+    my @killed = grep { $_->{t0} > $t_kill && $_->{t1} < $t_back } @rec;
+    is(scalar(grep { $_->{x_cache} eq 'HIT' } @killed), 0,
+       'no HIT while Redis was dead (' . @killed . ' requests)');
+    my @hung = grep { $_->{t0} > $t_stop + 0.05 && $_->{t1} < $t_cont } @rec;
+    cmp_ok(scalar @hung, '>=', 30, scalar(@hung) . ' requests while Redis was hung');
+    is(scalar(grep { $_->{x_cache} eq 'HIT' } @hung), 0, 'no HIT from a hung Redis');
+    my ($slowest) = sort { $b <=> $a } map { $_->{elapsed} } @rec;
+    my $bound = (4 * $TIMEOUT_MS / 1000 + 0.5) * time_factor();
+    cmp_ok($slowest, '<', $bound,
+           sprintf 'the slowest answer took %.3fs (invoices_redis_timeout %dms)',
+           $slowest, $TIMEOUT_MS);
+    # a hung Redis costs one timeout per worker, then it is bypassed
+    my @waited = grep { $_->{elapsed} >= $TIMEOUT_MS / 1000 * 0.9 } @hung;
+    # (the clients' requests in flight when it hung all wait that one
+    # timeout; those sent after it do not)
+    my @late = grep { $_->{t0} > $t_stop + 2 * $TIMEOUT_MS / 1000 + 0.1 } @waited;
+    is(scalar @late, 0, scalar(@waited) . ' requests waited for the timeout while Redis '
+       . 'was hung, none sent after the first timeout')
+        or diag join ', ', map { sprintf '+%.3fs: %.3fs', $_->{t0} - $t_stop, $_->{elapsed} } @waited;
+};
+
+is_deeply([worker_pids($master)], \@workers, 'the same worker processes (none crashed)');
+
+done_testing();
