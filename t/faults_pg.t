@@ -151,11 +151,9 @@ subtest 'locked table, statement_timeout 300ms: 7 concurrent reads end quickly' 
     }
 };
 {
-    local $TODO = 'a statement timeout answers 500 internal_error: _pg.c maps every '
-                . 'failed statement on a live connection to 500 (not ours to edit)';
-    is(scalar(grep { ($_->status == 503 && ($_->header('Retry-After') // '') =~ /^\d+$/)
-                     || $_->status == 504 } @slow), scalar @slow,
-       'a statement timeout is a 503 with Retry-After (or a 504), not a 500')
+    is(scalar(grep { $_->status == 503 && ($_->header('Retry-After') // '') =~ /^\d+$/
+                     && (($_->json_or_undef // {})->{error}{code} // '') eq 'database_busy' } @slow),
+       scalar @slow, 'a statement timeout is a 503 database_busy with Retry-After, not a 500')
         or diag 'got: ' . join(', ', map { $_->status . ' ' . (($_->json_or_undef // {})->{error}{code} // '') } @slow);
 }
 
