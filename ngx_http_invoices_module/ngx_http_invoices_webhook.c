@@ -283,7 +283,10 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     ngx_http_invoices_webhook_t         *wh = job->data;
     ngx_http_invoices_stripe_invoice_t   inv;
 
-    event = json_loadb((const char *) wh->body, wh->len, 0, NULL);
+    /* a key given twice is ambiguous: Stripe never sends one */
+
+    event = json_loadb((const char *) wh->body, wh->len,
+                       JSON_REJECT_DUPLICATES, NULL);
 
     id = json_string_value(json_object_get(event, "id"));
     type = json_string_value(json_object_get(event, "type"));
