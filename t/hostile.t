@@ -884,6 +884,10 @@ is_deeply([grep { !$keys0{$_} } redis_keys()], [], 'Redis: no new key');
 my @fake1 = fake_requests();
 is(scalar @fake1, 0, 'the fake Stripe got no request at all')
     or diag join "\n", map { "$_->{method} $_->{path}" } @fake1;
+my @bad = grep { /\[(?:alert|crit|emerg)\]|exited on signal/ }
+          split /\n/, error_log_text();
+is_deeply(\@bad, [], 'the error log: no [alert], [crit], [emerg], no worker '
+                    . 'exited on a signal');
 my $after = api_request(GET => "$L/$SEED_IN");
 is($after->status, 200, 'the API still answers: the seeded invoice');
 diag scalar(@CASES) . ' cases; answered by nginx before the location: '
