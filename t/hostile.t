@@ -15,10 +15,12 @@
 # invoice with one thing wrong.
 #
 # A case is { name, method, path, headers, body | raw, status, code,
-# param, allow, head, outside, todo }.  "outside": nginx itself answers
-# before any location is chosen (request line and header parsing), so the
-# module cannot shape the body; only the status and "nothing changed" are
-# checked.
+# param, allow, head, outside, core_5xx, todo }.  "outside": nginx itself
+# answers before any location is chosen (request line and header
+# parsing), so the module cannot shape the body; only the status and
+# "nothing changed" are checked.  "core_5xx": such an answer of nginx's
+# that is a 5xx (501 for an unknown Transfer-Encoding, 505 for an unknown
+# HTTP version).
 
 use strict;
 use warnings;
@@ -783,6 +785,30 @@ raw_case('list, request line of 10 kB',
 raw_case('webhook, header line of 10 kB',
          "POST $W HTTP/1.1\r\n$H" . "Stripe-Signature: t=1," . ('v1=' . '0' x 64 . ',') x 150 . "\r\nContent-Length: 2\r\n\r\n{}",
          status => 400, outside => 'nginx refuses the header before the location');
+raw_case('list, absolute URI of another host',
+         "GET http://evil.example$L?limit=x HTTP/1.1\r\n$H$AK\r\n",
+         status => 400, code => 'parameter_invalid', param => 'limit');
+raw_case('list, Host twice',
+         "GET $L HTTP/1.1\r\n$H$AK" . "Host: evil.example\r\n\r\n",
+         status => 400, outside => 'nginx refuses the headers');
+raw_case('list, HTTP/1.1 without Host',
+         "GET $L HTTP/1.1\r\nConnection: close\r\n$AK\r\n",
+         status => 400, outside => 'nginx refuses the headers');
+raw_case('list, Content-Length: abc',
+         "GET $L HTTP/1.1\r\n$H$AK" . "Content-Length: abc\r\n\r\n",
+         status => 400, outside => 'nginx refuses the headers');
+raw_case('create, Transfer-Encoding: gzip, chunked',
+         "POST $L HTTP/1.1\r\n$H$AK" . "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+         status => 501, core_5xx => 1,
+         outside => 'nginx answers 501 to an unknown Transfer-Encoding');
+raw_case('webhook, Transfer-Encoding: identity',
+         "POST $W HTTP/1.1\r\n$H" . "Transfer-Encoding: identity\r\n\r\n",
+         status => 501, core_5xx => 1,
+         outside => 'nginx answers 501 to an unknown Transfer-Encoding');
+raw_case('list, HTTP/9.9',
+         "GET $L HTTP/9.9\r\n$H$AK\r\n",
+         status => 505, core_5xx => 1,
+         outside => 'nginx answers 505 to an HTTP version it does not know');
 raw_case('list, NUL in the request line',
          "GET $L?limit=5\0 HTTP/1.1\r\n$H$AK\r\n",
          status => 400, outside => 'nginx refuses the request line');
@@ -823,8 +849,10 @@ for my $c (@CASES) {
         } else {
             is($res->status, $want, "status $want") or diag $res->describe;
         }
-        cmp_ok($res->status, '>=', 400, 'a 4xx');
-        cmp_ok($res->status, '<', 500, '... not a 5xx');
+        cmp_ok($res->status, '>=', 400, 'an error status');
+        # (nginx's own 501 and 505, before any location, are the only 5xx)
+        cmp_ok($res->status, '<', 500, '... a 4xx, not a 5xx')
+            unless $c->{core_5xx};
 
         if ($c->{outside}) {
             $outside{ $c->{name} } = $c->{outside};
