@@ -83,6 +83,7 @@ static ngx_int_t ngx_http_invoices_idempotency_key(ngx_http_request_t *r,
     ngx_http_invoices_create_t *cr);
 static void ngx_http_invoices_sha256_hex(const void *data, size_t len,
     char *hex);
+static void ngx_http_invoices_utf8_cut(char *s);
 
 
 /* event loop: the checks that need no body, then the body */
@@ -187,16 +188,26 @@ ngx_http_invoices_create_body(ngx_http_request_t *r)
 }
 
 
-/* "application/json", any case, with parameters; a charset must be UTF-8 */
+/*
+ * "application/json", any case, with parameters; a charset must be UTF-8.
+ * Exactly one Content-Type: nginx 1.22 keeps the first of several, and a
+ * body announced as two types at once is not taken as JSON.
+ */
 
 static ngx_int_t
 ngx_http_invoices_content_type_json(ngx_http_request_t *r)
 {
     u_char           *p, *end;
+    ngx_uint_t        n;
     ngx_table_elt_t  *h;
 
     h = r->headers_in.content_type;
     if (h == NULL) {
+        return NGX_DECLINED;
+    }
+
+    (void) ngx_http_invoices_header(r, "Content-Type", &n);
+    if (n != 1) {
         return NGX_DECLINED;
     }
 
@@ -410,6 +421,7 @@ ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
             && ngx_strcmp(key, "description") != 0)
         {
             ngx_cpystrn((u_char *) param, (u_char *) key, sizeof(param));
+            ngx_http_invoices_utf8_cut(param);
             ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
                 "parameter_unknown",
                 "unknown parameter: the body takes items, customer, "
@@ -445,6 +457,7 @@ ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
             {
                 *ngx_snprintf((u_char *) param, sizeof(param) - 1,
                               "items[%uz][%s]", i, key) = '\0';
+                ngx_http_invoices_utf8_cut(param);
                 ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
                     "parameter_unknown",
                     "unknown item parameter: an item takes name and amount",
@@ -1115,4 +1128,40 @@ ngx_http_invoices_sha256_hex(const void *data, size_t len, char *hex)
     }
 
     *ngx_hex_dump((u_char *) hex, digest, sizeof(digest)) = '\0';
+}
+
+
+/*
+ * A parameter name cut to fit its buffer may end inside a UTF-8 sequence
+ * (the body's keys are valid UTF-8, jansson checked them); jansson would
+ * then refuse the string and the error would lose its "param".  Drop the
+ * partial character.
+ */
+
+static void
+ngx_http_invoices_utf8_cut(char *s)
+{
+    u_char  *p, *last;
+    size_t   len, need;
+
+    len = ngx_strlen(s);
+    if (len == 0) {
+        return;
+    }
+
+    p = (u_char *) s;
+    last = p + len - 1;
+
+    while (last > p && (*last & 0xc0) == 0x80) {
+        last--;
+    }
+
+    need = (*last < 0x80) ? 1
+           : ((*last & 0xe0) == 0xc0) ? 2
+           : ((*last & 0xf0) == 0xe0) ? 3
+           : ((*last & 0xf8) == 0xf0) ? 4 : 0;
+
+    if ((size_t) (p + len - last) != need) {
+        *last = '\0';
+    }
 }

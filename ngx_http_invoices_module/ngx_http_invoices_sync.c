@@ -91,19 +91,49 @@ ngx_http_invoices_sync(ngx_http_request_t *r,
 }
 
 
-/* an optional query argument of allowed characters; NGX_OK when fine */
+/*
+ * An optional query argument of allowed characters; NGX_OK when fine.
+ * Given twice (in any case, as ngx_http_arg() matches) it is ambiguous:
+ * ngx_http_arg() would take the first; an error, as for the list.
+ */
 
 static ngx_int_t
 ngx_http_invoices_sync_arg(ngx_http_request_t *r, const char *name,
     const char *allowed, size_t min, size_t max, char *out, size_t size)
 {
-    size_t     i;
-    ngx_str_t  value;
+    size_t      i, len;
+    u_char     *p, *end;
+    ngx_str_t   value;
+    ngx_uint_t  n;
 
-    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &value)
-        != NGX_OK)
-    {
+    len = ngx_strlen(name);
+
+    if (ngx_http_arg(r, (u_char *) name, len, &value) != NGX_OK) {
         return NGX_OK;
+    }
+
+    n = 0;
+    p = r->args.data;
+    end = p + r->args.len;
+
+    while (p < end) {
+        if ((size_t) (end - p) > len
+            && ngx_strncasecmp(p, (u_char *) name, len) == 0
+            && p[len] == '=')
+        {
+            n++;
+        }
+
+        p = ngx_strlchr(p, end, '&');
+        if (p == NULL) {
+            break;
+        }
+
+        p++;
+    }
+
+    if (n != 1) {
+        return NGX_ERROR;
     }
 
     if (value.len < min || value.len > max || value.len >= size) {

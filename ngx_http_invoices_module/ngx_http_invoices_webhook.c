@@ -27,6 +27,9 @@
 
 #define NGX_HTTP_INVOICES_V1_MAX  8
 
+/* 9999-12-31T23:59:59Z: any later "created" is not a time PostgreSQL keeps */
+#define NGX_HTTP_INVOICES_CREATED_MAX  253402300799LL
+
 
 typedef struct {
     u_char  *body;
@@ -283,7 +286,10 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     ngx_http_invoices_webhook_t         *wh = job->data;
     ngx_http_invoices_stripe_invoice_t   inv;
 
-    event = json_loadb((const char *) wh->body, wh->len, 0, NULL);
+    /* a key given twice is ambiguous: Stripe never sends one */
+
+    event = json_loadb((const char *) wh->body, wh->len,
+                       JSON_REJECT_DUPLICATES, NULL);
 
     id = json_string_value(json_object_get(event, "id"));
     type = json_string_value(json_object_get(event, "type"));
@@ -291,9 +297,15 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
 
     object = json_object_get(json_object_get(event, "data"), "object");
 
-    /* every Stripe event carries its object in data.object */
+    /*
+     * every Stripe event carries its object in data.object; a "created"
+     * out of range would fail in PostgreSQL as a 500, and Stripe would
+     * retry it for days
+     */
 
     if (id == NULL || type == NULL || !json_is_integer(created)
+        || json_integer_value(created) < 0
+        || json_integer_value(created) > NGX_HTTP_INVOICES_CREATED_MAX
         || !json_is_object(object)
         || ngx_strncmp(id, "evt_", 4) != 0 || ngx_strlen(id) > 255
         || ngx_strlen(type) > 255)
