@@ -45,6 +45,9 @@ static size_t ngx_http_invoices_stripe_header(char *ptr, size_t size,
     size_t nmemb, void *data);
 static void ngx_http_invoices_stripe_note(ngx_http_invoices_stripe_res_t *res,
     const char *what, const char *detail);
+static ngx_uint_t ngx_http_invoices_stripe_id_ok(const char *id,
+    const char *prefix);
+static ngx_uint_t ngx_http_invoices_stripe_time_ok(json_int_t t);
 
 
 static __thread CURL              *ngx_http_invoices_curl_mine;
@@ -512,6 +515,7 @@ ngx_int_t
 ngx_http_invoices_stripe_invoice(json_t *invoice,
     ngx_http_invoices_stripe_invoice_t *inv)
 {
+    size_t       n;
     json_t      *v, *t;
     json_int_t   latest;
     const char  *key;
@@ -524,9 +528,16 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
     inv->invoice_pdf = json_string_value(json_object_get(invoice,
                                                          "invoice_pdf"));
 
-    /* a PDF URL or null, nothing else */
+    /*
+     * A PDF URL or null, nothing else: the dashboard shows it as a link,
+     * so only https, and of a sane length.
+     */
     v = json_object_get(invoice, "invoice_pdf");
-    if (v != NULL && !json_is_null(v) && !json_is_string(v)) {
+    if (v != NULL && !json_is_null(v)
+        && (!json_is_string(v)
+            || ngx_strncmp(inv->invoice_pdf, "https://", 8) != 0
+            || json_string_length(v) > 2048))
+    {
         return NGX_ERROR;
     }
 
@@ -536,8 +547,9 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
                     ? json_string_value(json_object_get(v, "id"))
                     : json_string_value(v);
 
-    if (inv->id == NULL || ngx_strncmp(inv->id, "in_", 3) != 0
-        || inv->customer == NULL || inv->currency == NULL
+    if (!ngx_http_invoices_stripe_id_ok(inv->id, "in_")
+        || !ngx_http_invoices_stripe_id_ok(inv->customer, "cus_")
+        || inv->currency == NULL || ngx_strlen(inv->currency) != 3
         || inv->status == NULL
         || (ngx_strcmp(inv->status, "draft") != 0
             && ngx_strcmp(inv->status, "open") != 0
@@ -551,8 +563,16 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
     v = json_object_get(invoice, "total");
     t = json_object_get(invoice, "created");
 
-    if (!json_is_integer(v) || !json_is_integer(t)) {
+    if (!json_is_integer(v) || !json_is_integer(t)
+        || !ngx_http_invoices_stripe_time_ok(json_integer_value(t)))
+    {
         return NGX_ERROR;
+    }
+
+    for (n = 0; n < 3; n++) {
+        if (inv->currency[n] < 'a' || inv->currency[n] > 'z') {
+            return NGX_ERROR;
+        }
     }
 
     *ngx_sprintf((u_char *) inv->amount, "%L",
@@ -570,7 +590,10 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
     latest = 0;
 
     json_object_foreach(v, key, t) {
-        if (!json_is_integer(t) && !json_is_null(t)) {
+        if (!json_is_null(t)
+            && !(json_is_integer(t)
+                 && ngx_http_invoices_stripe_time_ok(json_integer_value(t))))
+        {
             return NGX_ERROR;
         }
 
@@ -583,6 +606,46 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
         = '\0';
 
     return NGX_OK;
+}
+
+
+/* a Stripe object id: the prefix, then 1 to 250 of [A-Za-z0-9_] */
+
+static ngx_uint_t
+ngx_http_invoices_stripe_id_ok(const char *id, const char *prefix)
+{
+    size_t       len, n;
+    const char  *p;
+
+    if (id == NULL) {
+        return 0;
+    }
+
+    n = ngx_strlen(prefix);
+    len = ngx_strlen(id);
+
+    if (len <= n || len > n + 250 || ngx_strncmp(id, prefix, n) != 0) {
+        return 0;
+    }
+
+    for (p = id + n; *p; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+              || (*p >= '0' && *p <= '9') || *p == '_'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/* seconds since the epoch that PostgreSQL's to_timestamp() takes: 0..9999 */
+
+static ngx_uint_t
+ngx_http_invoices_stripe_time_ok(json_int_t t)
+{
+    return t >= 0 && t <= 253402300799LL;
 }
 
 

@@ -701,9 +701,23 @@ for my $c ('9223372036854775807', '-9223372036854775808', '-1',
 }
 signed_case('invoice created 9223372036854775807',
             event_body(event(sub { $_[0]{data}{object}{created} = 7 })) =~ s/"created" : 7\b/"created" : 9223372036854775807/r,
-            code => $EV,
-            todo => 'ngx_http_invoices_stripe_invoice() (_stripe.c) takes any '
-                  . 'integer; to_timestamp() fails in PostgreSQL: 500');
+            code => $EV);
+for my $c (['invoice id "in_" alone', sub { $_[0]{data}{object}{id} = 'in_' }],
+           ['invoice id of 5000 bytes', sub { $_[0]{data}{object}{id} = 'in_' . 'a' x 5000 }],
+           ['invoice id with a dot', sub { $_[0]{data}{object}{id} = 'in_a.b' }],
+           ['invoice currency empty', sub { $_[0]{data}{object}{currency} = '' }],
+           ['invoice currency of 10 letters', sub { $_[0]{data}{object}{currency} = 'eurxxxxxxx' }],
+           ['invoice currency in capitals', sub { $_[0]{data}{object}{currency} = 'EUR' }],
+           ['invoice customer empty', sub { $_[0]{data}{object}{customer} = '' }],
+           ['invoice customer of 5000 bytes', sub { $_[0]{data}{object}{customer} = 'cus_' . 'a' x 5000 }],
+           ['invoice customer not cus_', sub { $_[0]{data}{object}{customer} = 'acct_1' }],
+           ['invoice invoice_pdf javascript:', sub { $_[0]{data}{object}{invoice_pdf} = 'javascript:alert(1)' }],
+           ['invoice invoice_pdf http:', sub { $_[0]{data}{object}{invoice_pdf} = 'http://pay.stripe.com/x' }],
+           ['invoice invoice_pdf of 5000 bytes', sub { $_[0]{data}{object}{invoice_pdf} = 'https://x/' . 'a' x 5000 }],
+           ['invoice created -1', sub { $_[0]{data}{object}{created} = -1 }],
+           ['invoice paid_at past year 9999', sub { $_[0]{data}{object}{status_transitions}{paid_at} = 253402300800 }]) {
+    signed_case($c->[0], event_body(event($c->[1])), code => $EV);
+}
 signed_case('data.object missing', event_body(event(sub { delete $_[0]{data}{object} })), code => $EV);
 signed_case('data.object an array', event_body(event(sub { $_[0]{data}{object} = [] })), code => $EV);
 signed_case('data a string', event_body(event(sub { $_[0]{data} = 'x' })), code => $EV);
