@@ -93,7 +93,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* exact-size copies: ASan sees any read past either end */
 
-    header_data = malloc(hlen + 128);
+    header_data = malloc(hlen + 128);           /* room for the appendix */
     body_data = malloc(blen ? blen : 1);
 
     if (header_data == NULL || body_data == NULL) {
@@ -122,12 +122,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         hlen += snprintf((char *) header_data + hlen, 128, ",t=%.*s,v1=%.*s",
                          (int) t.len, (char *) t.data, 64, (char *) hex);
+    }
 
-        /* realloc to the exact size, so overreads still show */
-        header_data = realloc(header_data, hlen);
-        if (header_data == NULL) {
-            abort();
-        }
+    /* down to the exact size, so that overreads show */
+    header_data = realloc(header_data, hlen ? hlen : 1);
+    if (header_data == NULL) {
+        abort();
     }
 
     header.data = header_data;
