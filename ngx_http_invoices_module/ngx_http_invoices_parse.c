@@ -260,11 +260,8 @@ ngx_http_invoices_parse_create(u_char *body, size_t len,
                 e--;
             }
 
-            if (e > b && e - b <= NGX_HTTP_INVOICES_TEXT_MAX
-                && json_object_set_new(item, "name", json_stringn(s + b,
-                                                                  e - b))
-                   == 0)
-            {
+            if (e > b && e - b <= NGX_HTTP_INVOICES_TEXT_MAX) {
+                json_object_set_new(item, "name", json_stringn(s + b, e - b));
                 s = json_string_value(json_object_get(item, "name"));
 
             } else {
@@ -349,12 +346,7 @@ ngx_http_invoices_parse_create(u_char *body, size_t len,
         }
 
         lower[3] = '\0';
-
-        if (json_object_set_new(req, "currency", json_string(lower)) != 0) {
-            ngx_http_invoices_invalid(invalid, "body_invalid",
-                                      "out of memory", NULL);
-            goto invalid;
-        }
+        json_object_set_new(req, "currency", json_string(lower));
     }
 
     v = json_object_get(req, "description");
