@@ -4,24 +4,50 @@
 #   make            build the module (incremental)
 #   make test       install what is missing, start PostgreSQL and Redis,
 #                   run every test with prove (scripts/test)
-#   make clean      remove build/
+#   make test SANITIZE=1
+#                   the same with the module built with ASan and UBSan
+#                   (in build-asan/), loaded into Debian's nginx
+#   make fuzz       build the libFuzzer harnesses of t/fuzz/ (clang) and
+#                   run each for FUZZ_TIME seconds (default 60)
+#   make check-all  test, SANITIZE=1 test, valgrind test, fuzz
+#   make clean      remove build/ and build-asan/
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
+FUZZ_TIME  ?= 60
+
+# Our files are held to -Wall -Wextra -Werror (nginx adds -Wall -Werror to
+# its own; -Wextra is ours).  SANITIZE=1 builds with ASan and UBSan, in a
+# build directory of its own, so switching never mixes objects.
+EXTRA_CFLAGS := -Wall -Wextra -Werror -Wno-unused-parameter
+ifeq ($(SANITIZE),1)
+BUILD      := build-asan
+EXTRA_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer
+EXTRA_LDFLAGS += -fsanitize=address,undefined
+else
 BUILD      := build
+endif
+
 NGX_BUILD  := $(BUILD)/nginx
 MODULE     := $(BUILD)/ngx_http_invoices_module.so
 SRCS       := $(wildcard ngx_http_invoices_module/*.c ngx_http_invoices_module/*.h)
 
-# Our files are held to -Wall -Wextra -Werror (nginx adds -Wall -Werror to
-# its own; -Wextra is ours).  SANITIZE=1 builds with ASan and UBSan.
-EXTRA_CFLAGS := -Wall -Wextra -Werror -Wno-unused-parameter
-ifeq ($(SANITIZE),1)
-EXTRA_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer
-EXTRA_LDFLAGS += -fsanitize=address,undefined
-endif
+# libFuzzer needs clang; the harnesses link parse.c, not nginx (see
+# t/fuzz/ngx_stubs.c), against the headers of the configured build/nginx.
+FUZZ_CC      ?= clang
+FUZZ_TARGETS := list_args create signature form
+FUZZ_DIR     := build/fuzz
+FUZZ_CFLAGS  := -g -O1 -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=all -fno-omit-frame-pointer \
+                -Wall -Wextra -Werror -Wno-unused-parameter \
+                -I $(NGINX_SRC)/src/core -I $(NGINX_SRC)/src/event \
+                -I $(NGINX_SRC)/src/event/modules -I $(NGINX_SRC)/src/os/unix \
+                -I build/nginx/objs -I ngx_http_invoices_module
+FUZZ_SRCS    := ngx_http_invoices_module/ngx_http_invoices_parse.c \
+                ngx_http_invoices_module/ngx_http_invoices_parse.h \
+                t/fuzz/ngx_stubs.c
 
-.PHONY: all test clean
+.PHONY: all test fuzz fuzz-build check-all clean
 
 all: $(MODULE)
 
@@ -46,7 +72,52 @@ $(MODULE): $(NGX_BUILD)/objs/Makefile $(SRCS)
 test:
 	scripts/deps
 	$(MAKE) all
+ifeq ($(SANITIZE),1)
+	INVOICES_MODULE=$(CURDIR)/$(MODULE) INVOICES_TEST_SANITIZE=1 scripts/test
+else
 	scripts/test
+endif
+
+$(FUZZ_DIR)/fuzz_%: t/fuzz/fuzz_%.c $(FUZZ_SRCS) build/nginx/objs/Makefile
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< \
+	    ngx_http_invoices_module/ngx_http_invoices_parse.c \
+	    t/fuzz/ngx_stubs.c -ljansson -lcrypto
+
+ifneq ($(BUILD),build)
+build/nginx/objs/Makefile:
+	$(MAKE) build/nginx/objs/Makefile SANITIZE=
+endif
+
+fuzz-build:
+	scripts/deps fuzz
+	$(MAKE) $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+
+# New inputs go to build/fuzz/corpus/ (t/fuzz/corpus/ is the committed
+# seed); a crash, leak or UB report stops the target and fails the run,
+# leaving its input in build/fuzz/.
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(FUZZ_DIR)/corpus/$$t; \
+	    dict=; [[ -f t/fuzz/$$t.dict ]] && dict=-dict=t/fuzz/$$t.dict; \
+	    echo "fuzz $$t: $(FUZZ_TIME) s"; \
+	    $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(FUZZ_TIME) \
+	        -print_final_stats=1 $$dict \
+	        -artifact_prefix=$(FUZZ_DIR)/$$t- \
+	        $(FUZZ_DIR)/corpus/$$t t/fuzz/corpus/$$t \
+	        > $(FUZZ_DIR)/$$t.log 2>&1 \
+	    || { tail -60 $(FUZZ_DIR)/$$t.log; \
+	         echo "fuzz $$t: FAILED, see $(FUZZ_DIR)/$$t.log"; exit 1; }; \
+	    grep -E '^stat::number_of_executed_units|DONE' $(FUZZ_DIR)/$$t.log \
+	        | sed "s/^/fuzz $$t: /"; \
+	done
+
+check-all:
+	$(MAKE) test
+	$(MAKE) test SANITIZE=1
+	$(MAKE) all
+	TEST_NGINX_USE_VALGRIND=1 scripts/test
+	$(MAKE) fuzz
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf build build-asan

@@ -23,11 +23,7 @@
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_create.h"
 #include "ngx_http_invoices_handler.h"
-
-
-#define NGX_HTTP_INVOICES_ITEMS_MAX    250
-#define NGX_HTTP_INVOICES_AMOUNT_MAX   99999999
-#define NGX_HTTP_INVOICES_TEXT_MAX     500
+#include "ngx_http_invoices_parse.h"
 
 
 typedef struct {
@@ -83,7 +79,6 @@ static ngx_int_t ngx_http_invoices_idempotency_key(ngx_http_request_t *r,
     ngx_http_invoices_create_t *cr);
 static void ngx_http_invoices_sha256_hex(const void *data, size_t len,
     char *hex);
-static void ngx_http_invoices_utf8_cut(char *s);
 
 
 /* event loop: the checks that need no body, then the body */
@@ -373,231 +368,28 @@ done:
 
 
 /*
- * Every rule of API.md; the first failure answers 400 naming the
- * parameter as Stripe would ("items[2][amount]").
+ * Every rule of API.md (ngx_http_invoices_parse_create); the first failure
+ * answers 400 naming the parameter as Stripe would ("items[2][amount]").
  */
 
 static ngx_int_t
 ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr)
 {
-    size_t        i, n;
-    json_t       *req, *items, *item, *v;
-    char          param[64];
-    const char   *key, *s;
-    json_int_t    amount;
-    json_error_t  err;
+    ngx_http_invoices_invalid_t  invalid;
 
-    if (cr->body_len == 0) {
+    cr->req = ngx_http_invoices_parse_create(cr->body, cr->body_len,
+                                             &invalid);
+
+    if (cr->req == NULL) {
         ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-                                       "body_invalid",
-                                       "the body must be a JSON object",
-                                       NULL);
+                                       invalid.code, invalid.message,
+                                       invalid.param[0] ? invalid.param
+                                                        : NULL);
         return NGX_ERROR;
     }
 
-    req = json_loadb((const char *) cr->body, cr->body_len,
-                     JSON_REJECT_DUPLICATES, &err);
-
-    if (req == NULL || !json_is_object(req)) {
-        json_decref(req);
-        ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-                                       "body_invalid",
-                                       req ? "the body must be a JSON object"
-                                           : "the body is not valid JSON "
-                                             "(UTF-8, no duplicate keys, "
-                                             "no \\u0000)",
-                                       NULL);
-        return NGX_ERROR;
-    }
-
-    cr->req = req;
-
-    json_object_foreach(req, key, v) {
-        if (ngx_strcmp(key, "items") != 0
-            && ngx_strcmp(key, "customer") != 0
-            && ngx_strcmp(key, "paymentMethod") != 0
-            && ngx_strcmp(key, "currency") != 0
-            && ngx_strcmp(key, "description") != 0)
-        {
-            ngx_cpystrn((u_char *) param, (u_char *) key, sizeof(param));
-            ngx_http_invoices_utf8_cut(param);
-            ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-                "parameter_unknown",
-                "unknown parameter: the body takes items, customer, "
-                "paymentMethod, currency and description", param);
-            return NGX_ERROR;
-        }
-    }
-
-    items = json_object_get(req, "items");
-    n = json_array_size(items);
-
-    if (!json_is_array(items) || n < 1 || n > NGX_HTTP_INVOICES_ITEMS_MAX) {
-        ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-            items ? "parameter_invalid" : "parameter_missing",
-            "items must be an array of 1 to 250 line items", "items");
-        return NGX_ERROR;
-    }
-
-    json_array_foreach(items, i, item) {
-
-        if (!json_is_object(item)) {
-            *ngx_snprintf((u_char *) param, sizeof(param) - 1, "items[%uz]",
-                          i) = '\0';
-            ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-                "parameter_invalid", "each item must be an object with "
-                "name and amount", param);
-            return NGX_ERROR;
-        }
-
-        json_object_foreach(item, key, v) {
-            if (ngx_strcmp(key, "name") != 0
-                && ngx_strcmp(key, "amount") != 0)
-            {
-                *ngx_snprintf((u_char *) param, sizeof(param) - 1,
-                              "items[%uz][%s]", i, key) = '\0';
-                ngx_http_invoices_utf8_cut(param);
-                ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-                    "parameter_unknown",
-                    "unknown item parameter: an item takes name and amount",
-                    param);
-                return NGX_ERROR;
-            }
-        }
-
-        v = json_object_get(item, "name");
-        s = json_string_value(v);
-
-        /* trimmed in place: jansson strings are ours to change */
-
-        if (s != NULL) {
-            size_t  len = json_string_length(v), b = 0;
-
-            while (b < len && (s[b] == ' ' || s[b] == '\t'
-                               || s[b] == '\n' || s[b] == '\r'))
-            {
-                b++;
-            }
-
-            while (len > b && (s[len - 1] == ' ' || s[len - 1] == '\t'
-                               || s[len - 1] == '\n' || s[len - 1] == '\r'))
-            {
-                len--;
-            }
-
-            if (len > b && len - b <= NGX_HTTP_INVOICES_TEXT_MAX) {
-                json_object_set_new(item, "name",
-                                    json_stringn(s + b, len - b));
-                s = json_string_value(json_object_get(item, "name"));
-
-            } else {
-                s = NULL;
-            }
-        }
-
-        if (s == NULL) {
-            *ngx_snprintf((u_char *) param, sizeof(param) - 1,
-                          "items[%uz][name]", i) = '\0';
-            ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-                v ? "parameter_invalid" : "parameter_missing",
-                "an item's name must be a non-empty string of at most 500 "
-                "bytes", param);
-            return NGX_ERROR;
-        }
-
-        v = json_object_get(item, "amount");
-        amount = json_integer_value(v);
-
-        if (!json_is_integer(v) || amount < 1
-            || amount > NGX_HTTP_INVOICES_AMOUNT_MAX)
-        {
-            *ngx_snprintf((u_char *) param, sizeof(param) - 1,
-                          "items[%uz][amount]", i) = '\0';
-            ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-                v ? "parameter_invalid" : "parameter_missing",
-                "an item's amount must be an integer from 1 to 99999999 "
-                "(the currency's smallest unit)", param);
-            return NGX_ERROR;
-        }
-    }
-
-    v = json_object_get(req, "customer");
-    s = json_string_value(v);
-
-    if (s == NULL || ngx_strncmp(s, "cus_", 4) != 0
-        || json_string_length(v) < 5 || json_string_length(v) > 255
-        || s[strspn(s, "abcdefghijklmnopqrstuvwxyz"
-                           "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")] != '\0')
-    {
-        ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-            v ? "parameter_invalid" : "parameter_missing",
-            "customer must be a Stripe customer id (cus_...)", "customer");
-        return NGX_ERROR;
-    }
-
-    cr->customer = s;
-
-    v = json_object_get(req, "paymentMethod");
-    s = json_string_value(v);
-
-    if (v != NULL && !json_is_null(v)
-        && (s == NULL || json_string_length(v) < 4
-            || json_string_length(v) > 255
-            || (ngx_strncmp(s, "pm_", 3) != 0
-                && ngx_strncmp(s, "card_", 5) != 0
-                && ngx_strncmp(s, "src_", 4) != 0)
-            || s[strspn(s, "abcdefghijklmnopqrstuvwxyz"
-                               "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")]
-               != '\0'))
-    {
-        ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-            "parameter_invalid",
-            "paymentMethod must be a Stripe payment method id (pm_...)",
-            "paymentMethod");
-        return NGX_ERROR;
-    }
-
-    v = json_object_get(req, "currency");
-    s = json_string_value(v);
-
-    if (v != NULL && !json_is_null(v)) {
-        if (s == NULL || json_string_length(v) != 3
-            || s[strspn(s, "abcdefghijklmnopqrstuvwxyz"
-                               "ABCDEFGHIJKLMNOPQRSTUVWXYZ")] != '\0')
-        {
-            ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-                "parameter_invalid",
-                "currency must be a three-letter ISO code such as \"eur\"",
-                "currency");
-            return NGX_ERROR;
-        }
-
-        {
-            char  lower[4];
-
-            for (i = 0; i < 3; i++) {
-                lower[i] = ngx_tolower(s[i]);
-            }
-
-            lower[3] = '\0';
-            json_object_set_new(req, "currency", json_string(lower));
-        }
-    }
-
-    v = json_object_get(req, "description");
-
-    if (v != NULL && !json_is_null(v)
-        && (!json_is_string(v)
-            || json_string_length(v) > NGX_HTTP_INVOICES_TEXT_MAX
-            || ngx_strlen(json_string_value(v)) != json_string_length(v)))
-    {
-        ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-            "parameter_invalid",
-            "description must be a string of at most 500 bytes",
-            "description");
-        return NGX_ERROR;
-    }
+    cr->customer = json_string_value(json_object_get(cr->req, "customer"));
 
     return NGX_OK;
 }
@@ -1131,37 +923,3 @@ ngx_http_invoices_sha256_hex(const void *data, size_t len, char *hex)
 }
 
 
-/*
- * A parameter name cut to fit its buffer may end inside a UTF-8 sequence
- * (the body's keys are valid UTF-8, jansson checked them); jansson would
- * then refuse the string and the error would lose its "param".  Drop the
- * partial character.
- */
-
-static void
-ngx_http_invoices_utf8_cut(char *s)
-{
-    u_char  *p, *last;
-    size_t   len, need;
-
-    len = ngx_strlen(s);
-    if (len == 0) {
-        return;
-    }
-
-    p = (u_char *) s;
-    last = p + len - 1;
-
-    while (last > p && (*last & 0xc0) == 0x80) {
-        last--;
-    }
-
-    need = (*last < 0x80) ? 1
-           : ((*last & 0xe0) == 0xc0) ? 2
-           : ((*last & 0xf0) == 0xe0) ? 3
-           : ((*last & 0xf8) == 0xf0) ? 4 : 0;
-
-    if ((size_t) (p + len - last) != need) {
-        *last = '\0';
-    }
-}

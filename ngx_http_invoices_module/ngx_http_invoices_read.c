@@ -14,11 +14,7 @@
 #include "ngx_http_invoices_read.h"
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_local.h"
-
-
-#define NGX_HTTP_INVOICES_PAGE_MAX   2147483647
-#define NGX_HTTP_INVOICES_LIMIT_MAX  100
-#define NGX_HTTP_INVOICES_LIMIT_DEF  10
+#include "ngx_http_invoices_parse.h"
 
 
 typedef struct {
@@ -35,8 +31,6 @@ typedef struct {
 } ngx_http_invoices_read_t;
 
 
-static ngx_int_t ngx_http_invoices_parse_arg(ngx_http_request_t *r,
-    ngx_str_t *value, ngx_int_t max, ngx_int_t *out);
 static ngx_int_t ngx_http_invoices_list_query(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd);
 static void ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
@@ -100,81 +94,22 @@ ngx_int_t
 ngx_http_invoices_list(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf)
 {
-    u_char                    *p, *end, *name, *eq;
-    ngx_str_t                  value, page, limit, etag, body;
-    ngx_uint_t                 have_page, have_limit;
-    ngx_http_invoices_read_t  *rd;
-
-    have_page = 0;
-    have_limit = 0;
-    ngx_str_null(&page);
-    ngx_str_null(&limit);
-
-    p = r->args.data;
-    end = p + r->args.len;
-
-    while (p < end) {
-        name = p;
-
-        while (p < end && *p != '&') {
-            p++;
-        }
-
-        eq = ngx_strlchr(name, p, '=');
-
-        value.data = eq ? eq + 1 : p;
-        value.len = p - value.data;
-
-        if ((eq ? eq : p) - name == 4 && ngx_strncmp(name, "page", 4) == 0) {
-            if (have_page++) {
-                return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
-                           "invalid_request_error", "parameter_invalid",
-                           "page must be given at most once", "page");
-            }
-
-            page = value;
-
-        } else if ((eq ? eq : p) - name == 5
-                   && ngx_strncmp(name, "limit", 5) == 0)
-        {
-            if (have_limit++) {
-                return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
-                           "invalid_request_error", "parameter_invalid",
-                           "limit must be given at most once", "limit");
-            }
-
-            limit = value;
-        }
-
-        p++;
-    }
+    ngx_str_t                     etag, body;
+    ngx_http_invoices_read_t     *rd;
+    ngx_http_invoices_invalid_t   invalid;
 
     rd = ngx_pcalloc(r->pool, sizeof(ngx_http_invoices_read_t));
     if (rd == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    rd->page = 1;
-    rd->limit = NGX_HTTP_INVOICES_LIMIT_DEF;
-
-    if (have_page
-        && ngx_http_invoices_parse_arg(r, &page, NGX_HTTP_INVOICES_PAGE_MAX,
-                                       &rd->page)
-           != NGX_OK)
+    if (ngx_http_invoices_parse_list_args(&r->args, &rd->page, &rd->limit,
+                                          &invalid)
+        != NGX_OK)
     {
         return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
-                   "invalid_request_error", "parameter_invalid",
-                   "page must be an integer from 1 to 2147483647", "page");
-    }
-
-    if (have_limit
-        && ngx_http_invoices_parse_arg(r, &limit, NGX_HTTP_INVOICES_LIMIT_MAX,
-                                       &rd->limit)
-           != NGX_OK)
-    {
-        return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
-                   "invalid_request_error", "parameter_invalid",
-                   "limit must be an integer from 1 to 100", "limit");
+                   "invalid_request_error", invalid.code, invalid.message,
+                   invalid.param);
     }
 
     *ngx_sprintf((u_char *) rd->limit_text, "%i", rd->limit) = '\0';
@@ -282,46 +217,6 @@ ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
 
     ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);
-}
-
-
-/* an integer from 1 to max, decimal digits only, percent-encoding allowed */
-
-static ngx_int_t
-ngx_http_invoices_parse_arg(ngx_http_request_t *r, ngx_str_t *value,
-    ngx_int_t max, ngx_int_t *out)
-{
-    u_char     *src, *dst, *p;
-    u_char      buf[32];
-    ngx_int_t   n;
-
-    if (value->len == 0 || value->len >= sizeof(buf)) {
-        return NGX_ERROR;
-    }
-
-    src = value->data;
-    dst = buf;
-    ngx_unescape_uri(&dst, &src, value->len, 0);
-
-    if (dst == buf) {
-        return NGX_ERROR;
-    }
-
-    for (p = buf; p < dst; p++) {
-        if (*p < '0' || *p > '9') {
-            return NGX_ERROR;
-        }
-    }
-
-    n = ngx_atoi(buf, dst - buf);
-
-    if (n < 1 || n > max) {
-        return NGX_ERROR;
-    }
-
-    *out = n;
-
-    return NGX_OK;
 }
 
 

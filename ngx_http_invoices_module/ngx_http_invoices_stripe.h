@@ -1,7 +1,7 @@
 
 /*
- * The one Stripe request function (libcurl, pool threads only) and the
- * form encoder.
+ * The one Stripe request function (libcurl, pool threads only); its form
+ * encoder is in ngx_http_invoices_parse.c.
  */
 
 
@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_parse.h"
 
 
 /* plain C, copied from the location configuration; strings NUL-ended */
@@ -47,14 +48,6 @@ typedef struct {
 } ngx_http_invoices_stripe_res_t;
 
 
-typedef struct {
-    char        *data;                   /* malloc()ed, NUL-ended */
-    size_t       len;
-    size_t       size;
-    ngx_uint_t   failed;
-} ngx_http_invoices_form_t;
-
-
 /* what we keep of a Stripe invoice object, as statement parameters */
 typedef struct {
     const char  *id;
@@ -74,10 +67,6 @@ ngx_int_t ngx_http_invoices_stripe_store(ngx_http_invoices_job_t *job,
     ngx_http_invoices_stripe_invoice_t *inv, char *result, size_t size);
 void ngx_http_invoices_stripe_conf(ngx_http_invoices_stripe_conf_t *conf,
     ngx_http_invoices_loc_conf_t *ilcf);
-
-void ngx_http_invoices_form_add(ngx_http_invoices_form_t *form,
-    const char *key, const char *value);
-void ngx_http_invoices_form_free(ngx_http_invoices_form_t *form);
 
 void ngx_http_invoices_stripe_request(ngx_http_invoices_stripe_conf_t *conf,
     const char *method, const char *path, ngx_http_invoices_form_t *form,

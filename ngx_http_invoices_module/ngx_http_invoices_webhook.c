@@ -13,19 +13,13 @@
  */
 
 
-#include <openssl/core_names.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_handler.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_webhook.h"
-
-
-#define NGX_HTTP_INVOICES_V1_MAX  8
+#include "ngx_http_invoices_parse.h"
 
 /* 9999-12-31T23:59:59Z: any later "created" is not a time PostgreSQL keeps */
 #define NGX_HTTP_INVOICES_CREATED_MAX  253402300799LL
@@ -40,8 +34,6 @@ typedef struct {
 static void ngx_http_invoices_webhook_body(ngx_http_request_t *r);
 static const char *ngx_http_invoices_webhook_verify(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf, ngx_str_t *body);
-static ngx_int_t ngx_http_invoices_hmac_hex(ngx_str_t *secret, ngx_str_t *t,
-    ngx_str_t *body, u_char *hex);
 static void ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job);
 
 
@@ -140,11 +132,8 @@ static const char *
 ngx_http_invoices_webhook_verify(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf, ngx_str_t *body)
 {
-    u_char      *p, *end, *item, *eq, *next;
-    time_t       t;
-    ngx_str_t   *header, *secrets, ts, v1[NGX_HTTP_INVOICES_V1_MAX];
-    ngx_uint_t   i, j, n, nv1;
-    u_char       expected[64];
+    ngx_str_t   *header;
+    ngx_uint_t   n;
 
     header = ngx_http_invoices_header(r, "Stripe-Signature", &n);
 
@@ -156,120 +145,11 @@ ngx_http_invoices_webhook_verify(ngx_http_request_t *r,
         return "more than one Stripe-Signature header";
     }
 
-    /* t=1700000000,v1=hex,v1=hex,v0=hex: other schemes are ignored */
-
-    ngx_str_null(&ts);
-    nv1 = 0;
-    p = header->data;
-    end = p + header->len;
-
-    for (item = p; item < end; item = next + 1) {
-        next = ngx_strlchr(item, end, ',');
-        if (next == NULL) {
-            next = end;
-        }
-
-        while (item < next && *item == ' ') {
-            item++;
-        }
-
-        eq = ngx_strlchr(item, next, '=');
-        if (eq == NULL) {
-            continue;
-        }
-
-        if (eq - item == 1 && item[0] == 't' && ts.data == NULL) {
-            ts.data = eq + 1;
-            ts.len = next - ts.data;
-
-        } else if (eq - item == 2 && item[0] == 'v' && item[1] == '1'
-                   && nv1 < NGX_HTTP_INVOICES_V1_MAX)
-        {
-            v1[nv1].data = eq + 1;
-            v1[nv1].len = next - v1[nv1].data;
-            nv1++;
-        }
-    }
-
-    if (ts.data == NULL) {
-        return "no timestamp in Stripe-Signature";
-    }
-
-    if (nv1 == 0) {
-        return "no v1 signature in Stripe-Signature";
-    }
-
-    t = ngx_atotm(ts.data, ts.len);
-    if (t == NGX_ERROR) {
-        return "the Stripe-Signature timestamp is not a number";
-    }
-
-    if (t < ngx_time() - ilcf->webhook_tolerance
-        || t > ngx_time() + ilcf->webhook_tolerance)
-    {
-        return "the Stripe-Signature timestamp is outside the tolerance";
-    }
-
-    secrets = ilcf->webhook_secrets->elts;
-
-    for (i = 0; i < ilcf->webhook_secrets->nelts; i++) {
-
-        if (ngx_http_invoices_hmac_hex(&secrets[i], &ts, body, expected)
-            != NGX_OK)
-        {
-            return "the signature could not be computed";
-        }
-
-        for (j = 0; j < nv1; j++) {
-            if (v1[j].len == sizeof(expected)
-                && CRYPTO_memcmp(v1[j].data, expected, sizeof(expected)) == 0)
-            {
-                return NULL;
-            }
-        }
-    }
-
-    return "no v1 signature matches";
-}
-
-
-/* lowercase hex of HMAC-SHA256(secret, t "." body) */
-
-static ngx_int_t
-ngx_http_invoices_hmac_hex(ngx_str_t *secret, ngx_str_t *t, ngx_str_t *body,
-    u_char *hex)
-{
-    size_t         len;
-    EVP_MAC       *mac;
-    ngx_int_t      rc;
-    OSSL_PARAM     params[2];
-    EVP_MAC_CTX   *ctx;
-    u_char         digest[32];
-
-    rc = NGX_ERROR;
-    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
-
-    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                                 (char *) "SHA256", 0);
-    params[1] = OSSL_PARAM_construct_end();
-
-    if (ctx
-        && EVP_MAC_init(ctx, secret->data, secret->len, params) == 1
-        && EVP_MAC_update(ctx, t->data, t->len) == 1
-        && EVP_MAC_update(ctx, (u_char *) ".", 1) == 1
-        && EVP_MAC_update(ctx, body->data, body->len) == 1
-        && EVP_MAC_final(ctx, digest, &len, sizeof(digest)) == 1
-        && len == sizeof(digest))
-    {
-        ngx_hex_dump(hex, digest, sizeof(digest));
-        rc = NGX_OK;
-    }
-
-    EVP_MAC_CTX_free(ctx);
-    EVP_MAC_free(mac);
-
-    return rc;
+    return ngx_http_invoices_parse_signature(header, body,
+                                             ilcf->webhook_secrets->elts,
+                                             ilcf->webhook_secrets->nelts,
+                                             ngx_time(),
+                                             ilcf->webhook_tolerance);
 }
 
 

@@ -457,6 +457,7 @@ sub start_nginx {
         open STDOUT, '>>', "$prefix/logs/stdout.log";
         open STDERR, '>>', "$prefix/logs/stdout.log";
         POSIX::setpgid(0, 0);
+        %ENV = (%ENV, Invoices::Test::nginx_env($prefix));
         exec($ENV{INVOICES_NGINX} // '/usr/sbin/nginx', '-p', "$prefix/",
              '-c', "$prefix/conf/nginx.conf", '-e', "$prefix/logs/error.log")
             or POSIX::_exit(127);

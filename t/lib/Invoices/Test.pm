@@ -24,7 +24,7 @@ package Invoices::Test;
 # free loopback port.  When done_testing runs, nginx is stopped gracefully
 # and the file fails if nginx's error log holds [alert], [crit] or
 # [emerg] lines (or, under TEST_NGINX_USE_VALGRIND=1, if valgrind found
-# errors).  The database is dropped and the prefix removed, unless
+# errors; under INVOICES_TEST_SANITIZE=1, if ASan or UBSan reported).  The database is dropped and the prefix removed, unless
 # INVOICES_TEST_KEEP=1 and the file failed (then the prefix path is
 # printed; INVOICES_TEST_KEEP=2 keeps it always).
 #
@@ -58,7 +58,10 @@ package Invoices::Test;
 # INVOICES_TEST_PGPORT, INVOICES_TEST_PGUSER, INVOICES_TEST_PGDATA,
 # INVOICES_TEST_REDIS_PORT, INVOICES_MODULE, INVOICES_REPO.  Optional:
 # INVOICES_NGINX (default /usr/sbin/nginx), TEST_NGINX_USE_VALGRIND,
-# INVOICES_TEST_KEEP.
+# INVOICES_TEST_KEEP, INVOICES_TEST_SANITIZE (set by `make test
+# SANITIZE=1`: INVOICES_MODULE is built with ASan and UBSan; nginx runs
+# with the ASan runtime preloaded, reports go to logs/asan.* and
+# logs/ubsan.*, and any report fails the file).
 
 use strict;
 use warnings;
@@ -87,7 +90,7 @@ our @EXPORT = qw(
     nginx_config_test config_text
     pg_stop pg_start pg_is_stopped
     error_log_text error_log_mark error_log_since
-    json_typed json_check time_factor valgrind_mode wait_until
+    json_typed json_check time_factor valgrind_mode sanitize_mode wait_until
     API_KEY API_KEY_2
     parallel_requests start_request finish_request
     fake_url fake_control fake_config fake_requests fake_reset
@@ -120,9 +123,47 @@ sub env_or_die {
 
 sub nginx_binary { $ENV{INVOICES_NGINX} // '/usr/sbin/nginx' }
 sub valgrind_mode { ($ENV{TEST_NGINX_USE_VALGRIND} // '') =~ /^[1-9]/ ? 1 : 0 }
+sub sanitize_mode { ($ENV{INVOICES_TEST_SANITIZE} // '') =~ /^[1-9]/ ? 1 : 0 }
 
-# Multiply every timing bound by this (valgrind is ~20x slower).
-sub time_factor { valgrind_mode() ? 15 : 1 }
+# Multiply every timing bound by this (valgrind is ~20x slower, ASan ~2x).
+sub time_factor { valgrind_mode() ? 15 : sanitize_mode() ? 3 : 1 }
+
+# The environment of an nginx that loads the sanitized module: Debian's
+# nginx is not instrumented, so the ASan runtime is preloaded (and may not
+# come first); nginx's own allocations are never freed at exit, so leak
+# detection is off (valgrind mode checks leaks).  Reports go to files in
+# $prefix/logs, which _sanitizer_problems reads.  nginx_env($prefix):
+# the variables to set for an nginx with that prefix (none normally).
+my $ASAN_LIB;
+sub nginx_env {
+    my ($prefix) = @_;
+    return () unless sanitize_mode();
+    $ASAN_LIB //= do {
+        my $lib = `gcc -print-file-name=libasan.so`;
+        chomp $lib;
+        $lib;
+    };
+    return (LD_PRELOAD => $ASAN_LIB,
+            ASAN_OPTIONS => join(':', "log_path=$prefix/logs/asan",
+                                 qw(detect_leaks=0 verify_asan_link_order=0
+                                    halt_on_error=1 abort_on_error=1
+                                    detect_stack_use_after_return=0)),
+            UBSAN_OPTIONS => join(':', "log_path=$prefix/logs/ubsan",
+                                  qw(print_stacktrace=1 halt_on_error=0)));
+}
+
+sub _sanitizer_problems {
+    my @problems;
+    for my $prefix (grep { defined } $S{prefix},
+                    @{ $S{config_test_prefixes} || [] }) {
+        for my $f (glob "$prefix/logs/asan.* $prefix/logs/ubsan.*") {
+            my $log = _slurp($f) // '';
+            next unless $log =~ /\S/;
+            push @problems, "$f:\n" . _tail($log, 40);
+        }
+    }
+    return @problems;
+}
 
 # wait_until($sub, $seconds) -> the first true value of $sub (polled every
 # 50 ms), or undef after $seconds (default 10, scaled by time_factor).
@@ -476,7 +517,8 @@ sub nginx_config_test {
     _write("$prefix/conf/nginx.conf", $conf);
     my ($st, $out, $err) = run_cmd([nginx_binary(), '-t', '-p', "$prefix/",
                                     '-c', "$prefix/conf/nginx.conf",
-                                    '-e', "$prefix/logs/error.log"]);
+                                    '-e', "$prefix/logs/error.log"],
+                                   env => { nginx_env($prefix) });
     my $log = _slurp("$prefix/logs/error.log") // '';
     my $output = $err . $out . $log;
     push @{ $S{config_test_prefixes} }, $prefix;
@@ -798,6 +840,7 @@ sub _spawn_nginx {
         open STDOUT, '>>', "$p/logs/stdout.log";
         open STDERR, '>>', "$p/logs/stdout.log";
         POSIX::setpgid(0, 0);
+        %ENV = (%ENV, nginx_env($p));
         exec @cmd or POSIX::_exit(127);
     }
     $S{pid} = $pid;
@@ -943,6 +986,12 @@ sub _final_checks {
     if (valgrind_mode()) {
         my @p = _valgrind_problems();
         $tb->ok(!@p, 'valgrind: no errors, no definite leaks in the module')
+            or $tb->diag(join "\n", @p);
+    }
+
+    if (sanitize_mode()) {
+        my @p = _sanitizer_problems();
+        $tb->ok(!@p, 'no ASan or UBSan report')
             or $tb->diag(join "\n", @p);
     }
 }
