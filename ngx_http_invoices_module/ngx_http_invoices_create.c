@@ -384,8 +384,8 @@ ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
     if (cr->req == NULL) {
         ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
                                        invalid.code, invalid.message,
-                                       invalid.param[0] ? invalid.param
-                                                        : NULL);
+                                       invalid.has_param ? invalid.param
+                                                         : NULL);
         return NGX_ERROR;
     }
 

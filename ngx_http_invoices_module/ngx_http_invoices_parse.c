@@ -599,9 +599,11 @@ ngx_http_invoices_invalid(ngx_http_invoices_invalid_t *invalid,
         ngx_cpystrn((u_char *) invalid->param, (u_char *) param,
                     sizeof(invalid->param));
         ngx_http_invoices_utf8_cut(invalid->param);
+        invalid->has_param = 1;
 
     } else {
         invalid->param[0] = '\0';
+        invalid->has_param = 0;
     }
 }
 

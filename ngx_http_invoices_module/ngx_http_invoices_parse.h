@@ -29,7 +29,8 @@
 typedef struct {
     const char  *code;                   /* "parameter_invalid", ... */
     const char  *message;
-    char         param[64];              /* "" when none */
+    char         param[64];
+    ngx_uint_t   has_param;              /* an unknown key may be "" */
 } ngx_http_invoices_invalid_t;
 
 

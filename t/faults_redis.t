@@ -94,9 +94,13 @@ subtest 'the whole load: ' . summarize(@rec) => sub {
     my @killed = grep { $_->{t0} > $t_kill && $_->{t1} < $t_back } @rec;
     is(scalar(grep { $_->{x_cache} eq 'HIT' } @killed), 0,
        'no HIT while Redis was dead (' . @killed . ' requests)');
-    my @hung = grep { $_->{t0} > $t_stop + 0.05 && $_->{t1} < $t_cont } @rec;
-    cmp_ok(scalar @hung, '>=', 30, scalar(@hung) . ' requests while Redis was hung');
-    is(scalar(grep { $_->{x_cache} eq 'HIT' } @hung), 0, 'no HIT from a hung Redis');
+    # the workers' own copies go out of use once the 200 ms PING times out
+    # (invoices_redis_timeout later): HITs from them are allowed until then
+    my $window = (0.2 + $TIMEOUT_MS / 1000) * time_factor() + 0.1;
+    my @hung = grep { $_->{t0} > $t_stop + $window && $_->{t1} < $t_cont } @rec;
+    cmp_ok(scalar @hung, '>=', 20, scalar(@hung) . ' requests while Redis was hung');
+    is(scalar(grep { $_->{x_cache} eq 'HIT' } @hung), 0,
+       sprintf('no HIT from a hung Redis, %.2f s after it hung', $window));
     my ($slowest) = sort { $b <=> $a } map { $_->{elapsed} } @rec;
     my $bound = (4 * $TIMEOUT_MS / 1000 + 0.5) * time_factor();
     cmp_ok($slowest, '<', $bound,
