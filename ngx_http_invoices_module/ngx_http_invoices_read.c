@@ -14,6 +14,7 @@
 #include "ngx_http_invoices_read.h"
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_local.h"
+#include "ngx_http_invoices_metrics.h"
 
 
 #define NGX_HTTP_INVOICES_PAGE_MAX   2147483647
@@ -201,6 +202,7 @@ ngx_http_invoices_list(ngx_http_request_t *r,
             && ngx_http_invoices_local_get(r, &rd->page_key, &etag, &body)
                == NGX_OK)
         {
+            ngx_http_invoices_metrics_cache(NGX_HTTP_INVOICES_CACHE_HIT_LOCAL);
             return ngx_http_invoices_read_send(r, NULL, &etag, body.data,
                                                body.len);
         }
@@ -264,6 +266,7 @@ ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
         etag.data = value->data;
         etag.len = nl - value->data;
         rd->x_cache = &ngx_http_invoices_hit;
+        ngx_http_invoices_metrics_cache(NGX_HTTP_INVOICES_CACHE_HIT_REDIS);
 
         ngx_http_invoices_local_put(&rd->page_key, rd->local, &etag, nl + 1,
                                     value->data + value->len - nl - 1);
@@ -404,6 +407,7 @@ ngx_http_invoices_get(ngx_http_request_t *r,
         if (ngx_http_invoices_local_get(r, &rd->page_key, &etag, &body)
             == NGX_OK)
         {
+            ngx_http_invoices_metrics_cache(NGX_HTTP_INVOICES_CACHE_HIT_LOCAL);
             return ngx_http_invoices_read_send(r, NULL, &etag, body.data,
                                                body.len);
         }
@@ -618,6 +622,12 @@ ngx_http_invoices_read_send(ngx_http_request_t *r,
     static ngx_str_t  x_cache = ngx_string("X-Cache");
 
     rd = job ? job->data : NULL;
+
+    if (rd) {
+        ngx_http_invoices_metrics_cache(rd->x_cache == &ngx_http_invoices_miss
+                                        ? NGX_HTTP_INVOICES_CACHE_MISS
+                                        : NGX_HTTP_INVOICES_CACHE_BYPASS);
+    }
 
     if (ngx_http_invoices_set_header(r, &etag_name, etag) != NGX_OK
         || ngx_http_invoices_set_header(r, &x_cache,
