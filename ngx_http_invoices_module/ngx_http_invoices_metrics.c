@@ -200,7 +200,7 @@ ngx_http_invoices_metrics_log(ngx_http_request_t *r)
     ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
 
     if (ngx_http_invoices_metrics_shm == NULL
-        || ilcf == NULL || !(ilcf->admin == 1 || ilcf->webhook == 1))
+        || !(ilcf->admin == 1 || ilcf->webhook == 1))
     {
         return NGX_OK;
     }

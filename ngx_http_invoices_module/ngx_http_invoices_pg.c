@@ -124,13 +124,14 @@ ngx_http_invoices_job_run(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
                                             NULL);
     }
 
+    ngx_http_invoices_metrics_job_posted();
+
     ctx = ngx_http_invoices_ctx(r);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     ctx->job = job;
-    ngx_http_invoices_metrics_job_posted();
 
     /*
      * A graceful quit or reload lets the worker exit once no timer but
@@ -196,7 +197,10 @@ ngx_http_invoices_job_done(ngx_event_t *ev)
     ngx_http_set_log_request(c->log, r);
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_invoices_module);
-    ngx_http_invoices_metrics_job_done(&ctx->job->metrics);
+
+    if (ctx && ctx->job) {
+        ngx_http_invoices_metrics_job_done(&ctx->job->metrics);
+    }
 
     /*
      * The hold timer stays until the answer is made: the wait for the
