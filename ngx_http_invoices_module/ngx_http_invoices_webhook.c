@@ -384,7 +384,7 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
                    || ngx_strcmp(PQgetvalue(res, 0, 0), "deleted") == 0;
 
     wh->result = ngx_http_invoices_metrics_webhook_result(
-                                                     PQgetvalue(res, 0, 0));
+                     PQgetvalue(res, 0, 0));
 
     event = json_pack("{s:b,s:s}", "received", 1,
                       "result", PQgetvalue(res, 0, 0));
