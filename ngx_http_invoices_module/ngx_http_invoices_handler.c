@@ -13,6 +13,7 @@
 #include "ngx_http_invoices_read.h"
 #include "ngx_http_invoices_create.h"
 #include "ngx_http_invoices_sync.h"
+#include "ngx_http_invoices_metrics.h"
 
 
 static const char *ngx_http_invoices_auth(ngx_http_request_t *r,
@@ -82,6 +83,7 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     if (id.len == 0 && r->method == NGX_HTTP_POST
         && ilcf->stripe_secret_key.len)
     {
+        ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_CREATE);
         return ngx_http_invoices_create(r, ilcf);
     }
 
@@ -90,6 +92,8 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     if (id.len == 4 && ngx_strncmp(id.data, "sync", 4) == 0
         && ilcf->stripe_secret_key.len)
     {
+        ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_SYNC);
+
         if (r->method == NGX_HTTP_POST) {
             return ngx_http_invoices_sync(r, ilcf);
         }
@@ -129,9 +133,11 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     }
 
     if (id.len == 0) {
+        ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_LIST);
         return ngx_http_invoices_list(r, ilcf);
     }
 
+    ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_GET);
     return ngx_http_invoices_get(r, ilcf, &id);
 
 no_route:

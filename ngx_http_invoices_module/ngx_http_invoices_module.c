@@ -17,11 +17,13 @@
 #include "ngx_http_invoices_webhook.h"
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_local.h"
+#include "ngx_http_invoices_metrics.h"
 
 
 #define NGX_HTTP_INVOICES_KEYS_MAX_SIZE  65536
 
 
+static ngx_int_t ngx_http_invoices_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_invoices_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_invoices_init_main_conf(ngx_conf_t *cf, void *conf);
 static char *ngx_http_invoices_cache_local(ngx_conf_t *cf,
@@ -59,6 +61,13 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
     { ngx_string("invoices_admin"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_invoices_admin,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("invoices_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_invoices_metrics,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -195,7 +204,7 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
 
 static ngx_http_module_t  ngx_http_invoices_module_ctx = {
     NULL,                                  /* preconfiguration */
-    ngx_http_invoices_filter_init,         /* postconfiguration */
+    ngx_http_invoices_postconfiguration,   /* postconfiguration */
 
     ngx_http_invoices_create_main_conf,    /* create main configuration */
     ngx_http_invoices_init_main_conf,      /* init main configuration */
@@ -222,6 +231,17 @@ ngx_module_t  ngx_http_invoices_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static ngx_int_t
+ngx_http_invoices_postconfiguration(ngx_conf_t *cf)
+{
+    if (ngx_http_invoices_filter_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_invoices_metrics_init(cf);
+}
 
 
 static void *
@@ -252,6 +272,10 @@ ngx_http_invoices_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(imcf->redis.timeout, 100);
     ngx_conf_init_value(imcf->redis.ttl, 60);
     ngx_conf_init_size_value(imcf->redis.local, 4 * 1024 * 1024);
+
+    if (ngx_http_invoices_metrics_add_zone(cf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     /* the worker's copy needs the subscription, so Redis */
 

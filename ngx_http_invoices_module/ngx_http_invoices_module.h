@@ -61,6 +61,7 @@ typedef struct {
     ngx_http_invoices_job_t   *job;
     void                      *data;         /* the endpoint's, till the job */
     ngx_chain_t               *error_body;   /* replaces nginx's HTML page */
+    ngx_uint_t                 endpoint;     /* for the metrics */
 } ngx_http_invoices_ctx_t;
 
 

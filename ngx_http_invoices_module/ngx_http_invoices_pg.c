@@ -117,11 +117,14 @@ ngx_http_invoices_job_run(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
     task->event.data = r;
 
     if (ngx_thread_task_post(job->thread_pool, task) != NGX_OK) {
+        ngx_http_invoices_metrics_queue_full();
         return ngx_http_invoices_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                             "api_error", "thread_pool_full",
                                             "the server is busy, retry later",
                                             NULL);
     }
+
+    ngx_http_invoices_metrics_job_posted();
 
     ctx = ngx_http_invoices_ctx(r);
     if (ctx == NULL) {
@@ -169,7 +172,9 @@ ngx_http_invoices_job_thread(void *data, ngx_log_t *log)
 {
     ngx_http_invoices_job_t  *job = data;
 
+    ngx_http_invoices_metrics_thread_job(&job->metrics);
     job->run(job);
+    ngx_http_invoices_metrics_thread_job(NULL);
 
     if (job->body == NULL && job->status == 0) {
         ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
@@ -182,13 +187,20 @@ ngx_http_invoices_job_thread(void *data, ngx_log_t *log)
 static void
 ngx_http_invoices_job_done(ngx_event_t *ev)
 {
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
+    ngx_connection_t         *c;
+    ngx_http_request_t       *r;
+    ngx_http_invoices_ctx_t  *ctx;
 
     r = ev->data;
     c = r->connection;
 
     ngx_http_set_log_request(c->log, r);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_invoices_module);
+
+    if (ctx && ctx->job) {
+        ngx_http_invoices_metrics_job_done(&ctx->job->metrics);
+    }
 
     /*
      * The hold timer stays until the answer is made: the wait for the
@@ -400,6 +412,8 @@ ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job, const char *sql,
             ngx_http_invoices_pg_note(job, "statement failed",
                                       PQresultErrorMessage(res));
 
+            job->metrics.pg_error |= fail;
+
             if (fail && ngx_http_invoices_pg_transient(res)) {
                 PQclear(res);
                 ngx_http_invoices_job_fail(job, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -429,6 +443,7 @@ ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job, const char *sql,
     }
 
     if (fail) {
+        job->metrics.pg_error = 1;
         ngx_http_invoices_job_fail(job, NGX_HTTP_SERVICE_UNAVAILABLE,
                                    "api_error", "database_unavailable",
                                    "the database is unavailable, retry later");

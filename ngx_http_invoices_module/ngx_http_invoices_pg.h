@@ -14,6 +14,7 @@
 #include <libpq-fe.h>
 
 #include "ngx_http_invoices_module.h"
+#include "ngx_http_invoices_metrics.h"
 
 
 /* runs in a pool thread: plain C in, plain C out, no nginx state */
@@ -39,6 +40,7 @@ struct ngx_http_invoices_job_s {
     size_t                            etag_len;
     char                              log[256];    /* error for the log */
     ngx_uint_t                        changed;     /* invoices changed */
+    ngx_http_invoices_metrics_job_t   metrics;
 
     ngx_thread_task_t                *task;
     ngx_thread_pool_t                *thread_pool;

@@ -15,6 +15,7 @@
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_local.h"
 #include "ngx_http_invoices_parse.h"
+#include "ngx_http_invoices_metrics.h"
 
 
 typedef struct {
@@ -136,6 +137,7 @@ ngx_http_invoices_list(ngx_http_request_t *r,
             && ngx_http_invoices_local_get(r, &rd->page_key, &etag, &body)
                == NGX_OK)
         {
+            ngx_http_invoices_metrics_cache(NGX_HTTP_INVOICES_CACHE_HIT_LOCAL);
             return ngx_http_invoices_read_send(r, NULL, &etag, body.data,
                                                body.len);
         }
@@ -199,6 +201,7 @@ ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
         etag.data = value->data;
         etag.len = nl - value->data;
         rd->x_cache = &ngx_http_invoices_hit;
+        ngx_http_invoices_metrics_cache(NGX_HTTP_INVOICES_CACHE_HIT_REDIS);
 
         ngx_http_invoices_local_put(&rd->page_key, rd->local, &etag, nl + 1,
                                     value->data + value->len - nl - 1);
@@ -299,6 +302,7 @@ ngx_http_invoices_get(ngx_http_request_t *r,
         if (ngx_http_invoices_local_get(r, &rd->page_key, &etag, &body)
             == NGX_OK)
         {
+            ngx_http_invoices_metrics_cache(NGX_HTTP_INVOICES_CACHE_HIT_LOCAL);
             return ngx_http_invoices_read_send(r, NULL, &etag, body.data,
                                                body.len);
         }
@@ -513,6 +517,12 @@ ngx_http_invoices_read_send(ngx_http_request_t *r,
     static ngx_str_t  x_cache = ngx_string("X-Cache");
 
     rd = job ? job->data : NULL;
+
+    if (rd) {
+        ngx_http_invoices_metrics_cache(rd->x_cache == &ngx_http_invoices_miss
+                                        ? NGX_HTTP_INVOICES_CACHE_MISS
+                                        : NGX_HTTP_INVOICES_CACHE_BYPASS);
+    }
 
     if (ngx_http_invoices_set_header(r, &etag_name, etag) != NGX_OK
         || ngx_http_invoices_set_header(r, &x_cache,

@@ -16,6 +16,7 @@
 
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_redis.h"
+#include "ngx_http_invoices_metrics.h"
 
 
 typedef struct {
@@ -746,6 +747,8 @@ ngx_http_invoices_redis_error(ngx_http_invoices_redis_t *link,
     const char *what, const char *detail)
 {
     ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis;
+
+    ngx_http_invoices_metrics_redis_error();
 
     if (rd->logged && ngx_current_msec - rd->logged < 1000) {
         rd->suppressed++;

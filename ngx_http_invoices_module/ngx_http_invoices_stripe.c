@@ -19,6 +19,7 @@
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_stripe.h"
+#include "ngx_http_invoices_metrics.h"
 
 
 #define NGX_HTTP_INVOICES_STRIPE_MAX_BODY  (8 * 1024 * 1024)
@@ -91,6 +92,7 @@ ngx_http_invoices_stripe_request(ngx_http_invoices_stripe_conf_t *conf,
     char                              url[1024], auth[512], version[128],
                                       key[320], errbuf[CURL_ERROR_SIZE];
     CURLcode                          rc;
+    uint64_t                          start;
     ngx_uint_t                        retry;
     struct curl_slist                *headers, *h;
     ngx_http_invoices_stripe_call_t   call;
@@ -200,6 +202,7 @@ ngx_http_invoices_stripe_request(ngx_http_invoices_stripe_conf_t *conf,
             (void) curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, 0L);
         }
 
+        start = ngx_http_invoices_metrics_usec();
         rc = curl_easy_perform(curl);
 
         if (rc == CURLE_OK) {
@@ -239,6 +242,8 @@ ngx_http_invoices_stripe_request(ngx_http_invoices_stripe_conf_t *conf,
             ngx_http_invoices_stripe_note(res, curl_easy_strerror(rc),
                                           errbuf[0] ? errbuf : NULL);
         }
+
+        ngx_http_invoices_metrics_stripe_call(res->status / 100 == 2, start);
 
         if (!retry || res->attempts > conf->max_retries) {
             break;

@@ -20,14 +20,16 @@
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_webhook.h"
 #include "ngx_http_invoices_parse.h"
+#include "ngx_http_invoices_metrics.h"
 
 /* 9999-12-31T23:59:59Z: any later "created" is not a time PostgreSQL keeps */
 #define NGX_HTTP_INVOICES_CREATED_MAX  253402300799LL
 
 
 typedef struct {
-    u_char  *body;
-    size_t   len;
+    u_char      *body;
+    size_t       len;
+    ngx_uint_t   result;            /* for the metrics, set in the thread */
 } ngx_http_invoices_webhook_t;
 
 
@@ -35,6 +37,8 @@ static void ngx_http_invoices_webhook_body(ngx_http_request_t *r);
 static const char *ngx_http_invoices_webhook_verify(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf, ngx_str_t *body);
 static void ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job);
+static ngx_int_t ngx_http_invoices_webhook_finish(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job);
 
 
 /* the event types that describe an invoice (API.md); others are ignored */
@@ -101,6 +105,8 @@ ngx_http_invoices_webhook_body(ngx_http_request_t *r)
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "invoices: webhook rejected: %s", why);
 
+        ngx_http_invoices_metrics_webhook(NGX_HTTP_INVOICES_WEBHOOK_REJECTED);
+
         ngx_http_finalize_request(r,
             ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
                                          "invalid_request_error",
@@ -118,8 +124,10 @@ ngx_http_invoices_webhook_body(ngx_http_request_t *r)
 
     wh->body = body.data;
     wh->len = body.len;
+    wh->result = NGX_HTTP_INVOICES_WEBHOOK_N;
 
     job->run = ngx_http_invoices_webhook_run;
+    job->finish = ngx_http_invoices_webhook_finish;
     job->data = wh;
 
     ngx_http_finalize_request(r, ngx_http_invoices_job_run(r, job));
@@ -192,6 +200,7 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     {
         json_decref(event);
         free(job->body);
+        wh->result = NGX_HTTP_INVOICES_WEBHOOK_REJECTED;
         job->status = NGX_HTTP_BAD_REQUEST;
         job->body = ngx_http_invoices_json_error("invalid_request_error",
                         "event_invalid", "the body is not a Stripe event",
@@ -221,6 +230,7 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
         if (ngx_http_invoices_stripe_invoice(object, &inv) != NGX_OK) {
             json_decref(event);
             free(job->body);
+            wh->result = NGX_HTTP_INVOICES_WEBHOOK_REJECTED;
             job->status = NGX_HTTP_BAD_REQUEST;
             job->body = ngx_http_invoices_json_error("invalid_request_error",
                             "event_invalid",
@@ -253,6 +263,9 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
                    || ngx_strcmp(PQgetvalue(res, 0, 0), "updated") == 0
                    || ngx_strcmp(PQgetvalue(res, 0, 0), "deleted") == 0;
 
+    wh->result = ngx_http_invoices_metrics_webhook_result(
+                     PQgetvalue(res, 0, 0));
+
     event = json_pack("{s:b,s:s}", "received", 1,
                       "result", PQgetvalue(res, 0, 0));
     PQclear(res);
@@ -263,3 +276,16 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     json_decref(event);
 }
 
+
+/* event loop: the thread's result counted, then the answer */
+
+static ngx_int_t
+ngx_http_invoices_webhook_finish(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job)
+{
+    ngx_http_invoices_webhook_t  *wh = job->data;
+
+    ngx_http_invoices_metrics_webhook(wh->result);
+
+    return ngx_http_invoices_job_send(r, job);
+}
