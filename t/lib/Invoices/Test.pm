@@ -983,6 +983,32 @@ sub _final_checks {
         }
     }
 
+    # every secret this nginx was given (its conf directory: key files,
+    # secret files, nginx.conf) must stay out of its logs; the admin keys
+    # out of every line the module writes ("invoices: ..."; nginx itself
+    # may quote what a client sent, and the access log has request lines)
+    {
+        my (%secret, %key);
+        for my $f (glob "$S{prefix}/conf/*") {
+            my $text = _slurp($f) // next;
+            $secret{$1} = 1 while $text =~ /\b((?:whsec|sk_test|sk_live|rk_test)_[A-Za-z0-9]{8,})/g;
+            if ($f =~ m{/keys\z}) {
+                $key{$_} = 1 for grep { length >= 8 && !/^#/ } map { s/^\s+|\s+\z//gr } split /\n/, $text;
+            }
+        }
+        my @found;
+        for my $log (qw(error.log access.log)) {
+            my $text = _slurp("$S{prefix}/logs/$log") // '';
+            push @found, "a secret in $log" if grep { index($text, $_) >= 0 } keys %secret;
+            push @found, "an admin key in a line of the module in $log"
+                if $log eq 'error.log'
+                   && grep { my $k = $_; grep { /invoices: / && index($_, $k) >= 0 } split /\n/, $text } keys %key;
+        }
+        $tb->ok(!@found, 'none of the ' . (keys(%secret) + keys(%key))
+                         . ' configured secrets and keys in the logs')
+            or $tb->diag(join "\n", @found);
+    }
+
     if (valgrind_mode()) {
         my @p = _valgrind_problems();
         $tb->ok(!@p, 'valgrind: no errors, no definite leaks in the module')
