@@ -152,8 +152,12 @@ $got{'delete ' . api_request(DELETE => '/admin/api/invoices')->status}++;
 is_deeply(\%got, { 'list 200' => $lists, 'get 200' => 5, 'get 404' => 3,
                    'route 404' => 2, 'nokey 401' => 4, 'delete 405' => 1 },
           'the requests got the expected statuses');
-cmp_ok(scalar(keys %pids), '>=', 2,
-       "both workers answered ($lists lists; pids: @{[ sort keys %pids ]})");
+SKIP: {
+    # valgrind mode runs one process, no master and no workers
+    skip 'one process in valgrind mode', 1 if valgrind_mode();
+    cmp_ok(scalar(keys %pids), '>=', 2,
+           "both workers answered ($lists lists; pids: @{[ sort keys %pids ]})");
+}
 
 my $after = scrape();
 is(delta($before, $after, req_key(list => 200)), $lists, "list 200: +$lists");
@@ -302,22 +306,26 @@ sub workers_of {
     return sort @w;
 }
 
-my $master = server_info()->{pid};
-my @old = workers_of($master);
-$before = scrape();
-ok(kill('HUP', $master), 'SIGHUP to the master (reload)');
-ok(wait_until(sub {
-       my %now = map { $_ => 1 } workers_of($master);
-       return !grep { $now{$_} } @old;
-   }, 20), 'the old workers are gone');
-$after = scrape();
-is(requests_sum($after), requests_sum($before), 'after the reload: the same request counts');
-is(value($after, wh_key('inserted')), value($before, wh_key('inserted')),
-   '... the same webhook counts');
-is(value($after, cache_key('hit_local')), value($before, cache_key('hit_local')),
-   '... the same cache counts');
-is(list('?limit=2')->status, 200, 'a list after the reload');
-is(delta($before, scrape(), req_key(list => 200)), 1, '... goes on from there');
+SKIP: {
+    skip 'a reload needs a master process (not in valgrind mode)', 7
+        if valgrind_mode();
+    my $master = server_info()->{pid};
+    my @old = workers_of($master);
+    $before = scrape();
+    ok(kill('HUP', $master), 'SIGHUP to the master (reload)');
+    ok(wait_until(sub {
+           my %now = map { $_ => 1 } workers_of($master);
+           return !grep { $now{$_} } @old;
+       }, 20), 'the old workers are gone');
+    $after = scrape();
+    is(requests_sum($after), requests_sum($before), 'after the reload: the same request counts');
+    is(value($after, wh_key('inserted')), value($before, wh_key('inserted')),
+       '... the same webhook counts');
+    is(value($after, cache_key('hit_local')), value($before, cache_key('hit_local')),
+       '... the same cache counts');
+    is(list('?limit=2')->status, 200, 'a list after the reload');
+    is(delta($before, scrape(), req_key(list => 200)), 1, '... goes on from there');
+}
 
 #----------------------------------------------------------------------
 # configuration
