@@ -23,8 +23,13 @@ start_server(workers => 2,
 my $master = server_info()->{pid};
 # start_server returns once the port accepts: the workers may still be forking
 my @workers;
-wait_until(sub { (@workers = worker_pids($master)) == 2 }, 10);
-is(scalar @workers, 2, 'two workers');
+if (valgrind_mode()) {    # one process, no master, no workers
+    @workers = worker_pids($master);    # none: the checks by pid are moot
+    pass('one process in valgrind mode');
+} else {
+    wait_until(sub { (@workers = worker_pids($master)) == 2 }, 10);
+    is(scalar @workers, 2, 'two workers');
+}
 
 insert_rows(invoices => map { {
     stripe_invoice_id => "in_rfault$_", status => 'paid', amount => 10 * $_,
