@@ -185,8 +185,12 @@ my @xc = $two->raw =~ /^X-Cache: (\w+)\r$/mg;
 is_deeply(\@xc, ['MISS', 'HIT'], 'one connection: MISS, then HIT from the worker');
 
 # a page that only Redis has: a Redis hit on whichever worker
-my ($stored) = grep { /:7:3$/ } @{ rcmd($redis, 'KEYS', 'invoices:list:*') };
-ok($stored, "the miss stored its page in Redis ($stored)");
+# (the miss's SET is sent after its answer: wait for it)
+my $stored;
+wait_until(sub { ($stored) = grep { /:7:3$/ } @{ rcmd($redis, 'KEYS', 'invoices:list:*') };
+                 $stored }, 5);
+ok($stored, 'the miss stored its page in Redis (' . ($stored // 'none') . ')')
+    or die 'no page in Redis to copy';
 (my $only_redis = $stored) =~ s/:7:3$/:8:3/;
 rcmd($redis, 'SET', $only_redis, qq{"00000000000000aa"\n{"invoices":[]}});
 my $rh = list('?page=8&limit=3');
