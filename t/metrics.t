@@ -14,6 +14,7 @@ use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 use Invoices::Test;
 use Invoices::Redis;
+use Invoices::Load qw(worker_pids);
 
 my $redis = start_redis();
 my $WHSEC = 'whsec_' . join '', map { ('A'..'Z', 'a'..'z', 0..9)[rand 62] } 1 .. 32;
@@ -298,27 +299,15 @@ for ([API_KEY, 'the admin key'], [API_KEY_2, 'the second admin key'],
 #----------------------------------------------------------------------
 # a reload keeps the counters
 
-sub workers_of {
-    my ($master) = @_;
-    my @w;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        open my $fh, '<', $stat or next;
-        my $line = <$fh> // next;
-        my ($pid, $ppid) = $line =~ /^(\d+) \(.*\) \S+ (\d+)/ or next;
-        push @w, $pid if $ppid == $master;
-    }
-    return sort @w;
-}
-
 SKIP: {
     skip 'a reload needs a master process (not in valgrind mode)', 7
         if valgrind_mode();
     my $master = server_info()->{pid};
-    my @old = workers_of($master);
+    my @old = worker_pids($master);
     $before = scrape();
     ok(kill('HUP', $master), 'SIGHUP to the master (reload)');
     ok(wait_until(sub {
-           my %now = map { $_ => 1 } workers_of($master);
+           my %now = map { $_ => 1 } worker_pids($master);
            return !grep { $now{$_} } @old;
        }, 20), 'the old workers are gone');
     $after = scrape();
