@@ -4,13 +4,22 @@
  *
  * The event loop checks the headers and reads the body; one job in the
  * Stripe thread pool then does everything else: validates the body, takes
- * the caller's Idempotency-Key (a PostgreSQL advisory lock while it runs,
- * a row that records the outcome), resolves the team, and runs the Stripe
- * sequence: create the invoice, add each line, finalize.  Each Stripe call
- * carries an Idempotency-Key derived from the caller's, so a retry after a
- * timeout replays Stripe's answers instead of creating anything twice, and
- * the Stripe invoice id is recorded as soon as Stripe returns it, so a
- * retry completes that invoice rather than starting another.
+ * the caller's Idempotency-Key (a row in PostgreSQL that records the
+ * outcome, held by a lease while the request runs: migration 0004),
+ * resolves the team, and runs the Stripe sequence: create the invoice as a
+ * draft that Stripe will not advance by itself, add each line, finalize
+ * (only then may Stripe collect).  Each Stripe call carries an
+ * Idempotency-Key derived from the caller's, so a retry after a timeout
+ * replays Stripe's answers instead of creating anything twice; the Stripe
+ * invoice id is recorded as soon as Stripe returns it, so a retry
+ * completes that invoice rather than starting another, and each line
+ * carries its index in its metadata, so a retry adds exactly the lines
+ * that are missing.
+ *
+ * The lease is renewed before every Stripe call and every write to the
+ * key names the fence the claim got: a request that stalled past its
+ * lease (a stopped process, a cut network) and was taken over finds its
+ * writes refused, and answers with the taker's result instead.
  */
 
 
@@ -26,12 +35,20 @@
 #include "ngx_http_invoices_parse.h"
 
 
+/* the metadata key of a line: its index in the request's items */
+#define NGX_HTTP_INVOICES_LINE_KEY    "ngx_invoices_line"
+
+/* 250 items at most, 100 lines a page: more pages is not our invoice */
+#define NGX_HTTP_INVOICES_LINE_PAGES  8
+
+
 typedef struct {
     /* in */
     u_char                           *body;
     size_t                            body_len;
     char                              key[256];
     const char                       *currency;
+    char                              lease[NGX_INT_T_LEN + 1];  /* ms */
     ngx_http_invoices_stripe_conf_t   stripe;
 
     /* work, in the thread */
@@ -39,9 +56,10 @@ typedef struct {
     const char                       *customer;
     char                              team[32];
     char                              hash[65];
-    char                              lock[24];
+    char                              fence[24];
     char                              stripe_key[64];
-    ngx_uint_t                        locked;
+    ngx_uint_t                        held;      /* the lease is ours */
+    ngx_uint_t                        forget;    /* release: drop the key */
 
     /* out */
     ngx_uint_t                        replayed;
@@ -55,8 +73,19 @@ static ngx_int_t ngx_http_invoices_create_validate(
     ngx_http_invoices_job_t *job, ngx_http_invoices_create_t *cr);
 static ngx_int_t ngx_http_invoices_create_claim(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr);
+static ngx_int_t ngx_http_invoices_create_team(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr);
+static ngx_int_t ngx_http_invoices_create_renew(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr);
+static void ngx_http_invoices_create_taken(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr);
+static void ngx_http_invoices_create_release(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr);
 static void ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr);
+static ngx_int_t ngx_http_invoices_create_attached(
+    ngx_http_invoices_job_t *job, ngx_http_invoices_create_t *cr,
+    u_char *attached, size_t n);
 static json_t *ngx_http_invoices_create_call(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr, const char *method, const char *path,
     ngx_http_invoices_form_t *form, const char *key, const char *step,
@@ -69,6 +98,8 @@ static ngx_int_t ngx_http_invoices_create_store(ngx_http_invoices_job_t *job,
 static void ngx_http_invoices_create_done(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr, ngx_uint_t status, char *body,
     size_t len);
+static void ngx_http_invoices_create_replay(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, PGresult *res, int col);
 static void ngx_http_invoices_create_error(ngx_http_invoices_job_t *job,
     ngx_uint_t status, const char *code, const char *message,
     const char *param);
@@ -88,6 +119,7 @@ ngx_http_invoices_create(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf)
 {
     ngx_int_t                    rc;
+    ngx_msec_t                   lease;
     ngx_http_invoices_ctx_t     *ctx;
     ngx_http_invoices_create_t  *cr;
 
@@ -130,6 +162,15 @@ ngx_http_invoices_create(ngx_http_request_t *r,
     }
 
     cr->currency = (const char *) ilcf->currency.data;
+
+    lease = ilcf->idempotency_lease;
+    if (lease == 0) {
+        /* the longest Stripe call and 10 s (ngx_http_invoices_module.c) */
+        lease = ilcf->stripe_timeout * (ilcf->stripe_max_retries + 1)
+                + 5000 * ilcf->stripe_max_retries + 10000;
+    }
+
+    *ngx_sprintf((u_char *) cr->lease, "%M", lease) = '\0';
     ngx_http_invoices_stripe_conf(&cr->stripe, ilcf);
 
     ctx->data = cr;
@@ -303,7 +344,7 @@ static void
 ngx_http_invoices_create_run(ngx_http_invoices_job_t *job)
 {
     u_char                      *p;
-    u_char                       digest[32];
+    u_char                       digest[32], seed[256 + 1 + 64];
     ngx_http_invoices_create_t  *cr = job->data;
 
     if (ngx_http_invoices_create_validate(job, cr) != NGX_OK) {
@@ -311,50 +352,38 @@ ngx_http_invoices_create_run(ngx_http_invoices_job_t *job)
     }
 
     /*
-     * The request's fingerprint, the advisory lock id and the keys sent to
-     * Stripe all come from the caller's key: the same key always maps to
-     * the same Stripe keys, and a key of 255 characters still fits.
+     * The keys sent to Stripe come from the caller's key and the request's
+     * fingerprint: the same request under the same key always maps to the
+     * same Stripe keys (a key of 255 characters still fits), and a key
+     * that was released unused (a 400 Stripe may have kept under its own
+     * key anyway) can serve a corrected body without Stripe's
+     * idempotency_error.
      */
 
     ngx_http_invoices_sha256_hex(cr->body, cr->body_len, cr->hash);
 
-    if (EVP_Digest(cr->key, ngx_strlen(cr->key), digest, NULL, EVP_sha256(),
-                   NULL) != 1)
-    {
+    p = ngx_cpymem(seed, cr->key, ngx_strlen(cr->key));
+    *p++ = ':';
+    p = ngx_cpymem(p, cr->hash, 64);
+
+    if (EVP_Digest(seed, p - seed, digest, NULL, EVP_sha256(), NULL) != 1) {
         goto done;
     }
-
-    *ngx_sprintf((u_char *) cr->lock, "%L",
-                 (int64_t) (((uint64_t) digest[0] << 56)
-                            | ((uint64_t) digest[1] << 48)
-                            | ((uint64_t) digest[2] << 40)
-                            | ((uint64_t) digest[3] << 32)
-                            | ((uint64_t) digest[4] << 24)
-                            | ((uint64_t) digest[5] << 16)
-                            | ((uint64_t) digest[6] << 8)
-                            | (uint64_t) digest[7])) = '\0';
 
     p = ngx_cpymem(cr->stripe_key, "ngxinv-", 7);
     p = ngx_hex_dump(p, digest, 24);
     *p = '\0';
 
-    if (ngx_http_invoices_create_claim(job, cr) == NGX_OK) {
+    if (ngx_http_invoices_create_claim(job, cr) == NGX_OK
+        && ngx_http_invoices_create_team(job, cr) == NGX_OK)
+    {
         ngx_http_invoices_create_sequence(job, cr);
     }
 
-    /*
-     * Only the session that took the lock releases it: unlocking a key
-     * held by another request's session makes PostgreSQL send a WARNING,
-     * which libpq writes to nginx's stderr, on every 409 in_use.
-     */
+    /* not finished: a retry may go on at once, not after the lease */
 
-    if (cr->locked) {
-        const char  *values[1] = { cr->lock };
-        PGresult    *res;
-
-        res = ngx_http_invoices_pg_try(job, "SELECT pg_advisory_unlock($1)",
-                                       1, values);
-        PQclear(res);
+    if (cr->held) {
+        ngx_http_invoices_create_release(job, cr);
     }
 
 done:
@@ -396,9 +425,9 @@ ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
 
 
 /*
- * Takes the caller's key: NGX_OK to go on with the Stripe sequence, or
- * NGX_DONE with the answer set (a replay, a conflict, an unknown team,
- * a database failure).
+ * Takes the caller's key (invoices_idempotency_claim, migration 0004):
+ * NGX_OK with the lease held, or NGX_DONE with the answer set (a replay,
+ * a conflict, a database failure).
  */
 
 static ngx_int_t
@@ -406,70 +435,26 @@ ngx_http_invoices_create_claim(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr)
 {
     PGresult    *res;
-    const char  *values[2];
-
-    values[0] = cr->lock;
-
-    res = ngx_http_invoices_pg_query(job,
-                                     "SELECT pg_try_advisory_lock($1)",
-                                     1, values);
-    if (res == NULL) {
-        return NGX_DONE;
-    }
-
-    if (PQgetvalue(res, 0, 0)[0] != 't') {
-        PQclear(res);
-        ngx_http_invoices_create_error(job, NGX_HTTP_CONFLICT,
-            "idempotency_key_in_use",
-            "a request with this Idempotency-Key is still in progress; "
-            "retry later", NULL);
-        return NGX_DONE;
-    }
-
-    PQclear(res);
-    cr->locked = 1;
+    const char  *values[3], *outcome;
 
     values[0] = cr->key;
+    values[1] = cr->hash;
+    values[2] = cr->lease;
 
     res = ngx_http_invoices_pg_query(job,
-              "SELECT request_hash, state, response_status, response_body, "
-              "stripe_invoice_id FROM idempotency_keys WHERE key = $1",
-              1, values);
+              "SELECT outcome, fence, response_status, response_body, "
+              "stripe_invoice_id FROM invoices_idempotency_claim($1, $2, $3)",
+              3, values);
     if (res == NULL) {
         return NGX_DONE;
     }
 
-    if (PQntuples(res) == 1) {
+    outcome = PQgetvalue(res, 0, 0);
 
-        if (ngx_strcmp(PQgetvalue(res, 0, 0), cr->hash) != 0) {
-            PQclear(res);
-            ngx_http_invoices_create_error(job, NGX_HTTP_CONFLICT,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request "
-                "body", NULL);
-            return NGX_DONE;
-        }
-
-        if (ngx_strcmp(PQgetvalue(res, 0, 1), "done") == 0) {
-            cr->replayed = 1;
-            job->status = ngx_atoi((u_char *) PQgetvalue(res, 0, 2),
-                                   ngx_strlen(PQgetvalue(res, 0, 2)));
-            job->len = PQgetlength(res, 0, 3);
-            job->body = malloc(job->len + 1);
-
-            if (job->body) {
-                ngx_memcpy(job->body, PQgetvalue(res, 0, 3), job->len + 1);
-            }
-
-            if (!PQgetisnull(res, 0, 4)) {
-                ngx_cpystrn((u_char *) cr->invoice_id,
-                            (u_char *) PQgetvalue(res, 0, 4),
-                            sizeof(cr->invoice_id));
-            }
-
-            PQclear(res);
-            return NGX_DONE;
-        }
+    if (ngx_strcmp(outcome, "claimed") == 0) {
+        cr->held = 1;
+        ngx_cpystrn((u_char *) cr->fence, (u_char *) PQgetvalue(res, 0, 1),
+                    sizeof(cr->fence));
 
         /* an earlier attempt stopped half-way: finish its invoice */
 
@@ -478,9 +463,42 @@ ngx_http_invoices_create_claim(ngx_http_invoices_job_t *job,
                         (u_char *) PQgetvalue(res, 0, 4),
                         sizeof(cr->invoice_id));
         }
+
+        PQclear(res);
+        return NGX_OK;
+    }
+
+    if (ngx_strcmp(outcome, "done") == 0) {
+        ngx_http_invoices_create_replay(job, cr, res, 2);
+        PQclear(res);
+        return NGX_DONE;
+    }
+
+    if (ngx_strcmp(outcome, "reused") == 0) {
+        ngx_http_invoices_create_error(job, NGX_HTTP_CONFLICT,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request "
+            "body", NULL);
+
+    } else {
+        ngx_http_invoices_create_error(job, NGX_HTTP_CONFLICT,
+            "idempotency_key_in_use",
+            "a request with this Idempotency-Key is still in progress; "
+            "retry later", NULL);
     }
 
     PQclear(res);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_invoices_create_team(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr)
+{
+    PGresult    *res;
+    const char  *values[1];
 
     values[0] = cr->customer;
 
@@ -493,6 +511,10 @@ ngx_http_invoices_create_claim(ngx_http_invoices_job_t *job,
 
     if (PQntuples(res) == 0) {
         PQclear(res);
+
+        /* nothing was asked of Stripe: the key is not used up */
+        cr->forget = 1;
+
         ngx_http_invoices_create_error(job, NGX_HTTP_NOT_FOUND,
             "resource_missing", "no team is linked to this customer",
             "customer");
@@ -503,20 +525,133 @@ ngx_http_invoices_create_claim(ngx_http_invoices_job_t *job,
                 sizeof(cr->team));
     PQclear(res);
 
+    return NGX_OK;
+}
+
+
+/*
+ * Before each Stripe call: the lease runs for another invoices_idempotency_
+ * lease.  NGX_ERROR with the answer set when the database failed, or when
+ * another request took the key over (then its answer, if it has one).
+ */
+
+static ngx_int_t
+ngx_http_invoices_create_renew(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr)
+{
+    PGresult    *res;
+    const char  *values[3];
+
     values[0] = cr->key;
-    values[1] = cr->hash;
+    values[1] = cr->fence;
+    values[2] = cr->lease;
 
     res = ngx_http_invoices_pg_query(job,
-              "INSERT INTO idempotency_keys (key, request_hash) "
-              "VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-              2, values);
+              "UPDATE idempotency_keys SET lease_until = clock_timestamp() "
+              "+ $3::float8 * interval '1 millisecond', updated_at = now() "
+              "WHERE key = $1 AND fence = $2 AND state = 'running'",
+              3, values);
     if (res == NULL) {
-        return NGX_DONE;
+        return NGX_ERROR;
+    }
+
+    if (ngx_strcmp(PQcmdTuples(res), "1") == 0) {
+        PQclear(res);
+        return NGX_OK;
+    }
+
+    PQclear(res);
+    ngx_http_invoices_create_taken(job, cr);
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * Our lease ran out and another request holds the key now: answer with
+ * its result if it has finished, else 409; write nothing more.
+ */
+
+static void
+ngx_http_invoices_create_taken(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr)
+{
+    u_char      *p;
+    PGresult    *res;
+    const char  *values[1];
+
+    cr->held = 0;
+
+    values[0] = cr->key;
+
+    res = ngx_http_invoices_pg_query(job,
+              "SELECT state, response_status, response_body, "
+              "stripe_invoice_id FROM idempotency_keys WHERE key = $1",
+              1, values);
+    if (res == NULL) {
+        return;
+    }
+
+    if (PQntuples(res) == 1 && ngx_strcmp(PQgetvalue(res, 0, 0), "done") == 0)
+    {
+        ngx_http_invoices_create_replay(job, cr, res, 1);
+
+    } else {
+        ngx_http_invoices_create_error(job, NGX_HTTP_CONFLICT,
+            "idempotency_key_in_use",
+            "another request with this Idempotency-Key took it over while "
+            "this one was stalled; retry later", NULL);
     }
 
     PQclear(res);
 
-    return NGX_OK;
+    p = ngx_snprintf((u_char *) job->log, sizeof(job->log) - 1,
+                     "creating an invoice stalled past its Idempotency-Key "
+                     "lease; another request took the key over, so this one "
+                     "stopped and answered %ui", job->status);
+    *p = '\0';
+    job->log_level = NGX_LOG_WARN;
+}
+
+
+/*
+ * The request ends unfinished (a failure a retry may mend): the key is
+ * free at once.  Where nothing was done in Stripe under it ("forget"),
+ * the key is dropped, so that it may be used again with another body.
+ */
+
+static void
+ngx_http_invoices_create_release(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr)
+{
+    PGresult    *res;
+    const char  *values[2];
+
+    values[0] = cr->key;
+    values[1] = cr->fence;
+
+    cr->held = 0;
+
+    if (cr->forget && cr->invoice_id[0] == '\0') {
+        res = ngx_http_invoices_pg_try(job,
+                  "DELETE FROM idempotency_keys WHERE key = $1 AND fence = $2 "
+                  "AND state = 'running' AND stripe_invoice_id IS NULL",
+                  2, values);
+
+        if (res != NULL && ngx_strcmp(PQcmdTuples(res), "1") == 0) {
+            PQclear(res);
+            return;
+        }
+
+        PQclear(res);
+    }
+
+    res = ngx_http_invoices_pg_try(job,
+              "UPDATE idempotency_keys SET lease_until = NULL, "
+              "updated_at = now() "
+              "WHERE key = $1 AND fence = $2 AND state = 'running'",
+              2, values);
+    PQclear(res);
 }
 
 
@@ -525,11 +660,13 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr)
 {
     char                            *body;
-    size_t                           i, n, done_lines, len;
+    u_char                          *attached;
+    size_t                           i, n, len;
     json_t                          *invoice, *items, *item, *v;
     PGresult                        *res;
-    const char                      *values[2], *currency, *s;
-    char                             path[320], key[96], amount[32];
+    const char                      *values[3], *currency, *s;
+    char                             path[320], key[96], amount[32],
+                                     index[NGX_INT_T_LEN + 1];
     ngx_http_invoices_form_t         form;
     ngx_http_invoices_stripe_res_t   sr;
 
@@ -542,15 +679,21 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     }
 
     invoice = NULL;
-    done_lines = 0;
+    attached = NULL;
 
     if (cr->invoice_id[0] == '\0') {
+
+        /*
+         * auto_advance=false: should a later step fail, or this process
+         * die, Stripe must not finalize and charge the draft by itself
+         * an hour later; the finalize call below turns it on.
+         */
 
         ngx_memzero(&form, sizeof(form));
         ngx_http_invoices_form_add(&form, "customer", cr->customer);
         ngx_http_invoices_form_add(&form, "collection_method",
                                    "charge_automatically");
-        ngx_http_invoices_form_add(&form, "auto_advance", "true");
+        ngx_http_invoices_form_add(&form, "auto_advance", "false");
         ngx_http_invoices_form_add(&form, "pending_invoice_items_behavior",
                                    "exclude");
         ngx_http_invoices_form_add(&form, "currency", currency);
@@ -590,19 +733,30 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
 
         values[0] = cr->key;
         values[1] = cr->invoice_id;
+        values[2] = cr->fence;
 
         res = ngx_http_invoices_pg_query(job,
                   "UPDATE idempotency_keys SET stripe_invoice_id = $2, "
-                  "updated_at = now() WHERE key = $1", 2, values);
+                  "updated_at = now() "
+                  "WHERE key = $1 AND fence = $3 AND state = 'running'",
+                  3, values);
 
-        if (res == NULL
-            || ngx_http_invoices_create_store(job, invoice) != NGX_OK)
-        {
+        if (res == NULL) {
+            goto failed;
+        }
+
+        if (ngx_strcmp(PQcmdTuples(res), "1") != 0) {
             PQclear(res);
+            ngx_http_invoices_create_taken(job, cr);
             goto failed;
         }
 
         PQclear(res);
+
+        if (ngx_http_invoices_create_store(job, invoice) != NGX_OK) {
+            goto failed;
+        }
+
         ngx_http_invoices_stripe_res_free(&sr);
 
     } else {
@@ -633,19 +787,37 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
             goto answer;
         }
 
-        v = json_object_get(json_object_get(invoice, "lines"), "total_count");
-        done_lines = json_is_integer(v) ? (size_t) json_integer_value(v) : 0;
         ngx_http_invoices_stripe_res_free(&sr);
+
+        attached = calloc(n ? n : 1, 1);
+
+        if (attached == NULL
+            || ngx_http_invoices_create_attached(job, cr, attached, n)
+               != NGX_OK)
+        {
+            free(attached);
+            json_decref(invoice);
+            return;
+        }
     }
 
-    /* the lines: the Stripe keys name the line, so a retry adds none twice */
+    /*
+     * The lines: each names its index in its metadata, and its Stripe key
+     * names it too, so a retry adds none twice and leaves none out.
+     */
 
-    for (i = done_lines; i < n; i++) {
+    for (i = 0; i < n; i++) {
+
+        if (attached && attached[i]) {
+            continue;
+        }
+
         item = json_array_get(items, i);
 
         *ngx_sprintf((u_char *) amount, "%L",
                      (int64_t) json_integer_value(
                          json_object_get(item, "amount"))) = '\0';
+        *ngx_sprintf((u_char *) index, "%uz", i) = '\0';
 
         ngx_memzero(&form, sizeof(form));
         ngx_http_invoices_form_add(&form, "customer", cr->customer);
@@ -654,6 +826,9 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
         ngx_http_invoices_form_add(&form, "currency", currency);
         ngx_http_invoices_form_add(&form, "description",
                                    ngx_http_invoices_json_str(item, "name"));
+        ngx_http_invoices_form_add(&form,
+                                   "metadata[" NGX_HTTP_INVOICES_LINE_KEY "]",
+                                   index);
 
         *ngx_sprintf((u_char *) key, "%s:item:%uz", cr->stripe_key, i) = '\0';
 
@@ -662,6 +837,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
         ngx_http_invoices_form_free(&form);
 
         if (v == NULL) {
+            free(attached);
             json_decref(invoice);
             return;
         }
@@ -670,6 +846,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
         ngx_http_invoices_stripe_res_free(&sr);
     }
 
+    free(attached);
     json_decref(invoice);
 
     ngx_memzero(&form, sizeof(form));
@@ -715,7 +892,7 @@ bad_answer:
 
 failed:
 
-    /* the database failed after Stripe answered; the job says 503 */
+    /* the database failed after Stripe answered (503), or the key was lost */
 
     ngx_http_invoices_stripe_res_free(&sr);
     json_decref(invoice);
@@ -723,8 +900,102 @@ failed:
 
 
 /*
- * One Stripe step: the parsed object of a 2xx answer (sr keeps the bytes),
- * or NULL with the job's answer set.
+ * Which of the n lines the draft has already, by the index each line
+ * carries in its metadata.  The list is read through, page by page: the
+ * invoice object shows ten lines at most, and Stripe's spec makes its
+ * total_count optional.  NGX_ERROR with the answer set.
+ */
+
+static ngx_int_t
+ngx_http_invoices_create_attached(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, u_char *attached, size_t n)
+{
+    u_char                          *p;
+    size_t                           i, page;
+    json_t                          *list, *data, *line;
+    ngx_int_t                        index;
+    const char                      *s, *last;
+    char                             path[640], after[128];
+    ngx_http_invoices_stripe_res_t   sr;
+
+    after[0] = '\0';
+
+    for (page = 0; page < NGX_HTTP_INVOICES_LINE_PAGES; page++) {
+
+        p = ngx_sprintf((u_char *) path, "/v1/invoices/%s/lines?limit=100",
+                        cr->invoice_id);
+
+        if (after[0]) {
+            p = ngx_sprintf(p, "&starting_after=%s", after);
+        }
+
+        *p = '\0';
+
+        list = ngx_http_invoices_create_call(job, cr, "GET", path, NULL, NULL,
+                                             "reading the invoice's lines",
+                                             &sr);
+        if (list == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_http_invoices_stripe_res_free(&sr);
+
+        data = json_object_get(list, "data");
+        if (!json_is_array(data)) {
+            break;
+        }
+
+        last = NULL;
+
+        json_array_foreach(data, i, line) {
+            last = ngx_http_invoices_json_str(line, "id");
+
+            s = ngx_http_invoices_json_str(json_object_get(line, "metadata"),
+                                           NGX_HTTP_INVOICES_LINE_KEY);
+            if (s == NULL) {
+                continue;
+            }
+
+            index = ngx_atoi((u_char *) s, ngx_strlen(s));
+
+            if (index != NGX_ERROR && (size_t) index < n) {
+                attached[index] = 1;
+            }
+        }
+
+        if (!json_is_true(json_object_get(list, "has_more"))) {
+            json_decref(list);
+            return NGX_OK;
+        }
+
+        /* the cursor goes into a URL: Stripe's ids are letters, digits, _ */
+
+        if (last == NULL || ngx_strlen(last) >= sizeof(after)
+            || last[strspn(last, "abcdefghijklmnopqrstuvwxyz"
+                                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")]
+               != '\0')
+        {
+            break;
+        }
+
+        ngx_cpystrn((u_char *) after, (u_char *) last, sizeof(after));
+        json_decref(list);
+        list = NULL;
+    }
+
+    json_decref(list);
+
+    ngx_http_invoices_create_error(job, NGX_HTTP_BAD_GATEWAY,
+                                   "stripe_bad_response",
+                                   "Stripe's list of the invoice's lines "
+                                   "could not be read", NULL);
+    return NGX_ERROR;
+}
+
+
+/*
+ * One Stripe step, with the lease renewed first: the parsed object of a
+ * 2xx answer (sr keeps the bytes), or NULL with the job's answer set.
  */
 
 static json_t *
@@ -734,6 +1005,11 @@ ngx_http_invoices_create_call(ngx_http_invoices_job_t *job,
     ngx_http_invoices_stripe_res_t *sr)
 {
     json_t  *json;
+
+    if (ngx_http_invoices_create_renew(job, cr) != NGX_OK) {
+        ngx_memzero(sr, sizeof(ngx_http_invoices_stripe_res_t));
+        return NULL;
+    }
 
     ngx_http_invoices_stripe_request(&cr->stripe, method, path, form, key,
                                      sr);
@@ -773,12 +1049,20 @@ ngx_http_invoices_create_stripe_error(ngx_http_invoices_job_t *job,
     ngx_uint_t   status, final;
 
     status = ngx_http_invoices_stripe_error(sr, step, cr->invoice_id, &body,
-                                            &len, &final, job->log,
-                                            sizeof(job->log));
+                                            &len, &final, job);
 
     if (final) {
         ngx_http_invoices_create_done(job, cr, status, body, len);
         return;
+    }
+
+    /*
+     * A 400 that is not final failed Stripe's validation, and Stripe kept
+     * nothing under its key: neither do we (ngx_http_invoices_stripe_error)
+     */
+
+    if (status == NGX_HTTP_BAD_REQUEST) {
+        cr->forget = 1;
     }
 
     free(job->body);
@@ -812,9 +1096,10 @@ ngx_http_invoices_create_store(ngx_http_invoices_job_t *job, json_t *invoice)
 
 
 /*
- * A final answer: kept with the caller's key for replays.  The answer
- * stands even if keeping it fails: the invoice row is stored already, and
- * a retry finds the finished invoice in Stripe.
+ * A final answer: kept with the caller's key for replays, under our fence
+ * only; if another request took the key over meanwhile, its answer is
+ * ours.  The answer stands even if keeping it fails: the invoice row is
+ * stored already, and a retry finds the finished invoice in Stripe.
  */
 
 static void
@@ -823,7 +1108,7 @@ ngx_http_invoices_create_done(ngx_http_invoices_job_t *job,
     size_t len)
 {
     PGresult    *res;
-    const char  *values[3];
+    const char  *values[4];
     char         code[8];
 
     free(job->body);
@@ -840,12 +1125,52 @@ ngx_http_invoices_create_done(ngx_http_invoices_job_t *job,
     values[0] = cr->key;
     values[1] = code;
     values[2] = body;
+    values[3] = cr->fence;
 
     res = ngx_http_invoices_pg_try(job,
               "UPDATE idempotency_keys SET state = 'done', "
-              "response_status = $2, response_body = $3, updated_at = now() "
-              "WHERE key = $1", 3, values);
+              "response_status = $2, response_body = $3, lease_until = NULL, "
+              "updated_at = now() "
+              "WHERE key = $1 AND fence = $4 AND state = 'running'",
+              4, values);
+    if (res == NULL) {
+        return;
+    }
+
+    if (ngx_strcmp(PQcmdTuples(res), "1") == 0) {
+        cr->held = 0;
+
+    } else {
+        ngx_http_invoices_create_taken(job, cr);
+    }
+
     PQclear(res);
+}
+
+
+/* a kept answer: the status, body and invoice id in columns col.. col+2 */
+
+static void
+ngx_http_invoices_create_replay(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, PGresult *res, int col)
+{
+    free(job->body);
+
+    cr->replayed = 1;
+    job->status = ngx_atoi((u_char *) PQgetvalue(res, 0, col),
+                           ngx_strlen(PQgetvalue(res, 0, col)));
+    job->len = PQgetlength(res, 0, col + 1);
+    job->body = malloc(job->len + 1);
+
+    if (job->body) {
+        ngx_memcpy(job->body, PQgetvalue(res, 0, col + 1), job->len + 1);
+    }
+
+    if (!PQgetisnull(res, 0, col + 2)) {
+        ngx_cpystrn((u_char *) cr->invoice_id,
+                    (u_char *) PQgetvalue(res, 0, col + 2),
+                    sizeof(cr->invoice_id));
+    }
 }
 
 

@@ -198,6 +198,13 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
       offsetof(ngx_http_invoices_loc_conf_t, stripe_max_retries),
       NULL },
 
+    { ngx_string("invoices_idempotency_lease"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, idempotency_lease),
+      NULL },
+
       ngx_null_command
 };
 
@@ -477,6 +484,7 @@ ngx_http_invoices_create_loc_conf(ngx_conf_t *cf)
     conf->stripe_connect_timeout = NGX_CONF_UNSET_MSEC;
     conf->stripe_timeout = NGX_CONF_UNSET_MSEC;
     conf->stripe_max_retries = NGX_CONF_UNSET_UINT;
+    conf->idempotency_lease = NGX_CONF_UNSET_MSEC;
 
     return conf;
 }
@@ -485,6 +493,7 @@ ngx_http_invoices_create_loc_conf(ngx_conf_t *cf)
 static char *
 ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
+    ngx_msec_t                     longest;
     ngx_http_invoices_loc_conf_t  *prev = parent;
     ngx_http_invoices_loc_conf_t  *conf = child;
 
@@ -554,6 +563,30 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->stripe_max_retries > 10) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"invoices_stripe_max_retries\" must be 0 to 10");
+        return NGX_CONF_ERROR;
+    }
+
+    /*
+     * The lease of an Idempotency-Key is renewed before each Stripe call,
+     * so it must outlast the longest call: every attempt timing out, with
+     * the pauses between attempts (5 s at most each, see
+     * ngx_http_invoices_stripe_request).  0, the default, is 10 s more
+     * than that, for each location's own Stripe settings
+     * (ngx_http_invoices_create).
+     */
+
+    longest = conf->stripe_timeout * (conf->stripe_max_retries + 1)
+              + 5000 * conf->stripe_max_retries;
+
+    ngx_conf_merge_msec_value(conf->idempotency_lease,
+                              prev->idempotency_lease, 0);
+
+    if (conf->idempotency_lease != 0 && conf->idempotency_lease <= longest) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"invoices_idempotency_lease\" must be longer than "
+                      "the longest Stripe call, %M ms (invoices_stripe_timeout "
+                      "times 1 + invoices_stripe_max_retries, and 5 s per "
+                      "retry)", longest);
         return NGX_CONF_ERROR;
     }
 

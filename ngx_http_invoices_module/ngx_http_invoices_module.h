@@ -39,6 +39,7 @@ typedef struct {
     ngx_msec_t                 stripe_connect_timeout;
     ngx_msec_t                 stripe_timeout;
     ngx_uint_t                 stripe_max_retries;
+    ngx_msec_t                 idempotency_lease;
 
     /* set by "invoices_admin": the location it was given in */
     ngx_str_t                  prefix;

@@ -288,6 +288,8 @@ ngx_http_invoices_job_bumped(ngx_http_request_t *r, void *data)
 static void
 ngx_http_invoices_job_log(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
 {
+    ngx_uint_t         level;
+
     static ngx_msec_t  last;
     static ngx_uint_t  suppressed;
 
@@ -302,16 +304,17 @@ ngx_http_invoices_job_log(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
         last = ngx_current_msec ? ngx_current_msec : 1;
     }
 
+    level = job->log_level ? job->log_level : NGX_LOG_ERR;
+
     if (suppressed) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+        ngx_log_error(level, r->connection->log, 0,
                       "invoices: %s (and %ui more like it)",
                       job->log, suppressed);
         suppressed = 0;
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "invoices: %s",
-                  job->log);
+    ngx_log_error(level, r->connection->log, 0, "invoices: %s", job->log);
 }
 
 
@@ -543,15 +546,21 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
 
     /*
      * conninfo given later overrides these: "dbname" is expanded as a
-     * whole connection string.
+     * whole connection string.  TCP keepalive (after 30 s idle, 3 probes
+     * 10 s apart) and tcp_user_timeout (60 s for data left unacknowledged):
+     * a PostgreSQL host that vanishes (a cut network, a powered-off
+     * machine) is noticed within about a minute, not the kernel's two
+     * hours.  Unix sockets ignore both.
      */
     static const char *const  keys[] = {
         "connect_timeout", "client_encoding", "fallback_application_name",
-        "dbname", NULL
+        "keepalives", "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "dbname", NULL
     };
 
     const char  *values[] = {
-        "3", "UTF8", "ngx_http_invoices", job->conninfo, NULL
+        "3", "UTF8", "ngx_http_invoices", "1", "30", "10", "3", "60000",
+        job->conninfo, NULL
     };
 
     for (pc = ngx_http_invoices_pg_mine; pc != NULL; pc = pc->next) {

@@ -39,6 +39,7 @@ struct ngx_http_invoices_job_s {
     u_char                            etag[20];    /* "16 hex digits" */
     size_t                            etag_len;
     char                              log[256];    /* error for the log */
+    ngx_uint_t                        log_level;   /* 0: NGX_LOG_ERR */
     ngx_uint_t                        changed;     /* invoices changed */
     ngx_http_invoices_metrics_job_t   metrics;
 

@@ -576,16 +576,17 @@ ngx_http_invoices_stripe_time_ok(json_int_t t)
 
 /*
  * Stripe refused or failed (API.md): the caller's mistakes keep Stripe's
- * status and error ("final": Stripe's verdict, fit to replay); our key's
- * problems, Stripe's outages and timeouts are 502/503/504.  When an
+ * status and error ("final": Stripe's verdict, fit to replay, except a
+ * failed parameter validation, which Stripe does not keep either); our
+ * key's problems, Stripe's outages and timeouts are 502/503/504.  When an
  * invoice exists already, the answer names it.  Returns the status; the
- * body is malloc()ed; "log" gets a line for the operator, or "".
+ * body is malloc()ed; the job's log gets a line for the operator, or "".
  */
 
 ngx_uint_t
 ngx_http_invoices_stripe_error(ngx_http_invoices_stripe_res_t *sr,
     const char *step, const char *invoice_id, char **body, size_t *len,
-    ngx_uint_t *final, char *log, size_t log_size)
+    ngx_uint_t *final, ngx_http_invoices_job_t *job)
 {
     char        message[512];
     json_t      *root, *stripe, *err;
@@ -677,6 +678,21 @@ ngx_http_invoices_stripe_error(ngx_http_invoices_stripe_res_t *sr,
         }
 
         json_decref(root);
+
+        /*
+         * Stripe keeps no result under its Idempotency-Key for a request
+         * that failed its parameter validation (a 400 of type
+         * invalid_request_error): a retry runs anew there, so it must here
+         * too.  Card errors (402) and the rest are kept, as Stripe does.
+         */
+
+        if (sr->status == 400 && stripe
+            && ngx_strcmp(ngx_http_invoices_json_str(stripe, "type") ?
+                          ngx_http_invoices_json_str(stripe, "type") : "",
+                          "invalid_request_error") == 0)
+        {
+            store = 0;
+        }
     }
 
     p = ngx_snprintf((u_char *) message, sizeof(message) - 1, "%s while %s",
@@ -697,15 +713,24 @@ ngx_http_invoices_stripe_error(ngx_http_invoices_stripe_res_t *sr,
 
     *p = '\0';
 
-    log[0] = '\0';
+    job->log[0] = '\0';
 
     if (!forward) {
-        p = ngx_snprintf((u_char *) log, log_size - 1,
+        p = ngx_snprintf((u_char *) job->log, sizeof(job->log) - 1,
                          "Stripe: %s while %s (HTTP %l, %ui attempts%s%s%s%s)",
                          what, step, sr->status, sr->attempts,
                          sr->request_id[0] ? ", " : "", sr->request_id,
                          sr->error[0] ? ", " : "", sr->error);
         *p = '\0';
+
+    } else if (!store) {
+        p = ngx_snprintf((u_char *) job->log, sizeof(job->log) - 1,
+                         "Stripe refused a parameter while %s (HTTP 400, "
+                         "request %s): not kept under the Idempotency-Key, "
+                         "a retry with it runs again",
+                         step, sr->request_id[0] ? sr->request_id : "-");
+        *p = '\0';
+        job->log_level = NGX_LOG_WARN;
     }
 
     root = ngx_http_invoices_json_error_new("stripe_error", code, message,

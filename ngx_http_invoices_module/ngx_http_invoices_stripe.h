@@ -75,7 +75,7 @@ void ngx_http_invoices_stripe_res_free(ngx_http_invoices_stripe_res_t *res);
 
 ngx_uint_t ngx_http_invoices_stripe_error(ngx_http_invoices_stripe_res_t *sr,
     const char *step, const char *invoice_id, char **body, size_t *len,
-    ngx_uint_t *final, char *log, size_t log_size);
+    ngx_uint_t *final, ngx_http_invoices_job_t *job);
 
 ngx_int_t ngx_http_invoices_stripe_init(void);
 void ngx_http_invoices_stripe_close_all(void);

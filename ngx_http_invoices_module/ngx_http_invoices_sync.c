@@ -196,7 +196,7 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
             free(job->body);
             job->status = ngx_http_invoices_stripe_error(&sr,
                               "listing invoices", NULL, &job->body,
-                              &job->len, &final, job->log, sizeof(job->log));
+                              &job->len, &final, job);
             ngx_http_invoices_stripe_res_free(&sr);
             return;
         }

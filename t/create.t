@@ -79,20 +79,22 @@ is(scalar @all_seen, 4, 'Stripe: no other request (no GET either)');
 
 is_deeply($seq[0]{params}, {
     customer => $CUS, collection_method => 'charge_automatically',
-    auto_advance => 'true', pending_invoice_items_behavior => 'exclude',
+    auto_advance => 'false', pending_invoice_items_behavior => 'exclude',
     currency => 'eur', default_payment_method => 'pm_card_visa',
     description => 'November 2023',
     metadata => { source => 'ngx_http_invoices_module',
                   team_id => $main->{team}{id} },
-}, 'Stripe: POST /v1/invoices has exactly the documented parameters');
+}, 'Stripe: POST /v1/invoices has exactly the documented parameters (a draft Stripe will not advance by itself)');
 is_deeply($seq[1]{params}, { customer => $CUS, invoice => $inv->{id},
                              amount => '3300', currency => 'eur',
-                             description => 'All resources' },
-          'Stripe: line 0, name trimmed');
+                             description => 'All resources',
+                             metadata => { ngx_invoices_line => '0' } },
+          'Stripe: line 0, name trimmed, its index in its metadata');
 is_deeply($seq[2]{params}, { customer => $CUS, invoice => $inv->{id},
                              amount => '700', currency => 'eur',
-                             description => 'Support' },
-          'Stripe: line 1, name trimmed');
+                             description => 'Support',
+                             metadata => { ngx_invoices_line => '1' } },
+          'Stripe: line 1, name trimmed, its index in its metadata');
 is_deeply($seq[3]{params}, { auto_advance => 'true' }, 'Stripe: finalize with auto_advance=true');
 
 my ($hex) = ($seq[0]{idempotency_key} // '') =~ /^ngxinv-([0-9a-f]{48}):create$/;

@@ -135,13 +135,39 @@ stripe_inside($res, { type => 'invalid_request_error', code => 'resource_missing
                       message => "No such PaymentMethod: 'pm_doesNotExist123'",
                       param => 'default_payment_method' }, 'unknown payment method');
 is(n_rows(), $rows, 'unknown payment method: no row');
+is(sql_value("SELECT count(*) FROM idempotency_keys WHERE key = 'pm-missing'"), 0,
+   'a 400 invalid_request_error is not kept under our key (Stripe keeps none)');
+like(error_log_text(), qr/\[warn\].*Stripe refused a parameter while creating the invoice \(HTTP 400, request req_\w+\)/,
+     '... logged at warn with Stripe\'s Request-Id');
 my $n = () = fake_requests();
 my $again = create(admin => { %{ body_for($A->{customer}) },
                               paymentMethod => 'pm_doesNotExist123' }, 'pm-missing');
-is($again->status, 400, 'the same key again: 400');
-is($again->header('Idempotent-Replayed'), 'true', '... Idempotent-Replayed: true');
-is($again->body, $res->body, '... the same body');
-is(scalar(() = fake_requests()), $n, '... Stripe got nothing');
+is($again->status, 400, 'the same key again: 400, asked of Stripe again');
+ok(!defined $again->header('Idempotent-Replayed'), '... not a replay');
+is(scalar(() = fake_requests()), $n + 1, '... Stripe got the request again');
+# the key was released: the corrected body may use it
+my $fixed = create(admin => body_for($A->{customer}), 'pm-missing');
+is($fixed->status, 201, '... and the same key with a corrected body creates')
+    or diag $fixed->describe;
+
+# a 400 after the draft exists: the key is released, the draft kept for
+# the retry, which completes the same invoice
+my $D = linked_customer(payment_method => 'pm_card_visa');
+fake_reset();
+fault({ path => 'POST /v1/invoices/in_\w+/finalize', status => 400, count => 1,
+        error => { type => 'invalid_request_error', message => 'not now' } });
+$res = create(admin => body_for($D->{customer}, 500, 600), 'finalize-400');
+is($res->status, 400, 'finalize refused with a 400: 400') or diag $res->describe;
+my $draft = (($res->json_or_undef // {})->{error} // {})->{invoiceId} // '';
+like($draft, qr/^in_\w+$/, '... the error names the draft');
+is(sql_value("SELECT state || ' ' || (lease_until IS NULL)::text || ' ' || stripe_invoice_id "
+             . "FROM idempotency_keys WHERE key = 'finalize-400'"),
+   "running true $draft", '... the key is released, its draft kept');
+$again = create(admin => body_for($D->{customer}, 500, 600), 'finalize-400');
+is($again->status, 201, '... the retry with the same key: 201') or diag $again->describe;
+is(($again->json_or_undef // {})->{id}, $draft, '... the same invoice');
+is(scalar(grep { !$_->{replayed} } posts(qr{^/v1/invoices$})), 1, '... one invoice created at Stripe');
+is(scalar(grep { !$_->{replayed} } posts(qr{^/v1/invoiceitems$})), 2, '... two lines, none twice');
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', status => 402, count => 1 });
