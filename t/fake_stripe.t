@@ -530,6 +530,312 @@ subtest 'lists and 404' => sub {
     is($s, 404, 'unknown route: 404');
 };
 
+sub invoice_status {
+    my ($id) = @_;
+    my ($s, $b) = api('GET', "/v1/invoices/$id");
+    return $s == 200 ? $b->{status} : "($s)";
+}
+
+sub event_types_for {
+    my ($id) = @_;
+    my (undef, $l) = api('GET', '/v1/events', [limit => 100]);
+    return map { $_->{type} }
+        grep { ($_->{data}{object}{id} // '') eq $id } reverse @{ $l->{data} };
+}
+
+subtest 'invoice lines: pagination in the order added, item metadata' => sub {
+    my (undef, $c) = api('POST', '/v1/customers', [name => 'Lines']);
+    my (undef, $d) = api('POST', '/v1/invoices',
+                         [customer => $c->{id}, auto_advance => 'false']);
+    my $id = $d->{id};
+    my @items;
+    for my $i (1 .. 12) {
+        my ($s, $b) = api('POST', '/v1/invoiceitems',
+                          [customer => $c->{id}, invoice => $id,
+                           amount => 100 * $i, description => "line $i",
+                           'metadata[index]' => $i, 'metadata[kind]' => 'x']);
+        is($s, 200, "item $i") or return;
+        is_deeply($b->{metadata}, {index => $i, kind => 'x'},
+                  "item $i metadata") if $i == 1;
+        push @items, $b->{id};
+    }
+    my (undef, $inv) = api('GET', "/v1/invoices/$id");
+    is(scalar @{ $inv->{lines}{data} }, 10, 'the invoice shows ten lines');
+    ok($inv->{lines}{has_more}, 'and has_more');
+    is($inv->{lines}{total_count}, 12, 'total_count 12');
+    my (@got, @pages, $after);
+    while (1) {
+        my ($s, $p) = api('GET', "/v1/invoices/$id/lines",
+                          [limit => 5, ($after ? (starting_after => $after)
+                                                : ())]);
+        is($s, 200, 'lines page ' . (@pages + 1)) or return;
+        is($p->{object}, 'list', 'a list');
+        is($p->{url}, "/v1/invoices/$id/lines", 'its url');
+        push @pages, [scalar @{ $p->{data} }, $p->{has_more} ? 1 : 0];
+        push @got, @{ $p->{data} };
+        last unless $p->{has_more} && @pages < 5;
+        $after = $p->{data}[-1]{id};
+    }
+    is_deeply(\@pages, [[5, 1], [5, 1], [2, 0]],
+              'limit 5: pages of 5, 5, 2 with has_more, has_more, none');
+    is_deeply([map { $_->{invoice_item} } @got], \@items,
+              'lines in the order their items were added');
+    is_deeply([map { $_->{metadata}{index} } @got], [1 .. 12],
+              'each line carries the metadata of its invoice item');
+    ok(!(grep { $_->{type} ne 'invoiceitem' || $_->{metadata}{kind} ne 'x' }
+         @got), 'every line of type invoiceitem, metadata whole');
+    is_deeply([map { $_->{amount} } @got], [map { 100 * $_ } 1 .. 12],
+              'amounts');
+    my (undef, $p) = api('GET', "/v1/invoices/$id/lines",
+                         [limit => 3, ending_before => $got[5]{id}]);
+    is_deeply([map { $_->{id} } @{ $p->{data} }],
+              [map { $_->{id} } @got[2 .. 4]], 'ending_before: the three before');
+    my ($s, $e) = api('GET', "/v1/invoices/$id/lines",
+                      [starting_after => 'il_1NoSuchLine']);
+    is($s, 400, 'unknown starting_after: 400');
+    is($e->{error}{code}, 'resource_missing', 'resource_missing');
+    api('DELETE', "/v1/invoices/$id");
+};
+
+subtest 'automatic finalization of drafts (auto_advance)' => sub {
+    # $cus pays with pm_card_visa by default.
+    my $cfg = control('GET', 'config');
+    is($cfg->{auto_finalize_delay_ms}, 3600000, 'default: an hour, as Stripe');
+    my ($s, $b) = api('POST', '/v1/invoices', [customer => $cus]);
+    my $early = $b->{id};
+    ok($b->{auto_advance}, 'auto_advance defaults to true');
+    my $npa = $b->{next_payment_attempt} - $b->{created};
+    ok($npa >= 3599 && $npa <= 3601,
+       "next_payment_attempt an hour after creation ($npa s)");
+    my $r = eval {
+        $http->request('POST', "$base/_fake/config", {
+            headers => {'Content-Type' => 'application/json'},
+            content => $json->encode({auto_finalize_delay_ms => -1})}) };
+    is($r->{status}, 400, 'a negative delay is refused');
+
+    control('POST', 'config', {auto_finalize_delay_ms => 300,
+                               collect_delay_ms => 1500});
+    my $t0 = time;
+    ($s, $b) = api('POST', '/v1/invoices',
+                   [customer => $cus, auto_advance => 'true',
+                    description => 'auto']);
+    my $auto = $b->{id};
+    is($b->{status}, 'draft', 'created as a draft');
+    api('POST', '/v1/invoiceitems', [customer => $cus, invoice => $auto,
+                                     amount => 1200]);
+    (undef, $b) = api('POST', '/v1/invoices',
+                      [customer => $cus, auto_advance => 'false']);
+    my $manual = $b->{id};
+    api('POST', '/v1/invoiceitems', [customer => $cus, invoice => $manual,
+                                     amount => 700]);
+    (undef, $b) = api('POST', '/v1/invoices', [customer => $cus]);
+    my $deleted = $b->{id};
+    ($s) = api('DELETE', "/v1/invoices/$deleted");
+    is($s, 200, 'a third draft deleted before the delay');
+    (undef, $b) = api('POST', '/v1/invoices', [customer => $cus]);
+    my $stopped = $b->{id};
+    ($s, $b) = api('POST', "/v1/invoices/$stopped",
+                   [auto_advance => 'false', 'metadata[k]' => 'v']);
+    is($s, 200, 'POST /v1/invoices/ID update');
+    ok(!$b->{auto_advance}, 'a fourth draft turned to auto_advance=false');
+    is($b->{next_payment_attempt}, undef, 'so no next_payment_attempt');
+    is_deeply($b->{metadata}, {k => 'v'}, 'metadata updated');
+
+    my $open = wait_for(sub {
+        my (undef, $i) = api('GET', "/v1/invoices/$auto");
+        $i->{status} ne 'draft' ? $i : undef }, 5);
+    ok($open, sprintf 'the auto_advance draft left draft by itself (%.1f s)',
+       time - $t0) or return;
+    is($open->{status}, 'open', 'open (collection waits collect_delay_ms)');
+    ok(time - $t0 >= 0.3, 'not before the delay');
+    like($open->{number}, qr/-\d{4}$/, 'numbered');
+    ok($open->{status_transitions}{finalized_at}, 'finalized_at');
+    ok($open->{next_payment_attempt}, 'next_payment_attempt set');
+    my $paid = wait_for(sub {
+        invoice_status($auto) eq 'paid' }, 5);
+    ok($paid, 'then paid with pm_card_visa by the automatic collection');
+    (undef, $b) = api('GET', "/v1/invoices/$auto");
+    is($b->{amount_paid}, 1200, 'amount_paid');
+    is_deeply([event_types_for($auto)],
+              [qw(invoice.created invoice.updated invoice.finalized
+                  invoice.updated invoice.paid invoice.payment_succeeded)],
+              'the events of a finalize and a collection');
+    my (undef, $l) = api('GET', '/v1/events', [type => 'invoice.finalized',
+                                               limit => 100]);
+    my ($fe) = grep { $_->{data}{object}{id} eq $auto } @{ $l->{data} };
+    is($fe->{request}{id}, undef, 'invoice.finalized from no request');
+    ok(wait_for(sub { grep { $_->[0]{type} eq 'invoice.finalized' }
+                      events_for($auto) }, 5),
+       'invoice.finalized delivered as a webhook');
+
+    sleep 0.5;
+    is(invoice_status($manual), 'draft', 'auto_advance=false: still a draft');
+    is(invoice_status($stopped), 'draft',
+       'auto_advance turned false before the delay: still a draft');
+    is(invoice_status($deleted), '(404)', 'the deleted draft stays deleted');
+    ok(!(grep { $_->{id} eq $deleted }
+         @{ (api('GET', '/v1/invoices', [customer => $cus, limit => 100]))[1]
+            {data} }), 'and is not listed');
+    is_deeply([event_types_for($deleted)],
+              [qw(invoice.created invoice.deleted)],
+              'no event after invoice.deleted');
+    is(invoice_status($early), 'draft',
+       'a draft created under the hour default keeps its hour');
+    my $adv = control('POST', 'advance');
+    is_deeply($adv->{finalized}, [], 'advance finalizes no draft before its time');
+    is(invoice_status($early), 'draft', 'still a draft');
+
+    # Turned back to true: finalized as soon as its delay from creation is over.
+    ($s, $b) = api('POST', "/v1/invoices/$stopped", [auto_advance => 'true']);
+    ok($b->{auto_advance}, 'auto_advance back to true');
+    ok(wait_for(sub { invoice_status($stopped) ne 'draft' }, 5),
+       'then finalized by itself');
+    # finalize auto_advance=false: finalized now, no automatic collection.
+    ($s, $b) = api('POST', "/v1/invoices/$manual/finalize",
+                   [auto_advance => 'false']);
+    is($b->{status}, 'open', 'finalize auto_advance=false: open');
+    sleep 2;
+    is(invoice_status($manual), 'open', 'and never collected by itself');
+    control('POST', 'config', {auto_finalize_delay_ms => 3600000,
+                               collect_delay_ms => 300});
+    api('DELETE', "/v1/invoices/$early");
+};
+
+subtest 'omit_total_count' => sub {
+    my (undef, $c) = api('POST', '/v1/customers', [name => 'NoCount']);
+    my @p = (customer => $c->{id}, auto_advance => 'false');
+    my ($s, $before) = api('POST', '/v1/invoices', \@p,
+                           {'Idempotency-Key' => 'k-count'});
+    ok(exists $before->{lines}{total_count}, 'by default: total_count');
+    my $cfg = control('POST', 'config', {omit_total_count => JSON::PP::true});
+    ok($cfg->{omit_total_count}, 'knob set');
+    my (undef, $b, $h) = api('POST', '/v1/invoices', \@p,
+                             {'Idempotency-Key' => 'k-count'});
+    is($h->{'idempotent-replayed'}, 'true', 'a replay');
+    ok(!exists $b->{lines}{total_count}, 'a replay leaves it out too');
+    ($s, $b) = api('POST', '/v1/invoices', \@p);
+    my $id = $b->{id};
+    ok(!exists $b->{lines}{total_count}, 'create: no total_count');
+    ok(exists $b->{lines}{has_more} && $b->{lines}{url}, 'the rest is there');
+    api('POST', '/v1/invoiceitems', [customer => $c->{id}, invoice => $id,
+                                     amount => 500]);
+    ($s, $b) = api('GET', "/v1/invoices/$id");
+    ok(!exists $b->{lines}{total_count}, 'get: no total_count');
+    is(scalar @{ $b->{lines}{data} }, 1, 'lines still shown');
+    ($s, $b) = api('GET', '/v1/invoices', [customer => $c->{id}]);
+    ok(!(grep { exists $_->{lines}{total_count} } @{ $b->{data} }),
+       'list: no total_count in any invoice');
+    ($s, $b) = api('GET', "/v1/invoices/$id/lines");
+    ok(!exists $b->{total_count}, 'lines list: no total_count');
+    is(scalar @{ $b->{data} }, 1, 'one line');
+    ($s, $b) = api('POST', "/v1/invoices/$id/finalize");
+    ok(!exists $b->{lines}{total_count}, 'finalize: no total_count');
+    ($s, $b) = api('POST', "/v1/invoices/$id/pay",
+                   [paid_out_of_band => 'true']);
+    is($b->{status}, 'paid', 'paid out of band');
+    ok(!exists $b->{lines}{total_count}, 'pay: no total_count');
+    my $hooks = wait_for(sub {
+        my @e = events_for($id);
+        (grep { $_->[0]{type} eq 'invoice.paid' } @e) ? \@e : undef }, 5);
+    ok($hooks, 'webhooks delivered') or return;
+    ok(!(grep { exists $_->[0]{data}{object}{lines}{total_count} } @$hooks),
+       'no total_count in any delivered event (' . @$hooks . ')');
+    my ($upd) = grep { $_->[0]{type} eq 'invoice.updated'
+                       && $_->[0]{data}{previous_attributes}{lines} } @$hooks;
+    ok($upd && !exists $upd->[0]{data}{previous_attributes}{lines}{total_count},
+       'nor in previous_attributes.lines');
+    ($s, $b) = api('GET', "/v1/events/$hooks->[0][0]{id}");
+    ok(!exists $b->{data}{object}{lines}{total_count},
+       'GET /v1/events/ID: none');
+    control('POST', 'config', {omit_total_count => JSON::PP::false});
+    ($s, $b) = api('GET', "/v1/invoices/$id");
+    is($b->{lines}{total_count}, 1, 'knob off: the stored count is back');
+};
+
+subtest 'idempotency: what is stored, and forgetting' => sub {
+    my (undef, $c) = api('POST', '/v1/customers', [name => 'Idem']);
+    # 400 for parameters that fail validation: not stored.
+    my @bad = (customer => $c->{id}, bogus => 1);
+    my ($s, $b, $h) = api('POST', '/v1/invoices', \@bad,
+                          {'Idempotency-Key' => 'k-400'});
+    is($s, 400, 'validation failure: 400');
+    is($b->{error}{code}, 'parameter_unknown', 'parameter_unknown');
+    ($s, $b, $h) = api('POST', '/v1/invoices', \@bad,
+                       {'Idempotency-Key' => 'k-400'});
+    ok(!$h->{'idempotent-replayed'}, 'the same request again: not a replay');
+    ($s, $b, $h) = api('POST', '/v1/invoices', [customer => $c->{id}],
+                       {'Idempotency-Key' => 'k-400'});
+    is($s, 200, 'the key then serves a valid request (nothing was stored)');
+    ok(!$h->{'idempotent-replayed'}, 'executed, not replayed');
+
+    # 402 card error: stored and replayed, no second attempt.
+    my (undef, $d) = api('POST', '/v1/invoices',
+                         [customer => $c->{id}, auto_advance => 'false',
+                          default_payment_method => 'pm_card_chargeDeclined']);
+    my $id = $d->{id};
+    api('POST', '/v1/invoiceitems', [customer => $c->{id}, invoice => $id,
+                                     amount => 900]);
+    api('POST', "/v1/invoices/$id/finalize");
+    my ($s1, $b1, $h1) = api('POST', "/v1/invoices/$id/pay", [],
+                             {'Idempotency-Key' => 'k-402'});
+    is($s1, 402, 'declined: 402');
+    my ($s2, $b2, $h2) = api('POST', "/v1/invoices/$id/pay", [],
+                             {'Idempotency-Key' => 'k-402'});
+    is($s2, 402, 'again: 402');
+    is($h2->{'idempotent-replayed'}, 'true', 'replayed');
+    is($h2->{'original-request'}, $h1->{'request-id'}, 'Original-Request');
+    is_deeply($b2, $b1, 'the same error body');
+    (undef, $b) = api('GET', "/v1/invoices/$id");
+    is($b->{attempt_count}, 1, 'one payment attempt only');
+
+    # Forgetting (Stripe: after 24 hours).
+    my @p = (name => 'Forgotten');
+    my (undef, $x1) = api('POST', '/v1/customers', \@p,
+                          {'Idempotency-Key' => 'k-forget'});
+    my (undef, $x2, $hx) = api('POST', '/v1/customers', \@p,
+                               {'Idempotency-Key' => 'k-forget'});
+    is($x2->{id}, $x1->{id}, 'replayed before forgetting');
+    # A key in flight stays.
+    control('POST', 'config', {latency_ms => 800});
+    my $pid = fork // die;
+    if ($pid == 0) {
+        my ($st) = api('POST', '/v1/customers', [name => 'InFlight'],
+                       {'Idempotency-Key' => 'k-flight'},
+                       HTTP::Tiny->new(timeout => 10));
+        POSIX::_exit($st == 200 ? 0 : 1);
+    }
+    sleep 0.3;
+    my $f = control('POST', 'forget-idempotency');
+    ok($f->{forgotten} >= 3, "forgotten: $f->{forgotten}");
+    ($s, $b) = api('POST', '/v1/customers', [name => 'InFlight'],
+                   {'Idempotency-Key' => 'k-flight'});
+    is($s, 409, 'a key in flight is kept: its twin still gets a 409');
+    waitpid $pid, 0;
+    is($? >> 8, 0, 'the request in flight succeeded');
+    control('POST', 'config', {latency_ms => 0});
+    (undef, undef, $h) = api('POST', '/v1/customers', [name => 'InFlight'],
+                             {'Idempotency-Key' => 'k-flight'});
+    is($h->{'idempotent-replayed'}, 'true', 'and is stored when it ends');
+    my (undef, $x3, $h3) = api('POST', '/v1/customers', \@p,
+                               {'Idempotency-Key' => 'k-forget'});
+    isnt($x3->{id}, $x1->{id}, 'after forgetting: executed anew, a second '
+         . 'customer');
+    ok(!$h3->{'idempotent-replayed'}, 'not a replay');
+    my ($s4, undef, $h4) = api('POST', "/v1/invoices/$id/pay", [],
+                               {'Idempotency-Key' => 'k-402'});
+    is($s4, 402, 'the forgotten 402 runs again');
+    ok(!$h4->{'idempotent-replayed'}, 'not a replay');
+    (undef, $b) = api('GET', "/v1/invoices/$id");
+    is($b->{attempt_count}, 2, 'a second payment attempt');
+    ($s, $b) = api('POST', '/v1/customers', [name => 'Other params'],
+                   {'Idempotency-Key' => 'k-forget'});
+    is($s, 400, 'the key is stored again (other params: idempotency_error)');
+    $f = control('POST', 'forget-idempotency');
+    ok($f->{forgotten} >= 2, 'forgotten again');
+    is_deeply(control('POST', 'forget-idempotency'), {forgotten => 0},
+              'nothing left: {"forgotten": 0}');
+};
+
 subtest 'control API' => sub {
     my $c = control('POST', 'customers',
                     {id => 'cus_DemoAcme0001', name => 'Acme GmbH',
