@@ -44,7 +44,7 @@ static ngx_int_t ngx_http_invoices_cache_send(ngx_http_request_t *r,
 static void ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
     redisReply *reply);
 static void ngx_http_invoices_cache_connected(void);
-static void ngx_http_invoices_cache_message(void);
+static void ngx_http_invoices_cache_message(ngx_str_t *payload);
 static void ngx_http_invoices_cache_listening(ngx_uint_t on);
 static void ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
     redisReply *reply);
@@ -428,7 +428,7 @@ ngx_http_invoices_cache_connected(void)
 /* some node wrote */
 
 static void
-ngx_http_invoices_cache_message(void)
+ngx_http_invoices_cache_message(ngx_str_t *payload)
 {
     ngx_http_invoices_local_invalidate();
 }

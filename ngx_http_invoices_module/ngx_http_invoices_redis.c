@@ -10,7 +10,10 @@
  * (hiredis 0.14 has none) and a request cleanup, so a reply for a request
  * that has gone, or timed out, is dropped safely.  After a timeout the
  * link counts as stalled and is bypassed until Redis answers again; a
- * lost connection is reopened with backoff.  Nothing here ever waits.
+ * lost connection is reopened with backoff.  A heartbeat every 200 ms
+ * finds a hung Redis even when nothing else is sent; it reads a key
+ * (ngx_http_invoices_redis_probe), so that a change nobody announced is
+ * seen too.  Nothing here ever waits.
  */
 
 
@@ -38,8 +41,10 @@ typedef struct {
     ngx_msec_t                       backoff;
     void                           (*connected)(void);  /* usable again */
     ngx_event_t                      ping;              /* main: heartbeat */
+    const char                      *probe_key;         /* main: GET it */
+    void                           (*probed)(redisReply *reply);
     const char                      *channel;           /* sub: SUBSCRIBE */
-    void                           (*message)(void);
+    void                           (*message)(ngx_str_t *payload);
     void                           (*state)(ngx_uint_t subscribed);
     const char                      *name;              /* for the log */
     ngx_msec_t                       stalled_at;
@@ -90,9 +95,12 @@ static ngx_http_invoices_redis_t  ngx_http_invoices_redis_sub;
 
 
 /*
- * A PING every 200 ms keeps "stalled" true to Redis even when the worker
- * serves everything from its own copy and sends nothing else: a hung
- * Redis turns the copies off within 200 ms plus invoices_redis_timeout.
+ * A heartbeat every 200 ms keeps "stalled" true to Redis even when the
+ * worker serves everything from its own copy and sends nothing else: a
+ * hung Redis turns the copies off within 200 ms plus
+ * invoices_redis_timeout.  It reads the probe key when there is one (the
+ * generation: a change made by hand is seen within the same 200 ms), or
+ * it is a PING.
  */
 #define NGX_HTTP_INVOICES_REDIS_PING  200
 
@@ -132,12 +140,14 @@ ngx_http_invoices_redis_init(ngx_cycle_t *cycle,
 /*
  * init_process, after redis_init: a second link that subscribes to
  * "channel".  state(1) once the subscription stands, state(0) when it is
- * lost (messages may have been missed); message() for each message.
+ * lost (messages may have been missed); message() for each message, with
+ * what was published.
  */
 
 ngx_int_t
 ngx_http_invoices_redis_subscribe(ngx_cycle_t *cycle, const char *channel,
-    void (*message)(void), void (*state)(ngx_uint_t subscribed))
+    void (*message)(ngx_str_t *payload),
+    void (*state)(ngx_uint_t subscribed))
 {
     ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis_sub;
 
@@ -152,6 +162,21 @@ ngx_http_invoices_redis_subscribe(ngx_cycle_t *cycle, const char *channel,
     ngx_http_invoices_redis_connect(rd);
 
     return NGX_OK;
+}
+
+
+/*
+ * init_process, after redis_init: the heartbeat sends "GET key" instead of
+ * PING, and hands each answer (a string or nil) to probed(); errors and
+ * timeouts count as for the PING (the link logs them, a timeout stalls it).
+ */
+
+void
+ngx_http_invoices_redis_probe(const char *key,
+    void (*probed)(redisReply *reply))
+{
+    ngx_http_invoices_redis.probe_key = key;
+    ngx_http_invoices_redis.probed = probed;
 }
 
 
@@ -521,6 +546,7 @@ static void
 ngx_http_invoices_redis_subscribed(redisAsyncContext *ac, void *r,
     void *data)
 {
+    ngx_str_t                   payload;
     redisReply                 *reply = r;
     ngx_http_invoices_redis_t  *rd = data;
 
@@ -532,7 +558,15 @@ ngx_http_invoices_redis_subscribed(redisAsyncContext *ac, void *r,
     }
 
     if (ngx_strcmp(reply->element[0]->str, "message") == 0) {
-        rd->message();
+        payload.len = 0;
+        payload.data = NULL;
+
+        if (reply->element[2]->type == REDIS_REPLY_STRING) {
+            payload.len = reply->element[2]->len;
+            payload.data = (u_char *) reply->element[2]->str;
+        }
+
+        rd->message(&payload);
         return;
     }
 
@@ -561,8 +595,9 @@ ngx_http_invoices_redis_subscription(void)
 static void
 ngx_http_invoices_redis_ping(ngx_event_t *ev)
 {
-    const char                 *argv[1];
-    size_t                      argvlen[1];
+    int                         argc;
+    const char                 *argv[2];
+    size_t                      argvlen[2];
     ngx_http_invoices_redis_t  *rd = ev->data;
 
     if (rd->exiting || ngx_exiting || ngx_quit || ngx_terminate) {
@@ -579,11 +614,21 @@ ngx_http_invoices_redis_ping(ngx_event_t *ev)
     }
 
     if (!rd->pinging) {
-        argv[0] = "PING";
-        argvlen[0] = 4;
+        if (rd->probe_key) {
+            argc = 2;
+            argv[0] = "GET";
+            argvlen[0] = 3;
+            argv[1] = rd->probe_key;
+            argvlen[1] = ngx_strlen(rd->probe_key);
+
+        } else {
+            argc = 1;
+            argv[0] = "PING";
+            argvlen[0] = 4;
+        }
 
         if (ngx_http_invoices_redis_call(NULL, ngx_http_invoices_redis_pong,
-                                         rd, 1, argv, argvlen)
+                                         rd, argc, argv, argvlen)
             == NGX_OK)
         {
             rd->pinging = 1;
@@ -601,6 +646,15 @@ ngx_http_invoices_redis_pong(ngx_http_request_t *r, void *data,
     ngx_http_invoices_redis_t  *rd = data;
 
     rd->pinging = 0;
+
+    /* an error answer was logged by the link, like a failed PING */
+
+    if (reply && rd->probed
+        && (reply->type == REDIS_REPLY_STRING
+            || reply->type == REDIS_REPLY_NIL))
+    {
+        rd->probed(reply);
+    }
 }
 
 

@@ -36,8 +36,10 @@ typedef void (*ngx_http_invoices_redis_pt)(ngx_http_request_t *r,
 ngx_int_t ngx_http_invoices_redis_init(ngx_cycle_t *cycle,
     ngx_http_invoices_redis_conf_t *conf, void (*connected)(void));
 ngx_int_t ngx_http_invoices_redis_subscribe(ngx_cycle_t *cycle,
-    const char *channel, void (*message)(void),
+    const char *channel, void (*message)(ngx_str_t *payload),
     void (*state)(ngx_uint_t subscribed));
+void ngx_http_invoices_redis_probe(const char *key,
+    void (*probed)(redisReply *reply));
 ngx_uint_t ngx_http_invoices_redis_subscription(void);
 void ngx_http_invoices_redis_exit(void);
 
