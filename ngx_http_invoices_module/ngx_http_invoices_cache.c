@@ -14,7 +14,10 @@
  *
  * Every bump is also published on a channel, for the workers' own copies
  * in front of Redis (_local.c): those are dropped as soon as any node
- * writes, and at once on the node that wrote.
+ * writes, and at once on the node that wrote.  A change nobody announced
+ * (redis-cli INCR invoices:gen, FLUSHALL, a Redis restarted empty) is
+ * found by the heartbeat, which reads the generation every 200 ms; so is
+ * any generation a lookup or a bump reads on the way.
  */
 
 
@@ -44,6 +47,7 @@ static ngx_int_t ngx_http_invoices_cache_send(ngx_http_request_t *r,
 static void ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
     redisReply *reply);
 static void ngx_http_invoices_cache_connected(void);
+static void ngx_http_invoices_cache_probed(redisReply *reply);
 static void ngx_http_invoices_cache_message(ngx_str_t *payload);
 static void ngx_http_invoices_cache_listening(ngx_uint_t on);
 static void ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
@@ -116,6 +120,11 @@ ngx_http_invoices_cache_init(ngx_cycle_t *cycle)
     if (imcf->redis.local == 0) {
         return NGX_OK;
     }
+
+    /* the heartbeat reads the generation: for the copies, the same cost */
+
+    ngx_http_invoices_redis_probe(NGX_HTTP_INVOICES_GEN_KEY,
+                                  ngx_http_invoices_cache_probed);
 
     return ngx_http_invoices_redis_subscribe(cycle, NGX_HTTP_INVOICES_CHANNEL,
                                              ngx_http_invoices_cache_message,
@@ -239,6 +248,10 @@ ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
 
         ngx_memcpy(gen.data, g->str, g->len);
     }
+
+    /* before the handler: a new generation leaves its answer uncopied */
+
+    ngx_http_invoices_local_gen_read(&gen);
 
     /* a Lua nil ends the array: one element is a miss */
 
@@ -406,9 +419,24 @@ static void
 ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
     redisReply *reply)
 {
+    ngx_str_t  gen;
+    u_char     buf[NGX_INT64_LEN];
+
     if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
         ngx_http_invoices_cache_bump_lost = 1;
+        return;
     }
+
+    /*
+     * The copies were dropped before the INCR was sent; a worker may have
+     * copied an older page since, so the generation seen now drops them
+     * once more (once for this nginx: the message finds it done).
+     */
+
+    gen.data = buf;
+    gen.len = ngx_sprintf(buf, "%L", (int64_t) reply->integer) - buf;
+
+    ngx_http_invoices_local_gen_read(&gen);
 }
 
 
@@ -425,12 +453,31 @@ ngx_http_invoices_cache_connected(void)
 }
 
 
-/* some node wrote */
+/* the heartbeat's GET of the generation: a string, or nil after FLUSHALL */
+
+static void
+ngx_http_invoices_cache_probed(redisReply *reply)
+{
+    ngx_str_t  gen;
+
+    gen.len = 0;
+    gen.data = NULL;
+
+    if (reply->type == REDIS_REPLY_STRING) {
+        gen.len = reply->len;
+        gen.data = (u_char *) reply->str;
+    }
+
+    ngx_http_invoices_local_gen_read(&gen);
+}
+
+
+/* some node wrote: the message is the generation its INCR made */
 
 static void
 ngx_http_invoices_cache_message(ngx_str_t *payload)
 {
-    ngx_http_invoices_local_invalidate();
+    ngx_http_invoices_local_gen_heard(payload);
 }
 
 

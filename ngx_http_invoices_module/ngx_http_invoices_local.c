@@ -11,9 +11,19 @@
  *   - a write through another node bumps the generation in Redis and
  *     publishes on a channel that every worker listens to (a second Redis
  *     link, see _redis.c); the message bumps it here;
+ *   - a change of the generation made by hand (redis-cli INCR
+ *     invoices:gen, FLUSHALL, a restarted Redis) publishes nothing: the
+ *     worker reads the generation every 200 ms instead of a bare PING
+ *     (_redis.c), and a value this nginx has not acted on yet bumps it;
  *   - losing that subscription, or the command link stalling, turns the
  *     copy off until both are back; coming back bumps it, since messages
  *     may have been missed meanwhile.
+ *
+ * Every worker reads the generation, so the last value acted on is kept
+ * next to the version: the first worker to see a new one bumps, the
+ * others find it done.  A bump follows the change it answers (it is seen
+ * in Redis, or announced after it), so no entry made from before the
+ * change survives it.
  *
  * An entry is stored under the version read BEFORE its answer was looked
  * up, so a write that lands meanwhile leaves it unusable (the same rule as
@@ -38,21 +48,35 @@ typedef struct {
 } ngx_http_invoices_local_entry_t;
 
 
+/* in shared memory: one for all workers of this nginx */
+typedef struct {
+    ngx_atomic_t        version;
+    ngx_atomic_t        gen;          /* the last generation acted on */
+} ngx_http_invoices_local_shm_t;
+
+
+/* no generation seen yet: whatever comes first is new */
+#define NGX_HTTP_INVOICES_LOCAL_NO_GEN  ((ngx_atomic_uint_t) -1)
+
+
 static ngx_int_t ngx_http_invoices_local_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_invoices_local_free(
     ngx_http_invoices_local_entry_t *e);
+static ngx_atomic_uint_t ngx_http_invoices_local_gen_value(ngx_str_t *gen);
+static void ngx_http_invoices_local_gen_changed(ngx_atomic_uint_t gen);
 
 
-static ngx_atomic_t       *ngx_http_invoices_local_shared;
-static ngx_rbtree_t        ngx_http_invoices_local_tree;
-static ngx_rbtree_node_t   ngx_http_invoices_local_sentinel;
-static ngx_queue_t         ngx_http_invoices_local_lru;
-static size_t              ngx_http_invoices_local_used;
-static size_t              ngx_http_invoices_local_max;
-static ngx_msec_t          ngx_http_invoices_local_ttl;
-static ngx_uint_t          ngx_http_invoices_local_on;
-static ngx_uint_t          ngx_http_invoices_local_heard;
+static ngx_http_invoices_local_shm_t  *ngx_http_invoices_local_shared;
+static ngx_rbtree_t                    ngx_http_invoices_local_tree;
+static ngx_rbtree_node_t               ngx_http_invoices_local_sentinel;
+static ngx_queue_t                     ngx_http_invoices_local_lru;
+static size_t                          ngx_http_invoices_local_used;
+static size_t                          ngx_http_invoices_local_max;
+static ngx_msec_t                      ngx_http_invoices_local_ttl;
+static ngx_uint_t                      ngx_http_invoices_local_on;
+static ngx_uint_t                      ngx_http_invoices_local_heard;
+static ngx_atomic_uint_t               ngx_http_invoices_local_read_gen;
 
 
 /* configuration time, with invoices_redis: the version every worker reads */
@@ -62,7 +86,8 @@ ngx_http_invoices_local_add_zone(ngx_conf_t *cf)
 {
     ngx_shm_zone_t  *shm_zone;
 
-    static ngx_str_t  name = ngx_string("ngx_http_invoices_cache_version");
+    /* named for its layout: a reload onto a new module gets a new zone */
+    static ngx_str_t  name = ngx_string("ngx_http_invoices_cache_state");
 
     shm_zone = ngx_shared_memory_add(cf, &name, 8 * ngx_pagesize,
                                      &ngx_http_invoices_module);
@@ -79,8 +104,8 @@ ngx_http_invoices_local_add_zone(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_invoices_local_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
-    ngx_atomic_t     *version;
-    ngx_slab_pool_t  *shpool;
+    ngx_slab_pool_t                *shpool;
+    ngx_http_invoices_local_shm_t  *sh;
 
     if (data) {
         /* a reload: the version goes on */
@@ -91,15 +116,16 @@ ngx_http_invoices_local_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
 
-    version = ngx_slab_alloc(shpool, sizeof(ngx_atomic_t));
-    if (version == NULL) {
+    sh = ngx_slab_alloc(shpool, sizeof(ngx_http_invoices_local_shm_t));
+    if (sh == NULL) {
         return NGX_ERROR;
     }
 
-    *version = 1;
+    sh->version = 1;
+    sh->gen = NGX_HTTP_INVOICES_LOCAL_NO_GEN;
 
-    shm_zone->data = (void *) version;
-    ngx_http_invoices_local_shared = version;
+    shm_zone->data = (void *) sh;
+    ngx_http_invoices_local_shared = sh;
 
     return NGX_OK;
 }
@@ -119,6 +145,7 @@ ngx_http_invoices_local_init(size_t size, ngx_msec_t ttl)
     ngx_http_invoices_local_max = size;
     ngx_http_invoices_local_ttl = ttl;
     ngx_http_invoices_local_heard = 0;
+    ngx_http_invoices_local_read_gen = NGX_HTTP_INVOICES_LOCAL_NO_GEN;
     ngx_http_invoices_local_on = (size > 0
                                   && ngx_http_invoices_local_shared != NULL);
 }
@@ -155,7 +182,7 @@ ngx_http_invoices_local_version(void)
         return 0;
     }
 
-    return *ngx_http_invoices_local_shared;
+    return ngx_http_invoices_local_shared->version;
 }
 
 
@@ -283,8 +310,101 @@ void
 ngx_http_invoices_local_invalidate(void)
 {
     if (ngx_http_invoices_local_shared) {
-        (void) ngx_atomic_fetch_add(ngx_http_invoices_local_shared, 1);
+        (void) ngx_atomic_fetch_add(&ngx_http_invoices_local_shared->version,
+                                    1);
     }
+}
+
+
+/*
+ * The command link read the generation: the heartbeat, a lookup, a bump.
+ * Its replies come in the order Redis ran the commands, so only a change
+ * from this worker's previous read counts; an old value still in flight
+ * on another link cannot undo a newer one here.
+ */
+
+void
+ngx_http_invoices_local_gen_read(ngx_str_t *gen)
+{
+    ngx_atomic_uint_t  g;
+
+    if (ngx_http_invoices_local_shared == NULL) {
+        return;
+    }
+
+    g = ngx_http_invoices_local_gen_value(gen);
+
+    if (g == ngx_http_invoices_local_read_gen) {
+        return;
+    }
+
+    ngx_http_invoices_local_read_gen = g;
+
+    ngx_http_invoices_local_gen_changed(g);
+}
+
+
+/* a message on the channel: "gen" is what the writer's INCR returned */
+
+void
+ngx_http_invoices_local_gen_heard(ngx_str_t *gen)
+{
+    if (ngx_http_invoices_local_shared == NULL) {
+        return;
+    }
+
+    ngx_http_invoices_local_gen_changed(ngx_http_invoices_local_gen_value(gen));
+}
+
+
+/* one bump per new generation for the whole nginx, whoever sees it first */
+
+static void
+ngx_http_invoices_local_gen_changed(ngx_atomic_uint_t gen)
+{
+    ngx_atomic_uint_t               old;
+    ngx_http_invoices_local_shm_t  *sh = ngx_http_invoices_local_shared;
+
+    for ( ;; ) {
+        old = sh->gen;
+
+        if (old == gen) {
+            /* another worker of this nginx has bumped for it */
+            return;
+        }
+
+        if (ngx_atomic_cmp_set(&sh->gen, old, gen)) {
+            break;
+        }
+    }
+
+    ngx_http_invoices_local_invalidate();
+}
+
+
+/*
+ * INCR keeps the generation as a decimal number, and a missing key reads
+ * as 0 (FLUSHALL, a new Redis); any other text is hashed, away from the
+ * numbers INCR makes and from "none seen yet".
+ */
+
+static ngx_atomic_uint_t
+ngx_http_invoices_local_gen_value(ngx_str_t *gen)
+{
+    ngx_int_t  n;
+
+    if (gen->len == 0) {
+        return 0;
+    }
+
+    n = ngx_atoi(gen->data, gen->len);
+
+    if (n != NGX_ERROR) {
+        return (ngx_atomic_uint_t) n;
+    }
+
+    return ((ngx_atomic_uint_t) 1 << (sizeof(ngx_atomic_uint_t) * 8 - 1))
+           | (ngx_crc32_short(gen->data, gen->len) & 0x7ffffffe);
 }
 
 

@@ -23,6 +23,8 @@ ngx_int_t ngx_http_invoices_local_get(ngx_http_request_t *r, ngx_str_t *key,
 void ngx_http_invoices_local_put(ngx_str_t *key, ngx_atomic_uint_t version,
     ngx_str_t *etag, u_char *body, size_t len);
 void ngx_http_invoices_local_invalidate(void);
+void ngx_http_invoices_local_gen_read(ngx_str_t *gen);
+void ngx_http_invoices_local_gen_heard(ngx_str_t *gen);
 void ngx_http_invoices_local_listening(ngx_uint_t on);
 
 
