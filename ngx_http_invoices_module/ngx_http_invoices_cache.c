@@ -64,10 +64,14 @@ typedef struct {
 } ngx_http_invoices_bump_t;
 
 
-/* KEYS[1] the generation; ARGV[1] the page key's prefix, ARGV[2] its end */
+/* KEYS[1] the generation; ARGV[1] the page key's prefix, ARGV[2] its end.
+ * A hit also says how many milliseconds the page has left. */
 static const char  ngx_http_invoices_cache_script[] =
     "local g = redis.call('GET', KEYS[1]) or '0' "
-    "return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}";
+    "local k = ARGV[1] .. g .. ARGV[2] "
+    "local v = redis.call('GET', k) "
+    "if not v then return {g} end "
+    "return {g, v, redis.call('PTTL', k)}";
 
 /* KEYS[1] the generation; ARGV[1] the channel.  Sent whole (writes are
  * rare), so a script cache flush cannot lose a bump. */
@@ -200,6 +204,7 @@ ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
     redisReply *reply)
 {
     ngx_str_t                    gen, value;
+    ngx_msec_t                   left;
     redisReply                  *g, *v;
     ngx_http_invoices_lookup_t  *lk = data;
 
@@ -222,7 +227,7 @@ ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
         || (reply->element[0]->type != REDIS_REPLY_STRING
             && reply->element[0]->type != REDIS_REPLY_INTEGER))
     {
-        lk->handler(r, lk->data, NGX_ERROR, NULL, NULL);
+        lk->handler(r, lk->data, NGX_ERROR, NULL, NULL, 0);
         return;
     }
 
@@ -231,7 +236,7 @@ ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
     if (g->type == REDIS_REPLY_INTEGER) {
         gen.data = ngx_pnalloc(r->pool, NGX_INT64_LEN);
         if (gen.data == NULL) {
-            lk->handler(r, lk->data, NGX_ERROR, NULL, NULL);
+            lk->handler(r, lk->data, NGX_ERROR, NULL, NULL, 0);
             return;
         }
 
@@ -242,7 +247,7 @@ ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
         gen.len = g->len;
         gen.data = ngx_pnalloc(r->pool, g->len);
         if (gen.data == NULL) {
-            lk->handler(r, lk->data, NGX_ERROR, NULL, NULL);
+            lk->handler(r, lk->data, NGX_ERROR, NULL, NULL, 0);
             return;
         }
 
@@ -258,7 +263,7 @@ ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
     v = reply->elements > 1 ? reply->element[1] : NULL;
 
     if (v == NULL || v->type != REDIS_REPLY_STRING) {
-        lk->handler(r, lk->data, NGX_DECLINED, &gen, NULL);
+        lk->handler(r, lk->data, NGX_DECLINED, &gen, NULL, 0);
         return;
     }
 
@@ -267,13 +272,23 @@ ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
     value.len = v->len;
     value.data = ngx_pnalloc(r->pool, v->len);
     if (value.data == NULL) {
-        lk->handler(r, lk->data, NGX_ERROR, NULL, NULL);
+        lk->handler(r, lk->data, NGX_ERROR, NULL, NULL, 0);
         return;
     }
 
     ngx_memcpy(value.data, v->str, v->len);
 
-    lk->handler(r, lk->data, NGX_OK, &gen, &value);
+    /* -1: the page has no expiry; a page about to expire gets 1 ms */
+
+    left = 0;
+
+    if (reply->elements > 2 && reply->element[2]->type == REDIS_REPLY_INTEGER
+        && reply->element[2]->integer >= 0)
+    {
+        left = (ngx_msec_t) ngx_max(reply->element[2]->integer, 1);
+    }
+
+    lk->handler(r, lk->data, NGX_OK, &gen, &value, left);
 }
 
 

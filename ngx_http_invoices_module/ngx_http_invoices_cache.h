@@ -16,10 +16,12 @@
 /*
  * outcome: NGX_OK a hit ("value" is the page as stored), NGX_DECLINED a
  * miss ("gen" is the generation to store the page under), NGX_ERROR no
- * answer from Redis (serve without the cache)
+ * answer from Redis (serve without the cache).  "left": how long a hit's
+ * page has to live in Redis (0: no expiry), so no copy of it outlives it.
  */
 typedef void (*ngx_http_invoices_cache_pt)(ngx_http_request_t *r,
-    void *data, ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value);
+    void *data, ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value,
+    ngx_msec_t left);
 
 
 ngx_int_t ngx_http_invoices_cache_init(ngx_cycle_t *cycle);

@@ -233,11 +233,15 @@ ngx_http_invoices_local_get(ngx_http_request_t *r, ngx_str_t *key,
 }
 
 
-/* an answer read under "version": kept only if no write came since */
+/*
+ * An answer read under "version": kept only if no write came since.  A
+ * copy of a page read from Redis lives no longer than the page has "left"
+ * there (0: as long as invoices_cache_ttl).
+ */
 
 void
 ngx_http_invoices_local_put(ngx_str_t *key, ngx_atomic_uint_t version,
-    ngx_str_t *etag, u_char *body, size_t len)
+    ngx_str_t *etag, u_char *body, size_t len, ngx_msec_t left)
 {
     u_char                           *p;
     size_t                            size;
@@ -295,7 +299,9 @@ ngx_http_invoices_local_put(ngx_str_t *key, ngx_atomic_uint_t version,
     ngx_memcpy(p, body, len);
 
     e->version = version;
-    e->expires = ngx_current_msec + ngx_http_invoices_local_ttl;
+    e->expires = ngx_current_msec
+                 + ((left && left < ngx_http_invoices_local_ttl)
+                    ? left : ngx_http_invoices_local_ttl);
     e->size = size;
 
     ngx_rbtree_insert(&ngx_http_invoices_local_tree, &e->sn.node);

@@ -35,7 +35,7 @@ typedef struct {
 static ngx_int_t ngx_http_invoices_list_query(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd);
 static void ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
-    ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value);
+    ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value, ngx_msec_t left);
 static ngx_int_t ngx_http_invoices_read_send(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job, ngx_str_t *etag, u_char *body, size_t len);
 static void ngx_http_invoices_list_run(ngx_http_invoices_job_t *job);
@@ -181,7 +181,7 @@ ngx_http_invoices_list_query(ngx_http_request_t *r,
 
 static void
 ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
-    ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value)
+    ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value, ngx_msec_t left)
 {
     u_char                    *nl;
     ngx_int_t                  rc;
@@ -204,7 +204,7 @@ ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
         ngx_http_invoices_metrics_cache(NGX_HTTP_INVOICES_CACHE_HIT_REDIS);
 
         ngx_http_invoices_local_put(&rd->page_key, rd->local, &etag, nl + 1,
-                                    value->data + value->len - nl - 1);
+                                    value->data + value->len - nl - 1, left);
 
         rc = ngx_http_invoices_read_send(r, NULL, &etag, nl + 1,
                                          value->data + value->len - nl - 1);
@@ -479,7 +479,7 @@ ngx_http_invoices_read_finish(ngx_http_request_t *r,
 
     if (rd->local) {
         ngx_http_invoices_local_put(&rd->page_key, rd->local, &etag,
-                                    (u_char *) job->body, job->len);
+                                    (u_char *) job->body, job->len, 0);
     }
 
     if (rd->gen.len) {
