@@ -21,6 +21,8 @@
  */
 
 
+#include <ngx_config.h>
+#include <ngx_core.h>
 #include <openssl/evp.h>
 
 #include "ngx_http_invoices_module.h"

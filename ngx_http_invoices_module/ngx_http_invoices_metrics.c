@@ -13,6 +13,8 @@
  */
 
 
+#include <ngx_config.h>
+#include <ngx_core.h>
 #include <time.h>
 
 #include "ngx_http_invoices_module.h"

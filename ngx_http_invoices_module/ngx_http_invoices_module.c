@@ -5,6 +5,8 @@
  */
 
 
+#include <ngx_config.h>
+#include <ngx_core.h>
 #include <sys/stat.h>
 #include <jansson.h>
 #include <libpq-fe.h>

@@ -18,6 +18,8 @@
  */
 
 
+#include <ngx_config.h>
+#include <ngx_core.h>
 #include <pthread.h>
 
 #include "ngx_http_invoices_module.h"

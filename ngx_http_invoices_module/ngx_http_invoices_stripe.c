@@ -12,6 +12,8 @@
  */
 
 
+#include <ngx_config.h>
+#include <ngx_core.h>
 #include <pthread.h>
 #include <curl/curl.h>
 

@@ -9,12 +9,12 @@
  */
 
 
+#include <ngx_config.h>
+#include <ngx_core.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#include <ngx_config.h>
-#include <ngx_core.h>
 
 
 u_char *
