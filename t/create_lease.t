@@ -45,17 +45,7 @@ sub create_on {
     return $res;
 }
 
-sub body_for {
-    my ($cus, @amounts) = @_;
-    my $i = 0;
-    return { items => [map { { name => 'line ' . $i++, amount => $_ } } @amounts],
-             customer => $cus };
-}
 
-sub stripe_invoices_of {
-    my ($cus) = @_;
-    return @{ fake_stripe(GET => "/v1/invoices?customer=$cus&limit=100")->{data} };
-}
 
 sub executed {    # the /v1 POSTs the fake executed (not replays) on a path
     my ($re) = @_;
@@ -68,7 +58,7 @@ sub executed {    # the /v1 POSTs the fake executed (not replays) on a path
 
 {
     my $C = linked_customer(payment_method => 'pm_card_visa');
-    my $body = body_for($C->{customer}, 1000, 2000, 3000);
+    my $body = create_body($C->{customer}, 1000, 2000, 3000);
     my $key = 'lease-stalled-1';
     fake_reset();
     fake_config({ latency_ms => 700 });
@@ -149,7 +139,7 @@ sub executed {    # the /v1 POSTs the fake executed (not replays) on a path
 
 {
     my $C = linked_customer(payment_method => 'pm_card_visa');
-    my $body = body_for($C->{customer}, 1100, 2200, 3300);
+    my $body = create_body($C->{customer}, 1100, 2200, 3300);
     my $key = 'lease-stalled-2';
     fake_reset();
     fake_config({ latency_ms => 500 });
@@ -215,7 +205,7 @@ SELECT 1 FROM idempotency_keys WHERE key = " . quote($key)
 
 {
     my $C = linked_customer(payment_method => 'pm_card_visa');
-    my $body = body_for($C->{customer}, 500, 600);
+    my $body = create_body($C->{customer}, 500, 600);
     fake_reset();
     fake_config({ latency_ms => 400 });
     my $mark = error_log_mark();

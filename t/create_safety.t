@@ -32,24 +32,10 @@ start_server(
         }
 CONF
 
-my $J = JSON::PP->new->utf8->canonical;
 my $DELAY_MS = 300;
 my $PAST = 4 * $DELAY_MS / 1000 * time_factor();    # seconds: well past it
 
-sub create {
-    my ($prefix, $body, $key) = @_;
-    return api_request(POST => "/$prefix/api/invoices",
-                       ['Content-Type' => 'application/json',
-                        (defined $key ? ('Idempotency-Key' => $key) : ())],
-                       $J->encode($body));
-}
 
-sub body_for {
-    my ($cus, @amounts) = @_;
-    my $i = 0;
-    return { customer => $cus,
-             items => [map { { name => 'item ' . $i++, amount => $_ } } @amounts] };
-}
 
 sub stripe_invoice_now { scalar fake_stripe(GET => "/v1/invoices/$_[0]") }
 
@@ -101,8 +87,8 @@ isnt(stripe_invoice_now($plain->{id})->{status}, 'draft',
 # finalize fails: the draft is left behind
 fake_control(DELETE => '/_fake/requests');
 fake_config({ faults => [{ path => 'POST /v1/invoices/in_\w+/finalize', status => 500 }] });
-my $body = body_for($C->{customer}, 1500, 2500);
-my $res = create(r0 => $body, 'safety-finalize-fails');
+my $body = create_body($C->{customer}, 1500, 2500);
+my $res = create_invoice(r0 => $body, 'safety-finalize-fails');
 is($res->status, 502, 'finalize fails: 502') or diag $res->describe;
 my $left = error_invoice_id($res);
 like($left, qr/^in_\w+$/, 'the error names the draft left at Stripe');
@@ -127,7 +113,7 @@ is(sql_value('SELECT status FROM invoices WHERE stripe_invoice_id = ' . quote($l
    'draft', '... and our row says draft');
 
 # the retry finishes it, and only then does Stripe collect
-my $retry = create(r0 => $body, 'safety-finalize-fails');
+my $retry = create_invoice(r0 => $body, 'safety-finalize-fails');
 is($retry->status, 201, 'the retry with the same key: 201') or diag $retry->describe;
 is(($retry->json_or_undef // {})->{id}, $left, '... the same invoice');
 my @fin = fake_requests(qr{^POST /v1/invoices/\Q$left\E/finalize$});
@@ -138,7 +124,7 @@ ok(wait_until(sub { advance(); stripe_invoice_now($left)->{status} eq 'paid' },
 # an uninterrupted create: finalized, collecting, paid
 fake_reset();
 fake_config({ auto_finalize_delay_ms => $DELAY_MS, collect_delay_ms => 0 });
-$res = create(admin => body_for($C->{customer}, 4200));
+$res = create_invoice(admin => create_body($C->{customer}, 4200));
 is($res->status, 201, 'a normal create: 201') or diag $res->describe;
 my $got = $res->json_or_undef // {};
 is($got->{status}, 'open', '... finalized (open)');
@@ -153,7 +139,7 @@ fake_reset();
 fake_config({ omit_total_count => JSON::PP::true() });
 my $D = linked_customer(payment_method => 'pm_card_visa');
 my @amounts = (1100, 2200, 3300, 4400);
-$body = body_for($D->{customer}, @amounts);
+$body = create_body($D->{customer}, @amounts);
 my $KEY = 'safety-lines';
 
 # each attempt: one more line made at Stripe, its answer lost
@@ -161,7 +147,7 @@ my $id = '';
 for my $n (1, 2) {
     fake_config({ faults => [{ path => 'POST /v1/invoiceitems', status => 500,
                                when => 'after', count => 1 }] });
-    $res = create(r0 => $body, $KEY);
+    $res = create_invoice(r0 => $body, $KEY);
     is($res->status, 502, "attempt $n: line " . ($n - 1) . "'s answer lost: 502")
         or diag $res->describe;
     $id ||= error_invoice_id($res);
@@ -175,7 +161,7 @@ my $forgot = fake_control(POST => '/_fake/forget-idempotency', {});
 cmp_ok($forgot->{forgotten}, '>=', 3, "Stripe forgot its keys ($forgot->{forgotten})");
 
 fake_control(DELETE => '/_fake/requests');
-$retry = create(r0 => $body, $KEY);
+$retry = create_invoice(r0 => $body, $KEY);
 is($retry->status, 201, 'the retry: 201') or diag $retry->describe;
 is(($retry->json_or_undef // {})->{id}, $id, '... the same invoice');
 my @lines = stripe_lines($id);
@@ -195,10 +181,10 @@ is(sql_value('SELECT amount FROM invoices WHERE stripe_invoice_id = ' . quote($i
 fake_reset();
 fake_config({ omit_total_count => JSON::PP::true() });
 my $E = linked_customer(payment_method => 'pm_card_visa');
-$body = body_for($E->{customer}, 500, 600);
+$body = create_body($E->{customer}, 500, 600);
 fake_config({ faults => [{ path => 'POST /v1/invoiceitems', status => 500,
                            when => 'after', count => 1 }] });
-$res = create(r0 => $body, 'safety-foreign');
+$res = create_invoice(r0 => $body, 'safety-foreign');
 my $fid = error_invoice_id($res);
 like($fid, qr/^in_\w+$/, 'a draft with one line left');
 fake_config({ faults => [] });
@@ -207,7 +193,7 @@ my ($hs, $hand) = fake_stripe(POST => '/v1/invoiceitems',
                                 description => 'added by hand' });
 is($hs, 200, 'someone adds a line to the draft by hand') or diag explain $hand;
 fake_control(POST => '/_fake/forget-idempotency', {});
-$retry = create(r0 => $body, 'safety-foreign');
+$retry = create_invoice(r0 => $body, 'safety-foreign');
 is($retry->status, 201, 'a line added by hand meanwhile: the retry still completes')
     or diag $retry->describe;
 is_deeply(line_census(stripe_lines($fid)), { 0 => 1, 1 => 1, none => 1 },

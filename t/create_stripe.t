@@ -52,16 +52,7 @@ start_server(
         }
 CONF
 
-my $J = JSON::PP->new->utf8->canonical;
 
-# create($prefix, \%body, $key) -> response
-sub create {
-    my ($prefix, $body, $key) = @_;
-    return api_request(POST => "/$prefix/api/invoices",
-                       ['Content-Type' => 'application/json',
-                        (defined $key ? ('Idempotency-Key' => $key) : ())],
-                       $J->encode($body));
-}
 
 sub fault { fake_config({ faults => [@_] }) }
 sub no_faults { fake_config({ faults => [] }) }
@@ -70,20 +61,8 @@ sub posts {
     return grep { $_->{method} eq 'POST' && $_->{path} =~ $path_re } fake_requests();
 }
 sub row { sql_json('SELECT * FROM invoices WHERE stripe_invoice_id = ' . quote($_[0]))->[0] }
-sub invoices_of {
-    my ($cus) = @_;
-    my $list = fake_stripe(GET => "/v1/invoices?customer=$cus&limit=100");
-    return @{ $list->{data} };
-}
 sub n_rows { sql_value('SELECT count(*) FROM invoices') }
 
-sub body_for {
-    my ($cus, @amounts) = @_;
-    @amounts = (1000) unless @amounts;
-    my $i = 0;
-    return { items => [map { { name => 'item ' . $i++, amount => $_ } } @amounts],
-             customer => $cus };
-}
 
 my $A = linked_customer(payment_method => 'pm_card_visa');
 
@@ -123,7 +102,7 @@ sub stripe_inside {
 
 fake_reset();
 my $rows = n_rows();
-my $res = create(admin => { %{ body_for($A->{customer}) },
+my $res = create_invoice(admin => { %{ create_body($A->{customer}) },
                             paymentMethod => 'pm_doesNotExist123' }, 'pm-missing');
 is($res->status, 400, 'unknown payment method: Stripe 400 -> 400') or diag $res->describe;
 json_check($res, <<'EOC', 'unknown payment method');
@@ -140,13 +119,13 @@ is(sql_value("SELECT count(*) FROM idempotency_keys WHERE key = 'pm-missing'"), 
 like(error_log_text(), qr/\[warn\].*Stripe refused a parameter while creating the invoice \(HTTP 400, request req_\w+\)/,
      '... logged at warn with Stripe\'s Request-Id');
 my $n = () = fake_requests();
-my $again = create(admin => { %{ body_for($A->{customer}) },
+my $again = create_invoice(admin => { %{ create_body($A->{customer}) },
                               paymentMethod => 'pm_doesNotExist123' }, 'pm-missing');
 is($again->status, 400, 'the same key again: 400, asked of Stripe again');
 ok(!defined $again->header('Idempotent-Replayed'), '... not a replay');
 is(scalar(() = fake_requests()), $n + 1, '... Stripe got the request again');
 # the key was released: the corrected body may use it
-my $fixed = create(admin => body_for($A->{customer}), 'pm-missing');
+my $fixed = create_invoice(admin => create_body($A->{customer}), 'pm-missing');
 is($fixed->status, 201, '... and the same key with a corrected body creates')
     or diag $fixed->describe;
 
@@ -156,14 +135,14 @@ my $D = linked_customer(payment_method => 'pm_card_visa');
 fake_reset();
 fault({ path => 'POST /v1/invoices/in_\w+/finalize', status => 400, count => 1,
         error => { type => 'invalid_request_error', message => 'not now' } });
-$res = create(admin => body_for($D->{customer}, 500, 600), 'finalize-400');
+$res = create_invoice(admin => create_body($D->{customer}, 500, 600), 'finalize-400');
 is($res->status, 400, 'finalize refused with a 400: 400') or diag $res->describe;
 my $draft = (($res->json_or_undef // {})->{error} // {})->{invoiceId} // '';
 like($draft, qr/^in_\w+$/, '... the error names the draft');
 is(sql_value("SELECT state || ' ' || (lease_until IS NULL)::text || ' ' || stripe_invoice_id "
              . "FROM idempotency_keys WHERE key = 'finalize-400'"),
    "running true $draft", '... the key is released, its draft kept');
-$again = create(admin => body_for($D->{customer}, 500, 600), 'finalize-400');
+$again = create_invoice(admin => create_body($D->{customer}, 500, 600), 'finalize-400');
 is($again->status, 201, '... the retry with the same key: 201') or diag $again->describe;
 is(($again->json_or_undef // {})->{id}, $draft, '... the same invoice');
 is(scalar(grep { !$_->{replayed} } posts(qr{^/v1/invoices$})), 1, '... one invoice created at Stripe');
@@ -171,14 +150,14 @@ is(scalar(grep { !$_->{replayed} } posts(qr{^/v1/invoiceitems$})), 2, '... two l
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', status => 402, count => 1 });
-$res = create(admin => body_for($A->{customer}), 'declined-402');
+$res = create_invoice(admin => create_body($A->{customer}), 'declined-402');
 is($res->status, 402, 'Stripe 402 -> 402') or diag $res->describe;
 json_check($res, 'error.type = "stripe_error"', 'Stripe 402');
 stripe_inside($res, { type => 'card_error', code => 'card_declined',
                       decline_code => 'generic_decline',
                       message => 'Your card was declined.' }, 'Stripe 402');
 is(scalar(posts(qr{^/v1/invoices$})), 1, 'Stripe 402: not retried');
-$again = create(admin => body_for($A->{customer}), 'declined-402');
+$again = create_invoice(admin => create_body($A->{customer}), 'declined-402');
 is($again->status, 402, 'Stripe 402, the same key again: 402 ...');
 is($again->header('Idempotent-Replayed'), 'true', '... replayed');
 is($again->body, $res->body, '... the same body');
@@ -186,12 +165,12 @@ is(scalar(posts(qr{^/v1/invoices$})), 1, '... Stripe got nothing more');
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', status => 404, count => 1 });
-$res = create(admin => body_for($A->{customer}), 'stripe-404');
+$res = create_invoice(admin => create_body($A->{customer}), 'stripe-404');
 is($res->status, 404, 'Stripe 404 -> 404') or diag $res->describe;
 json_check($res, 'error.type = "stripe_error"', 'Stripe 404');
 stripe_inside($res, { type => 'invalid_request_error',
                       message => 'Unrecognized request URL.' }, 'Stripe 404');
-$again = create(admin => body_for($A->{customer}), 'stripe-404');
+$again = create_invoice(admin => create_body($A->{customer}), 'stripe-404');
 is($again->header('Idempotent-Replayed'), 'true', 'Stripe 404: replayed for the same key');
 
 #----------------------------------------------------------------------
@@ -202,7 +181,7 @@ for my $st (401, 403) {
     fault({ path => 'POST /v1/invoices', status => $st });
     my $mark = error_log_mark();
     $rows = n_rows();
-    $res = create(admin => body_for($A->{customer}), "auth-$st");
+    $res = create_invoice(admin => create_body($A->{customer}), "auth-$st");
     stripe_error_ok($res, 502, 'stripe_authentication_failed', "Stripe $st");
     unlike($res->body, qr/Invalid API Key|permissions|sk_test/,
            "Stripe $st: Stripe's own message is not in the body");
@@ -212,7 +191,7 @@ for my $st (401, 403) {
     like(error_log_since($mark), qr/\[error\].*Stripe refused this server's credentials.*HTTP $st/,
          "Stripe $st: logged for the operator");
     no_faults();
-    my $ok = create(admin => body_for($A->{customer}), "auth-$st");
+    my $ok = create_invoice(admin => create_body($A->{customer}), "auth-$st");
     is($ok->status, 201, "Stripe $st, then fixed: the same key gives 201 (not final)");
     ok(!defined $ok->header('Idempotent-Replayed'), '... not a replay');
 }
@@ -220,7 +199,7 @@ for my $st (401, 403) {
 # a key Stripe (the fake) really refuses
 fake_reset();
 my $mark = error_log_mark();
-$res = create(badkey => body_for($A->{customer}), 'badkey-1');
+$res = create_invoice(badkey => create_body($A->{customer}), 'badkey-1');
 stripe_error_ok($res, 502, 'stripe_authentication_failed', 'a wrong secret key');
 unlike($res->body, qr/Invalid API Key|sk_test|\Q@{[substr $WRONG, -4]}\E/,
        'a wrong secret key: neither Stripe\'s message nor the key in the body');
@@ -235,7 +214,7 @@ unlike($log, qr/\Q$WRONG\E|Invalid API Key/, '... without the key or Stripe\'s t
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', status => 429 });
-$res = create(admin => body_for($A->{customer}), 'rate-1');
+$res = create_invoice(admin => create_body($A->{customer}), 'rate-1');
 stripe_error_ok($res, 503, 'stripe_rate_limited', 'Stripe 429 on every attempt');
 like($res->header('Retry-After') // '', qr/^[1-9]\d*$/, '... with Retry-After');
 my @att = posts(qr{^/v1/invoices$});
@@ -243,14 +222,14 @@ is(scalar @att, 3, '... after 3 attempts (invoices_stripe_max_retries 2)');
 is(scalar(keys %{ { map { $_->{idempotency_key} => 1 } @att } }), 1,
    '... all with the same Idempotency-Key');
 no_faults();
-is(create(admin => body_for($A->{customer}), 'rate-1')->status, 201,
+is(create_invoice(admin => create_body($A->{customer}), 'rate-1')->status, 201,
    '... not final: the same key later gives 201');
 
 for my $st (500, 503) {
     fake_reset();
     fault({ path => 'POST /v1/invoices', status => $st });
     $rows = n_rows();
-    $res = create(admin => body_for($A->{customer}), "five-$st");
+    $res = create_invoice(admin => create_body($A->{customer}), "five-$st");
     stripe_error_ok($res, 502, 'stripe_unavailable', "Stripe $st on every attempt");
     json_check($res, 'error.invoiceId absent', "Stripe $st on every attempt");
     @att = posts(qr{^/v1/invoices$});
@@ -262,13 +241,13 @@ for my $st (500, 503) {
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', status => 500, should_retry => JSON::PP::false });
-$res = create(admin => body_for($A->{customer}));
+$res = create_invoice(admin => create_body($A->{customer}));
 stripe_error_ok($res, 502, 'stripe_unavailable', 'Stripe 500 with Stripe-Should-Retry: false');
 is(scalar(posts(qr{^/v1/invoices$})), 1, '... not retried');
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', status => 500, count => 1 });
-$res = create(admin => body_for($A->{customer}));
+$res = create_invoice(admin => create_body($A->{customer}));
 is($res->status, 201, 'a single Stripe 500: retried, 201') or diag $res->describe;
 @att = posts(qr{^/v1/invoices$});
 is_deeply([map { $_->{status} } @att], [500, 200], '... the fake answered 500, then 200');
@@ -280,9 +259,9 @@ is(scalar @att == 2 && $att[0]{idempotency_key} eq $att[1]{idempotency_key}, 1,
 my $B = linked_customer();
 fake_reset();
 fault({ path => 'POST /v1/invoiceitems', status => 500, when => 'after', count => 1 });
-$res = create(admin => body_for($B->{customer}, 100, 200));
+$res = create_invoice(admin => create_body($B->{customer}, 100, 200));
 is($res->status, 201, 'a line created but answered 500: retried, 201') or diag $res->describe;
-my ($inv) = invoices_of($B->{customer});
+my ($inv) = stripe_invoices_of($B->{customer});
 is($inv->{lines}{total_count}, 2, '... the invoice has 2 lines, not 3');
 is($inv->{total}, 300, '... total 300');
 my @items = posts(qr{^/v1/invoiceitems$});
@@ -295,18 +274,18 @@ sub halfway {
     my (%o) = @_;
     my $C = linked_customer(payment_method => 'pm_card_visa');
     my @amounts = (1100, 2200, 3300);
-    my $body = body_for($C->{customer}, @amounts);
+    my $body = create_body($C->{customer}, @amounts);
     my $key = "halfway-$o{name}";
     fake_reset();
     fault(@{ $o{faults} });
-    my $res = create($o{prefix} // 'admin', $body, $key);
+    my $res = create_invoice($o{prefix} // 'admin', $body, $key);
     subtest "half-way ($o{name}): the error" => sub {
         stripe_error_ok($res, $o{status}, $o{code}, $o{name});
         my $e = ($res->json_or_undef // {})->{error} // {};
         like($e->{invoiceId} // '', qr/^in_\w+$/, 'invoiceId is the Stripe invoice');
         like($e->{message} // '', qr/\Q$e->{invoiceId}\E/, 'the message names it')
             if $e->{invoiceId};
-        my ($at_stripe) = invoices_of($C->{customer});
+        my ($at_stripe) = stripe_invoices_of($C->{customer});
         is($at_stripe->{id}, $e->{invoiceId}, 'Stripe has that invoice');
         is($at_stripe->{status}, $o{stripe_status} // 'draft', "at Stripe: "
            . ($o{stripe_status} // 'draft'));
@@ -317,7 +296,7 @@ sub halfway {
     };
     my $inv_id = (($res->json_or_undef // {})->{error} // {})->{invoiceId} // '';
     no_faults() unless $o{keep_faults};
-    my $retry = create($o{prefix} // 'admin', $body, $key);
+    my $retry = create_invoice($o{prefix} // 'admin', $body, $key);
     subtest "half-way ($o{name}): a retry with the same key completes it" => sub {
         is($retry->status, 201, 'status 201') or diag $retry->describe;
         my $got = $retry->json_or_undef // {};
@@ -325,7 +304,7 @@ sub halfway {
         is($retry->header('Location'), '/' . ($o{prefix} // 'admin') . "/api/invoices/$inv_id",
            'Location');
         is($got->{status}, 'open', 'finalized');
-        my @at_stripe = invoices_of($C->{customer});
+        my @at_stripe = stripe_invoices_of($C->{customer});
         is(scalar @at_stripe, 1, 'one invoice at Stripe');
         is($at_stripe[0]{lines}{total_count}, 3, 'three lines, none twice');
         is($at_stripe[0]{total}, 6600, 'total = the sum of the items');
@@ -335,7 +314,7 @@ sub halfway {
         my $r = row($inv_id) // {};
         is($r->{status}, 'open', 'the row is open');
         is($r->{amount}, 6600, 'the row has the total');
-        my $re = create($o{prefix} // 'admin', $body, $key);
+        my $re = create_invoice($o{prefix} // 'admin', $body, $key);
         is($re->header('Idempotent-Replayed'), 'true', 'and now it replays');
     };
 }
@@ -368,29 +347,29 @@ halfway(name => 'finalize done but timed out', prefix => 'r0',
 fake_reset();
 fault({ path => 'POST /v1/invoices', hang_seconds => 2 });
 $rows = n_rows();
-$res = create(r0 => body_for($A->{customer}), 'hang-1');
+$res = create_invoice(r0 => create_body($A->{customer}), 'hang-1');
 stripe_error_ok($res, 504, 'stripe_timeout', 'Stripe hangs (timeout 1s, no retries)');
 cmp_ok($res->elapsed, '<', 1.9 * time_factor(), '... answered after the timeout, not the hang');
 is(n_rows(), $rows, '... no row');
 no_faults();
 sleep 1.2;    # the hanging fake thread lets go
-$res = create(r0 => body_for($A->{customer}), 'hang-1');
+$res = create_invoice(r0 => create_body($A->{customer}), 'hang-1');
 is($res->status, 201, '... not final: the same key gives 201 once Stripe answers');
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', hang_seconds => 3 });
-$res = create(admin => body_for($A->{customer}));
+$res = create_invoice(admin => create_body($A->{customer}));
 stripe_error_ok($res, 504, 'stripe_timeout', 'Stripe hangs on every attempt (2 retries)');
 is(scalar(posts(qr{^/v1/invoices$})), 3, '... 3 attempts');
 no_faults();
 
 fake_reset();
 $rows = n_rows();
-$res = create(down => body_for($A->{customer}), 'down-1');
+$res = create_invoice(down => create_body($A->{customer}), 'down-1');
 stripe_error_ok($res, 504, 'stripe_unreachable', 'Stripe unreachable (closed port)');
 is(n_rows(), $rows, '... no row');
 is(scalar(() = fake_requests()), 0, '... (the fake got nothing)');
-$res = create(down => body_for($A->{customer}), 'down-1');
+$res = create_invoice(down => create_body($A->{customer}), 'down-1');
 is($res->status, 504, '... not final: the same key tries again');
 ok(!defined $res->header('Idempotent-Replayed'), '... not a replay');
 

@@ -65,10 +65,6 @@ sub create_req {
             ['Content-Type' => 'application/json', 'Idempotency-Key' => $key],
             body_for($cus, 700, 800)];
 }
-sub invoices_of {
-    my ($cus) = @_;
-    return @{ fake_stripe(GET => "/v1/invoices?customer=$cus&limit=100")->{data} };
-}
 sub row { sql_json('SELECT * FROM invoices WHERE stripe_invoice_id = ' . quote($_[0]))->[0] }
 
 # warm every thread (its PostgreSQL connection, its curl handle) so that
@@ -119,7 +115,7 @@ EOC
             cmp_ok($r->elapsed, '<', $BOUND, sprintf 'answered in %.2fs', $r->elapsed);
         }
         for my $i (0 .. 2) {
-            my @at = invoices_of($cus[$i]{customer});
+            my @at = stripe_invoices_of($cus[$i]{customer});
             is(scalar(@at) == 1 && $at[0]{id}, $ids[$i], "create $i: its draft is at Stripe");
         }
     };
@@ -132,7 +128,7 @@ EOC
             my $got = $r->json_or_undef // {};
             is($got->{id}, $ids[$i], "retry $i: the invoice named by the error");
             is($got->{status}, 'open', "retry $i: finalized");
-            my @at = invoices_of($cus[$i]{customer});
+            my @at = stripe_invoices_of($cus[$i]{customer});
             is(scalar @at, 1, "retry $i: still one invoice at Stripe");
             is($at[0]{lines}{total_count}, 2, "retry $i: two lines, none twice");
             is((row($ids[$i]) // {})->{status}, 'open', "retry $i: stored open");
@@ -253,7 +249,7 @@ is(scalar(fake_requests(qr{^POST /v1/invoices/in_\w+/finalize$})), 3, 'Stripe fi
 fake_config({ latency_ms => 0 });
 for my $g (@gone) {
     my $r = api_request(@{ create_req($g->{customer}, "gone-$g->{customer}") }[0 .. 3]);
-    my @at = invoices_of($g->{customer});
+    my @at = stripe_invoices_of($g->{customer});
     subtest "the client of $g->{customer} comes back with its key" => sub {
         is($r->status, 201, 'status 201') or diag $r->describe;
         is($r->header('Idempotent-Replayed'), 'true', 'the stored answer, replayed');

@@ -16,7 +16,8 @@ package Invoices::Test;
 # start_server(stripe => 1) also starts scripts/fake-stripe for the file
 # and points nginx at it (see _stripe_opts); helpers: fake_url,
 # fake_control, fake_config, fake_requests, fake_reset, fake_stripe,
-# stripe_secret, linked_customer.  parallel_requests / start_request +
+# stripe_secret, linked_customer, create_body, create_invoice,
+# stripe_invoices_of.  parallel_requests / start_request +
 # finish_request keep several requests in flight at once.
 #
 # One server per test file: a database with a random name (migrated with
@@ -95,6 +96,7 @@ our @EXPORT = qw(
     parallel_requests start_request finish_request
     fake_url fake_control fake_config fake_requests fake_reset
     fake_stripe stripe_secret linked_customer
+    create_body create_invoice stripe_invoices_of
 );
 
 use constant API_KEY   => 'test-key';
@@ -734,6 +736,33 @@ sub linked_customer {
     my $team = ($o{team} // 1)
         ? insert_team(name => $name, stripe_customer_id => $id) : undef;
     return { customer => $id, team => $team };
+}
+
+# create_body($customer, @amounts) -> a create request's body (a hash):
+# one item per amount (none given: one of 1000), named "item 0", "item 1" ...
+sub create_body {
+    my ($cus, @amounts) = @_;
+    @amounts = (1000) unless @amounts;
+    my $i = 0;
+    return { customer => $cus,
+             items => [map { { name => 'item ' . $i++, amount => $_ } } @amounts] };
+}
+
+# create_invoice($prefix, \%body or $json, [$idempotency_key]) -> response
+# of POST /$prefix/api/invoices with the admin key
+sub create_invoice {
+    my ($prefix, $body, $key) = @_;
+    $body = JSON::PP->new->utf8->canonical->encode($body) if ref $body;
+    return api_request(POST => "/$prefix/api/invoices",
+                       ['Content-Type' => 'application/json',
+                        (defined $key ? ('Idempotency-Key' => $key) : ())],
+                       $body);
+}
+
+# stripe_invoices_of($customer) -> the fake's invoices of that customer
+sub stripe_invoices_of {
+    my ($cus) = @_;
+    return @{ fake_stripe(GET => "/v1/invoices?customer=$cus&limit=100")->{data} };
 }
 
 # The Stripe secret must never reach a client: every response of the file
