@@ -16,20 +16,33 @@ SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
 FUZZ_TIME  ?= 60
 
+# Another nginx: NGINX_SRC=$$(scripts/nginx-src trixie), a complete source
+# tree with Debian's conf_flags.  The module and the nginx binary the tests
+# run are then both built from it, in build-<suite>/; Debian 12's
+# nginx-dev (the default) has no .c files, and its tests run
+# /usr/sbin/nginx.
+NGINX_FULL := $(wildcard $(NGINX_SRC)/src/core/nginx.c)
+ifeq ($(NGINX_SRC),/usr/share/nginx/src)
+BUILD_NAME := build
+else
+BUILD_NAME := build-$(notdir $(patsubst %/tree,%,$(abspath $(NGINX_SRC))))
+endif
+
 # Our files are held to -Wall -Wextra -Werror (nginx adds -Wall -Werror to
 # its own; -Wextra is ours).  SANITIZE=1 builds with ASan and UBSan, in a
 # build directory of its own, so switching never mixes objects.
 EXTRA_CFLAGS := -Wall -Wextra -Werror -Wno-unused-parameter
 ifeq ($(SANITIZE),1)
-BUILD      := build-asan
+BUILD      := $(patsubst build%,build-asan%,$(BUILD_NAME))
 EXTRA_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer
 EXTRA_LDFLAGS += -fsanitize=address,undefined
 else
-BUILD      := build
+BUILD      := $(BUILD_NAME)
 endif
 
 NGX_BUILD  := $(BUILD)/nginx
 MODULE     := $(BUILD)/ngx_http_invoices_module.so
+NGINX_BIN  := $(if $(NGINX_FULL),$(CURDIR)/$(NGX_BUILD)/objs/nginx,/usr/sbin/nginx)
 SRCS       := $(wildcard ngx_http_invoices_module/*.c ngx_http_invoices_module/*.h)
 
 # libFuzzer needs clang; the harnesses link parse.c, not nginx (see
@@ -63,19 +76,27 @@ $(NGX_BUILD)/objs/Makefile: config $(NGINX_SRC)/conf_flags
 	    || { tail -30 configure.log; exit 1; }
 
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(SRCS)
-	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
+	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile $(if $(NGINX_FULL),,modules)
 	@# a new inode, never rewritten in place: a running nginx has it mapped
 	cp $(NGX_BUILD)/objs/ngx_http_invoices_module.so $@.tmp
 	mv -f $@.tmp $@
 
 # installs first: on a fresh machine the build itself needs nginx-dev
+# TESTS: some test files instead of all (e.g. TESTS="t/list.t t/create.t")
 test:
-	scripts/deps
+ifeq ($(NGINX_FULL)$(filter build,$(BUILD_NAME)),)
+	@echo "make test: $(NGINX_SRC) has no nginx source to build the tests' nginx from" \
+	    "($$(cat $(NGINX_SRC)/debian-version 2>/dev/null)); make builds the module only" >&2
+	@exit 1
+endif
+	scripts/deps $(if $(NGINX_FULL),nginx-src)
 	$(MAKE) all
 ifeq ($(SANITIZE),1)
-	INVOICES_MODULE=$(CURDIR)/$(MODULE) INVOICES_TEST_SANITIZE=1 scripts/test
+	INVOICES_MODULE=$(CURDIR)/$(MODULE) INVOICES_NGINX=$(NGINX_BIN) \
+	    INVOICES_TEST_SANITIZE=1 scripts/test $(TESTS)
 else
-	scripts/test
+	INVOICES_MODULE=$(CURDIR)/$(MODULE) INVOICES_NGINX=$(NGINX_BIN) \
+	    scripts/test $(TESTS)
 endif
 
 $(FUZZ_DIR)/fuzz_%: t/fuzz/fuzz_%.c $(FUZZ_SRCS) build/nginx/objs/Makefile
@@ -120,4 +141,4 @@ check-all:
 	$(MAKE) fuzz
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-*
