@@ -437,6 +437,9 @@ sub config_text {
         $c .= "thread_pool $st->{pool} threads=$st->{threads} "
             . "max_queue=$st->{max_queue};\n";
     }
+    # a crashed worker leaves its core here: _final_checks prints its stack
+    $c .= "working_directory $p/cores;\nworker_rlimit_core 2g;\n"
+        if $master && ($o{main_config} // '') !~ /working_directory/;
     $c .= "$o{main_config}\n" if defined $o{main_config};
     $c .= "events {\n    worker_connections 1024;\n}\n";
     $c .= "http {\n";
@@ -483,7 +486,7 @@ sub _make_prefix {
     my $prefix = File::Temp::tempdir("invoices-$tag-XXXXXX", TMPDIR => 1,
                                       CLEANUP => 0);
     chmod 0755, $prefix;
-    for (qw(conf logs tmp)) {
+    for (qw(conf logs tmp cores)) {
         mkdir "$prefix/$_" or die "mkdir $prefix/$_: $!";
     }
     my $keys = exists $o{keys} ? $o{keys} : $DEFAULT_KEYS;
@@ -972,6 +975,22 @@ sub _valgrind_problems {
     return @problems;
 }
 
+# The stacks of every thread of each core a crashed worker left (the
+# kernel's core_pattern "core" writes it to working_directory), with gdb
+# where it is installed; the core is removed afterwards (it is large).
+sub _core_stacks {
+    my @out;
+    for my $core (glob "$S{prefix}/cores/core*") {
+        my $bin = nginx_binary();
+        my $bt = -x '/usr/bin/gdb'
+            ? `/usr/bin/gdb -q -batch -ex 'thread apply all bt 30' '$bin' '$core' 2>&1`
+            : '(no gdb to read it)';
+        push @out, "a worker's core, $core:\n" . _tail($bt, 200);
+        unlink $core unless ($ENV{INVOICES_TEST_KEEP} // '') eq '2';
+    }
+    return @out;
+}
+
 # Runs inside done_testing, before the plan is set: the final checks.
 sub _final_checks {
     return unless $$ == $OWNER;
@@ -999,6 +1018,7 @@ sub _final_checks {
     my @bad = _bad_log_lines();
     $tb->ok(!@bad, 'no [alert], [crit] or [emerg] in the error log')
         or $tb->diag(join "\n", @bad[0 .. ($#bad > 19 ? 19 : $#bad)]);
+    $tb->diag($_) for _core_stacks();
 
     if (defined(my $secret = $S{stripe_secret})) {
         my @leaks = @{ $S{leaks} || [] };
