@@ -10,13 +10,15 @@
 #   make fuzz       build the libFuzzer harnesses of t/fuzz/ (clang) and
 #                   run each for FUZZ_TIME seconds (default 60)
 #   make check-all  test, SANITIZE=1 test, valgrind test, fuzz
+#   make [test] NGINX_SRC=`scripts/nginx-src trixie` [TESTS="t/list.t ..."]
+#                   the same against another Debian suite's nginx
 #   make clean      remove build/ and build-asan/
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
 FUZZ_TIME  ?= 60
 
-# Another nginx: NGINX_SRC=$$(scripts/nginx-src trixie), a complete source
+# Another nginx: NGINX_SRC=`scripts/nginx-src trixie`, a complete source
 # tree with Debian's conf_flags.  The module and the nginx binary the tests
 # run are then both built from it, in build-<suite>/; Debian 12's
 # nginx-dev (the default) has no .c files, and its tests run
