@@ -433,7 +433,7 @@ sub start_nginx {
     my $prefix = File::Temp::tempdir('invoices-second-XXXXXX', TMPDIR => 1,
                                      CLEANUP => 0);
     chmod 0755, $prefix;
-    mkdir "$prefix/$_" or die "mkdir $prefix/$_: $!" for qw(conf logs tmp);
+    mkdir "$prefix/$_" or die "mkdir $prefix/$_: $!" for qw(conf logs tmp cores);
     my $keys = _slurp(server_prefix() . '/conf/keys') // "test-key\n";
     open my $fh, '>', "$prefix/conf/keys" or die $!;
     print $fh $keys;

@@ -439,7 +439,8 @@ sub config_text {
     }
     # a crashed worker leaves its core here: _final_checks prints its stack
     $c .= "working_directory $p/cores;\nworker_rlimit_core 2g;\n"
-        if $master && ($o{main_config} // '') !~ /working_directory/;
+        if $master && -d "$p/cores"
+           && ($o{main_config} // '') !~ /working_directory/;
     $c .= "$o{main_config}\n" if defined $o{main_config};
     $c .= "events {\n    worker_connections 1024;\n}\n";
     $c .= "http {\n";
