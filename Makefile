@@ -12,6 +12,14 @@
 #   make check-all  test, SANITIZE=1 test, valgrind test, fuzz
 #   make [test] NGINX_SRC=`scripts/nginx-src trixie` [TESTS="t/list.t ..."]
 #                   the same against another Debian suite's nginx
+#   make [test] STATIC=1 NGINX_SRC=`scripts/nginx-src bookworm`
+#                   the module built into nginx (--add-module), no .so
+#   make deb        build/deb/libnginx-mod-http-invoices_<version>_<arch>.deb
+#                   (scripts/deb: dh with dh_nginx, Debian's nginx-dev)
+#   make test-deb   build it, install it with dpkg -i, check it with
+#                   Debian's stock nginx.conf and a running nginx
+#                   (t/package.t), purge it.  Changes the system: for CI
+#                   and throwaway machines.
 #   make clean      remove build/ and build-asan/
 
 SHELL      := /bin/bash
@@ -34,6 +42,9 @@ endif
 # its own; -Wextra is ours).  SANITIZE=1 builds with ASan and UBSan, in a
 # build directory of its own, so switching never mixes objects.
 EXTRA_CFLAGS := -Wall -Wextra -Werror -Wno-unused-parameter
+ifeq ($(STATIC),1)
+BUILD_NAME := $(BUILD_NAME)-static
+endif
 ifeq ($(SANITIZE),1)
 BUILD      := $(patsubst build%,build-asan%,$(BUILD_NAME))
 EXTRA_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer
@@ -44,6 +55,11 @@ endif
 
 NGX_BUILD  := $(BUILD)/nginx
 MODULE     := $(BUILD)/ngx_http_invoices_module.so
+ADD_MODULE := --add-dynamic-module
+ifeq ($(STATIC),1)
+MODULE     := $(BUILD)/nginx-static
+ADD_MODULE := --add-module
+endif
 NGINX_BIN  := $(if $(NGINX_FULL),$(CURDIR)/$(NGX_BUILD)/objs/nginx,/usr/sbin/nginx)
 SRCS       := $(wildcard ngx_http_invoices_module/*.c ngx_http_invoices_module/*.h)
 
@@ -62,7 +78,7 @@ FUZZ_SRCS    := ngx_http_invoices_module/ngx_http_invoices_parse.c \
                 ngx_http_invoices_module/ngx_http_invoices_parse.h \
                 t/fuzz/ngx_stubs.c
 
-.PHONY: all test fuzz fuzz-build check-all clean
+.PHONY: all test deb test-deb fuzz fuzz-build check-all clean
 
 all: $(MODULE)
 
@@ -74,14 +90,28 @@ $(NGX_BUILD)/objs/Makefile: config $(NGINX_SRC)/conf_flags
 	    --with-cc-opt="-g -O2 -fstack-protector-strong -Wformat \
 	        -Werror=format-security -fPIC -D_FORTIFY_SOURCE=2 $(EXTRA_CFLAGS)" \
 	    --with-ld-opt="-Wl,-z,relro -Wl,-z,now -fPIC $(EXTRA_LDFLAGS)" \
-	    --add-dynamic-module=$(CURDIR) > configure.log 2>&1 \
+	    $(ADD_MODULE)=$(CURDIR) > configure.log 2>&1 \
 	    || { tail -30 configure.log; exit 1; }
 
+ifeq ($(STATIC),1)
+ifeq ($(NGINX_FULL),)
+$(MODULE):
+	@echo "make STATIC=1: $(NGINX_SRC) has no nginx source to build nginx from;" \
+	    "try NGINX_SRC=\`scripts/nginx-src bookworm\`" >&2
+	@exit 1
+else
+$(MODULE): $(NGX_BUILD)/objs/Makefile $(SRCS)
+	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile
+	@# the tests' nginx; the stamp says it is built
+	touch $@
+endif
+else
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(SRCS)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile $(if $(NGINX_FULL),,modules)
 	@# a new inode, never rewritten in place: a running nginx has it mapped
 	cp $(NGX_BUILD)/objs/ngx_http_invoices_module.so $@.tmp
 	mv -f $@.tmp $@
+endif
 
 # installs first: on a fresh machine the build itself needs nginx-dev
 # TESTS: some test files instead of all (e.g. TESTS="t/list.t t/create.t")
@@ -93,13 +123,18 @@ ifeq ($(NGINX_FULL)$(filter build,$(BUILD_NAME)),)
 endif
 	scripts/deps $(if $(NGINX_FULL),nginx-src)
 	$(MAKE) all
-ifeq ($(SANITIZE),1)
-	INVOICES_MODULE=$(CURDIR)/$(MODULE) INVOICES_NGINX=$(NGINX_BIN) \
-	    INVOICES_TEST_SANITIZE=1 scripts/test $(TESTS)
-else
-	INVOICES_MODULE=$(CURDIR)/$(MODULE) INVOICES_NGINX=$(NGINX_BIN) \
+	INVOICES_MODULE=$(if $(filter 1,$(STATIC)),static,$(CURDIR)/$(MODULE)) \
+	    INVOICES_NGINX=$(NGINX_BIN) \
+	    $(if $(filter 1,$(SANITIZE)),INVOICES_TEST_SANITIZE=1) \
 	    scripts/test $(TESTS)
-endif
+
+deb:
+	scripts/deps deb
+	scripts/deb
+
+test-deb:
+	scripts/deps deb
+	deb=$$(scripts/deb) && INVOICES_TEST_DEB=$$deb scripts/test t/package.t
 
 $(FUZZ_DIR)/fuzz_%: t/fuzz/fuzz_%.c $(FUZZ_SRCS) build/nginx/objs/Makefile
 	@mkdir -p $(FUZZ_DIR)

@@ -30,7 +30,7 @@ ngx_int_t ngx_http_invoices_send_bytes(ngx_http_request_t *r,
 ngx_int_t ngx_http_invoices_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *type, const char *code,
     const char *message, const char *param);
-ngx_int_t ngx_http_invoices_filter_init(ngx_conf_t *cf);
+void ngx_http_invoices_set_json_type(ngx_http_request_t *r);
 ngx_int_t ngx_http_invoices_set_header(ngx_http_request_t *r,
     ngx_str_t *name, ngx_str_t *value);
 

@@ -245,10 +245,6 @@ ngx_module_t  ngx_http_invoices_module = {
 static ngx_int_t
 ngx_http_invoices_postconfiguration(ngx_conf_t *cf)
 {
-    if (ngx_http_invoices_filter_init(cf) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
     return ngx_http_invoices_metrics_init(cf);
 }
 

@@ -429,7 +429,9 @@ sub config_text {
     $c .= "pid $p/logs/nginx.pid;\n";
     $c .= "error_log $p/logs/error.log $level;\n";
     if ($module) {
-        $c .= "load_module $e{INVOICES_MODULE};\n";
+        # "static": the nginx binary has the module built in
+        $c .= "load_module $e{INVOICES_MODULE};\n"
+            unless $e{INVOICES_MODULE} eq 'static';
         $c .= "thread_pool invoices threads=$threads max_queue=1024;\n";
     }
     my $st = $o{stripe} ? _stripe_opts($o{stripe}, $p) : undef;
