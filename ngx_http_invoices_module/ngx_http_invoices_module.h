@@ -14,6 +14,10 @@
 #include <ngx_http.h>
 
 
+/* the release; scripts/deb names the Debian package after it */
+#define NGX_HTTP_INVOICES_VERSION  "0.1.0"
+
+
 #if !(NGX_THREADS)
 #error ngx_http_invoices_module needs nginx built --with-threads
 #endif
