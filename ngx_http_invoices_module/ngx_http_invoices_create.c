@@ -31,6 +31,7 @@
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
+#include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_create.h"
 #include "ngx_http_invoices_handler.h"
@@ -391,7 +392,9 @@ ngx_http_invoices_create_run(ngx_http_invoices_job_t *job)
 done:
 
     /* an invoice was stored (finalized, or a draft left by a failure) */
-    job->changed = !cr->replayed && cr->invoice_id[0];
+    if (!cr->replayed && cr->invoice_id[0]) {
+        job->defer = ngx_http_invoices_cache_bump_for;
+    }
 
     json_decref(cr->req);
     cr->req = NULL;

@@ -146,13 +146,6 @@ ngx_http_invoices_send_bytes(ngx_http_request_t *r, ngx_uint_t status,
     r->headers_out.status = status;
     ngx_http_invoices_set_json_type(r);
 
-    if (status == NGX_HTTP_NOT_MODIFIED) {
-        r->header_only = 1;
-        ngx_http_clear_content_length(r);
-        r->headers_out.content_type.len = 0;
-        return ngx_http_send_header(r);
-    }
-
     r->headers_out.content_length_n = len;
 
     rc = ngx_http_send_header(r);

@@ -14,7 +14,7 @@
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_handler.h"
 #include "ngx_http_invoices_json.h"
-#include "ngx_http_invoices_pg.h"
+#include "ngx_http_invoices_job.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_webhook.h"
 #include "ngx_http_invoices_cache.h"
@@ -1105,6 +1105,5 @@ ngx_http_invoices_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_invoices_redis_exit();
     ngx_http_invoices_local_exit();
-    ngx_http_invoices_pg_close_all();
-    ngx_http_invoices_stripe_close_all();
+    ngx_http_invoices_thread_handles_close();
 }

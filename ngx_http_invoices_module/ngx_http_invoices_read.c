@@ -27,6 +27,8 @@ typedef struct {
     ngx_str_t    gen;                /* a miss: store under this */
     ngx_atomic_uint_t  local;        /* the worker's copy: its version */
     ngx_str_t   *x_cache;
+    u_char       etag[20];           /* "16 hex digits", from the thread */
+    size_t       etag_len;
     char         offset_text[NGX_INT64_LEN + 1];
     char         limit_text[NGX_INT_T_LEN + 1];
 } ngx_http_invoices_read_t;
@@ -45,8 +47,6 @@ static void ngx_http_invoices_read_done(ngx_http_invoices_job_t *job,
     json_t *json);
 static ngx_int_t ngx_http_invoices_read_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
-static ngx_uint_t ngx_http_invoices_etag_match(ngx_str_t *header,
-    u_char *etag, size_t len);
 
 
 static ngx_str_t  ngx_http_invoices_hit = ngx_string("HIT");
@@ -438,9 +438,10 @@ ngx_http_invoices_row_json(PGresult *res, int row, int col)
 static void
 ngx_http_invoices_read_done(ngx_http_invoices_job_t *job, json_t *json)
 {
-    size_t     i;
-    uint64_t   h;
-    u_char    *p;
+    size_t                     i;
+    uint64_t                   h;
+    u_char                    *p;
+    ngx_http_invoices_read_t  *rd = job->data;
 
     job->body = ngx_http_invoices_json_dump(json, &job->len);
     json_decref(json);
@@ -456,8 +457,8 @@ ngx_http_invoices_read_done(ngx_http_invoices_job_t *job, json_t *json)
         h *= 0x100000001b3ULL;
     }
 
-    p = ngx_sprintf(job->etag, "\"%016uxL\"", h);
-    job->etag_len = p - job->etag;
+    p = ngx_snprintf(rd->etag, sizeof(rd->etag), "\"%016uxL\"", h);
+    rd->etag_len = p - rd->etag;
     job->status = NGX_HTTP_OK;
 }
 
@@ -474,8 +475,8 @@ ngx_http_invoices_read_finish(ngx_http_request_t *r,
         return ngx_http_invoices_job_send(r, job);
     }
 
-    etag.data = job->etag;
-    etag.len = job->etag_len;
+    etag.data = rd->etag;
+    etag.len = rd->etag_len;
 
     if (rd->local) {
         ngx_http_invoices_local_put(&rd->page_key, rd->local, &etag,
@@ -502,18 +503,18 @@ ngx_http_invoices_read_finish(ngx_http_request_t *r,
 
 
 /*
- * A 200 with its ETag and X-Cache, or a 304 when If-None-Match matches:
- * the job's body, or (job == NULL) bytes of the request's pool.
+ * A 200 with its ETag and X-Cache: the job's body, or (job == NULL) bytes
+ * of the request's pool.  nginx's not-modified filter turns it into a 304
+ * when If-None-Match matches the ETag.
  */
 
 static ngx_int_t
 ngx_http_invoices_read_send(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job, ngx_str_t *etag, u_char *body, size_t len)
 {
-    ngx_uint_t                 status;
+    ngx_table_elt_t           *h;
     ngx_http_invoices_read_t  *rd;
 
-    static ngx_str_t  etag_name = ngx_string("ETag");
     static ngx_str_t  x_cache = ngx_string("X-Cache");
 
     rd = job ? job->data : NULL;
@@ -524,73 +525,27 @@ ngx_http_invoices_read_send(ngx_http_request_t *r,
                                         : NGX_HTTP_INVOICES_CACHE_BYPASS);
     }
 
-    if (ngx_http_invoices_set_header(r, &etag_name, etag) != NGX_OK
-        || ngx_http_invoices_set_header(r, &x_cache,
-                                        rd ? rd->x_cache
-                                           : &ngx_http_invoices_hit)
-           != NGX_OK)
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "ETag");
+    h->value = *etag;
+    r->headers_out.etag = h;
+
+    if (ngx_http_invoices_set_header(r, &x_cache,
+                                     rd ? rd->x_cache : &ngx_http_invoices_hit)
+        != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    status = NGX_HTTP_OK;
-
-    if (r->headers_in.if_none_match
-        && ngx_http_invoices_etag_match(&r->headers_in.if_none_match->value,
-                                        etag->data, etag->len))
-    {
-        status = NGX_HTTP_NOT_MODIFIED;
-    }
-
     if (job) {
-        job->status = status;
+        job->status = NGX_HTTP_OK;
         return ngx_http_invoices_job_send(r, job);
     }
 
-    return ngx_http_invoices_send_bytes(r, status, body, len);
-}
-
-
-/* If-None-Match: "*" or a list of entity tags, compared weakly (RFC 9110) */
-
-static ngx_uint_t
-ngx_http_invoices_etag_match(ngx_str_t *header, u_char *etag, size_t len)
-{
-    u_char  *p, *q, *end;
-
-    p = header->data;
-    end = p + header->len;
-
-    for ( ;; ) {
-        while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) {
-            p++;
-        }
-
-        if (p == end) {
-            return 0;
-        }
-
-        if (*p == '*') {
-            return 1;
-        }
-
-        if (end - p > 2 && p[0] == 'W' && p[1] == '/') {
-            p += 2;
-        }
-
-        if (*p != '"') {
-            return 0;
-        }
-
-        q = ngx_strlchr(p + 1, end, '"');
-        if (q == NULL) {
-            return 0;
-        }
-
-        if ((size_t) (q + 1 - p) == len && ngx_memcmp(p, etag, len) == 0) {
-            return 1;
-        }
-
-        p = q + 1;
-    }
+    return ngx_http_invoices_send_bytes(r, NGX_HTTP_OK, body, len);
 }

@@ -14,7 +14,6 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
-#include <pthread.h>
 #include <curl/curl.h>
 
 #include "ngx_http_invoices_module.h"
@@ -30,8 +29,8 @@
 typedef struct ngx_http_invoices_curl_s  ngx_http_invoices_curl_t;
 
 struct ngx_http_invoices_curl_s {
-    ngx_http_invoices_curl_t  *all;
-    CURL                      *curl;
+    ngx_http_invoices_thread_handle_t  handle;  /* first: see curl_close */
+    CURL                              *curl;
 };
 
 
@@ -42,6 +41,7 @@ typedef struct {
 
 
 static CURL *ngx_http_invoices_curl(void);
+static void ngx_http_invoices_curl_close(ngx_http_invoices_thread_handle_t *h);
 static size_t ngx_http_invoices_stripe_body(char *ptr, size_t size,
     size_t nmemb, void *data);
 static size_t ngx_http_invoices_stripe_header(char *ptr, size_t size,
@@ -55,8 +55,6 @@ static ngx_uint_t ngx_http_invoices_stripe_time_ok(json_int_t t);
 
 static __thread CURL              *ngx_http_invoices_curl_mine;
 static __thread unsigned int       ngx_http_invoices_curl_seed;
-static ngx_http_invoices_curl_t   *ngx_http_invoices_curl_all;
-static pthread_mutex_t  ngx_http_invoices_curl_lock = PTHREAD_MUTEX_INITIALIZER;
 
 
 /* what a pool thread needs of the location's Stripe settings */
@@ -307,10 +305,8 @@ ngx_http_invoices_curl(void)
     ngx_http_invoices_curl_seed = (unsigned int) (uintptr_t) c
                                   ^ (unsigned int) time(NULL);
 
-    (void) pthread_mutex_lock(&ngx_http_invoices_curl_lock);
-    c->all = ngx_http_invoices_curl_all;
-    ngx_http_invoices_curl_all = c;
-    (void) pthread_mutex_unlock(&ngx_http_invoices_curl_lock);
+    c->handle.close = ngx_http_invoices_curl_close;
+    ngx_http_invoices_thread_handle_keep(&c->handle);
 
     ngx_http_invoices_curl_mine = c->curl;
 
@@ -318,24 +314,15 @@ ngx_http_invoices_curl(void)
 }
 
 
-/* the worker exits, after nginx has stopped the pool threads */
+/* worker exit (ngx_http_invoices_thread_handles_close) */
 
-void
-ngx_http_invoices_stripe_close_all(void)
+static void
+ngx_http_invoices_curl_close(ngx_http_invoices_thread_handle_t *h)
 {
-    ngx_http_invoices_curl_t  *c, *next;
+    ngx_http_invoices_curl_t  *c = (ngx_http_invoices_curl_t *) h;
 
-    (void) pthread_mutex_lock(&ngx_http_invoices_curl_lock);
-
-    for (c = ngx_http_invoices_curl_all; c != NULL; c = next) {
-        next = c->all;
-        curl_easy_cleanup(c->curl);
-        free(c);
-    }
-
-    ngx_http_invoices_curl_all = NULL;
-
-    (void) pthread_mutex_unlock(&ngx_http_invoices_curl_lock);
+    curl_easy_cleanup(c->curl);
+    free(c);
 }
 
 

@@ -78,7 +78,6 @@ ngx_uint_t ngx_http_invoices_stripe_error(ngx_http_invoices_stripe_res_t *sr,
     ngx_uint_t *final, ngx_http_invoices_job_t *job);
 
 ngx_int_t ngx_http_invoices_stripe_init(void);
-void ngx_http_invoices_stripe_close_all(void);
 
 
 #endif /* _NGX_HTTP_INVOICES_STRIPE_H_INCLUDED_ */

@@ -13,6 +13,7 @@
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
+#include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_sync.h"
 
@@ -243,14 +244,15 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
 
             if (ngx_strcmp(result, "inserted") == 0) {
                 inserted++;
-                job->changed = 1;
+                job->defer = ngx_http_invoices_cache_bump_for;
 
             } else if (ngx_strcmp(result, "updated") == 0) {
                 updated++;
-                job->changed = 1;
+                job->defer = ngx_http_invoices_cache_bump_for;
 
             } else if (ngx_strcmp(result, "deleted") == 0) {
                 deleted++;
+                job->defer = ngx_http_invoices_cache_bump_for;
 
             } else {
                 unchanged++;

@@ -16,6 +16,7 @@
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
+#include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_handler.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_webhook.h"
@@ -259,9 +260,13 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
         return;
     }
 
-    job->changed = ngx_strcmp(PQgetvalue(res, 0, 0), "inserted") == 0
-                   || ngx_strcmp(PQgetvalue(res, 0, 0), "updated") == 0
-                   || ngx_strcmp(PQgetvalue(res, 0, 0), "deleted") == 0;
+    if (ngx_strcmp(PQgetvalue(res, 0, 0), "inserted") == 0
+        || ngx_strcmp(PQgetvalue(res, 0, 0), "updated") == 0
+        || ngx_strcmp(PQgetvalue(res, 0, 0), "deleted") == 0)
+    {
+        /* the answer waits for the cache's bump (ngx_http_invoices_job.c) */
+        job->defer = ngx_http_invoices_cache_bump_for;
+    }
 
     wh->result = ngx_http_invoices_metrics_webhook_result(
                      PQgetvalue(res, 0, 0));
