@@ -29,6 +29,7 @@
 #include "ngx_http_invoices_redis.h"
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_local.h"
+#include "ngx_http_invoices_secret.h"
 
 
 #define NGX_HTTP_INVOICES_GEN_KEY   "invoices:gen"
@@ -502,4 +503,189 @@ static void
 ngx_http_invoices_cache_listening(ngx_uint_t on)
 {
     ngx_http_invoices_local_listening(on);
+}
+
+
+/* the main configuration's cache settings: unset, then their defaults */
+
+void
+ngx_http_invoices_cache_conf_create(ngx_http_invoices_redis_conf_t *rc)
+{
+    rc->db = NGX_CONF_UNSET;
+    rc->timeout = NGX_CONF_UNSET_MSEC;
+    rc->ttl = NGX_CONF_UNSET;
+    rc->local = NGX_CONF_UNSET_SIZE;
+}
+
+
+ngx_int_t
+ngx_http_invoices_cache_conf_init(ngx_conf_t *cf,
+    ngx_http_invoices_redis_conf_t *rc)
+{
+    ngx_conf_init_value(rc->db, 0);
+    ngx_conf_init_msec_value(rc->timeout, 100);
+    ngx_conf_init_value(rc->ttl, 60);
+    ngx_conf_init_size_value(rc->local, 4 * 1024 * 1024);
+
+    /* the worker's copy needs the subscription, so Redis */
+
+    if (rc->addr.len && rc->local) {
+        return ngx_http_invoices_local_add_zone(cf);
+    }
+
+    return NGX_OK;
+}
+
+
+/* invoices_cache_local off | <size>: the worker's copy in front of Redis */
+
+char *
+ngx_http_invoices_cache_local_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_invoices_main_conf_t *imcf = conf;
+
+    ssize_t     size;
+    ngx_str_t  *value;
+
+    if (imcf->redis.local != NGX_CONF_UNSET_SIZE) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        imcf->redis.local = 0;
+        return NGX_CONF_OK;
+    }
+
+    size = ngx_parse_size(&value[1]);
+
+    if (size < 64 * 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"invoices_cache_local\" value \"%V\": "
+                           "it takes \"off\" or a size of at least 64k",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    imcf->redis.local = size;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * invoices_redis 127.0.0.1:6379 | [::1]:6379 | unix:/path
+ *                [password=file:/path|env:NAME] [db=N];
+ *
+ * Parsed by nginx's ngx_parse_url.  Numeric addresses only: hiredis 0.14
+ * resolves names with a blocking getaddrinfo(), which the event loop must
+ * never run.
+ */
+
+char *
+ngx_http_invoices_cache_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_invoices_main_conf_t *imcf = conf;
+
+    ngx_url_t                        u;
+    ngx_str_t                       *value, spec, host;
+    ngx_uint_t                       i;
+    ngx_http_invoices_redis_conf_t  *rc;
+
+    rc = &imcf->redis;
+
+    if (rc->addr.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    rc->addr = value[1];
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+    u.url = value[1];
+    u.no_resolve = 1;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        goto invalid;
+    }
+
+    if (u.family == AF_UNIX) {
+        /* the path of "unix:/path", NUL-ended in the configuration */
+        rc->unix_path = u.host;
+
+    } else {
+        host = u.host;
+
+        if (host.len > 2 && host.data[0] == '[') {
+            host.data++;
+            host.len -= 2;
+        }
+
+        if (u.no_port
+            || (ngx_inet_addr(host.data, host.len) == INADDR_NONE
+#if (NGX_HAVE_INET6)
+                && ngx_inet6_addr(host.data, host.len, (u_char [16]) { 0 })
+                   != NGX_OK
+#endif
+               ))
+        {
+            goto invalid;
+        }
+
+        rc->port = u.port;
+
+        /* NUL-ended for hiredis */
+
+        rc->host.data = ngx_pnalloc(cf->pool, host.len + 1);
+        if (rc->host.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(rc->host.data, host.data, host.len);
+        rc->host.data[host.len] = '\0';
+        rc->host.len = host.len;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (value[i].len > 9
+            && ngx_strncmp(value[i].data, "password=", 9) == 0)
+        {
+            spec.data = value[i].data + 9;
+            spec.len = value[i].len - 9;
+
+            if (ngx_http_invoices_secret_load(cf, &spec, &rc->password)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (value[i].len > 3 && ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            rc->db = ngx_atoi(value[i].data + 3, value[i].len - 3);
+            if (rc->db == NGX_ERROR || rc->db > 65535) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid \"invoices_redis\" value \"%V\"%s%s: it takes a "
+                       "numeric IP:port, [IPv6]:port or unix:/path, then "
+                       "optional password=file:/path|env:NAME and db=N",
+                       &value[1], u.err ? ": " : "", u.err ? u.err : "");
+    return NGX_CONF_ERROR;
 }

@@ -12,6 +12,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_http_invoices_module.h"
+
 
 /*
  * outcome: NGX_OK a hit ("value" is the page as stored), NGX_DECLINED a
@@ -23,6 +25,15 @@ typedef void (*ngx_http_invoices_cache_pt)(ngx_http_request_t *r,
     void *data, ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value,
     ngx_msec_t left);
 
+
+/* configuration: invoices_redis, invoices_cache_local, the defaults */
+char *ngx_http_invoices_cache_redis_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_invoices_cache_local_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+void ngx_http_invoices_cache_conf_create(ngx_http_invoices_redis_conf_t *rc);
+ngx_int_t ngx_http_invoices_cache_conf_init(ngx_conf_t *cf,
+    ngx_http_invoices_redis_conf_t *rc);
 
 ngx_int_t ngx_http_invoices_cache_init(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_invoices_cache_enabled(void);

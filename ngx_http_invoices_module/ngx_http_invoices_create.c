@@ -34,7 +34,7 @@
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_create.h"
-#include "ngx_http_invoices_handler.h"
+#include "ngx_http_invoices_request.h"
 #include "ngx_http_invoices_parse.h"
 
 

@@ -3,12 +3,13 @@
  * The admin API's content handler: the Api-Key check, routing below the
  * location's prefix, methods, then the endpoint.  Errors nginx answers by
  * itself here (a body over client_max_body_size, a broken chunked body)
- * are turned into JSON by the filters in ngx_http_invoices_json.c.
+ * are turned into JSON by ngx_http_invoices_filter_module.c.
  */
 
 
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_handler.h"
+#include "ngx_http_invoices_request.h"
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_read.h"
 #include "ngx_http_invoices_create.h"
@@ -150,118 +151,6 @@ no_route:
     return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_FOUND,
                "invalid_request_error", "route_missing",
                "unrecognized request URL", NULL);
-}
-
-
-/*
- * The request body as one piece of memory, the exact bytes received (the
- * webhook signature is computed over them).  Parts nginx spooled to a
- * temporary file are read back here: a local file of at most
- * client_max_body_size that was just written, so in the page cache.
- */
-
-ngx_int_t
-ngx_http_invoices_request_body(ngx_http_request_t *r, ngx_str_t *body)
-{
-    u_char       *p;
-    off_t         len;
-    ssize_t       n;
-    ngx_buf_t    *b;
-    ngx_chain_t  *cl;
-
-    ngx_str_null(body);
-
-    if (r->request_body == NULL || r->request_body->bufs == NULL) {
-        return NGX_OK;
-    }
-
-    len = 0;
-
-    /* measured the way it is copied below: a file part by its file */
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        b = cl->buf;
-        len += b->in_file ? b->file_last - b->file_pos : b->last - b->pos;
-    }
-
-    if (len == 0) {
-        return NGX_OK;
-    }
-
-    body->data = ngx_pnalloc(r->pool, len + 1);
-    if (body->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = body->data;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        b = cl->buf;
-
-        if (b->in_file) {
-            n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
-                              b->file_pos);
-            if (n != b->file_last - b->file_pos) {
-                return NGX_ERROR;
-            }
-
-            p += n;
-            continue;
-        }
-
-        p = ngx_cpymem(p, b->pos, b->last - b->pos);
-    }
-
-    *p = '\0';
-    body->len = p - body->data;
-
-    return NGX_OK;
-}
-
-
-/* the value of a request header (any case) and how often it came */
-
-ngx_str_t *
-ngx_http_invoices_header(ngx_http_request_t *r, const char *name,
-    ngx_uint_t *count)
-{
-    size_t            len;
-    ngx_str_t        *value;
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    len = ngx_strlen(name);
-    value = NULL;
-    *count = 0;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            if (value == NULL) {
-                value = &h[i].value;
-            }
-
-            (*count)++;
-        }
-    }
-
-    return value;
 }
 
 

@@ -1,6 +1,6 @@
 
 /*
- * The admin API's content handler: auth, routing, methods, request body.
+ * The admin API's content handler: auth, routing, methods.
  */
 
 
@@ -14,10 +14,6 @@
 
 
 ngx_int_t ngx_http_invoices_admin_handler(ngx_http_request_t *r);
-ngx_str_t *ngx_http_invoices_header(ngx_http_request_t *r,
-    const char *name, ngx_uint_t *count);
-ngx_int_t ngx_http_invoices_request_body(ngx_http_request_t *r,
-    ngx_str_t *body);
 
 
 #endif /* _NGX_HTTP_INVOICES_HANDLER_H_INCLUDED_ */

@@ -7,7 +7,6 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
-#include <sys/stat.h>
 #include <jansson.h>
 #include <libpq-fe.h>
 
@@ -20,18 +19,12 @@
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_local.h"
 #include "ngx_http_invoices_metrics.h"
-
-
-#define NGX_HTTP_INVOICES_KEYS_MAX_SIZE  65536
+#include "ngx_http_invoices_secret.h"
 
 
 static ngx_int_t ngx_http_invoices_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_invoices_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_invoices_init_main_conf(ngx_conf_t *cf, void *conf);
-static char *ngx_http_invoices_cache_local(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
-static char *ngx_http_invoices_redis(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 static ngx_int_t ngx_http_invoices_init_process(ngx_cycle_t *cycle);
 static void *ngx_http_invoices_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent,
@@ -48,10 +41,6 @@ static char *ngx_http_invoices_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_invoices_webhook_secret(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
-static ngx_int_t ngx_http_invoices_load_secret(ngx_conf_t *cf,
-    ngx_str_t *spec, ngx_str_t *secret);
-static ngx_int_t ngx_http_invoices_read_secret(ngx_conf_t *cf,
-    ngx_str_t *path, ngx_str_t *content);
 static char *ngx_http_invoices_check_token(ngx_conf_t *cf, ngx_str_t *value,
     const char *directive, const char *allowed);
 static ngx_int_t ngx_http_invoices_init_module(ngx_cycle_t *cycle);
@@ -118,7 +107,7 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
 
     { ngx_string("invoices_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
-      ngx_http_invoices_redis,
+      ngx_http_invoices_cache_redis_directive,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -139,7 +128,7 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
 
     { ngx_string("invoices_cache_local"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_http_invoices_cache_local,
+      ngx_http_invoices_cache_local_directive,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -259,10 +248,7 @@ ngx_http_invoices_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
-    imcf->redis.db = NGX_CONF_UNSET;
-    imcf->redis.timeout = NGX_CONF_UNSET_MSEC;
-    imcf->redis.ttl = NGX_CONF_UNSET;
-    imcf->redis.local = NGX_CONF_UNSET_SIZE;
+    ngx_http_invoices_cache_conf_create(&imcf->redis);
 
     return imcf;
 }
@@ -273,183 +259,13 @@ ngx_http_invoices_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_invoices_main_conf_t *imcf = conf;
 
-    ngx_conf_init_value(imcf->redis.db, 0);
-    ngx_conf_init_msec_value(imcf->redis.timeout, 100);
-    ngx_conf_init_value(imcf->redis.ttl, 60);
-    ngx_conf_init_size_value(imcf->redis.local, 4 * 1024 * 1024);
-
-    if (ngx_http_invoices_metrics_add_zone(cf) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    /* the worker's copy needs the subscription, so Redis */
-
-    if (imcf->redis.addr.len && imcf->redis.local
-        && ngx_http_invoices_local_add_zone(cf) != NGX_OK)
+    if (ngx_http_invoices_metrics_add_zone(cf) != NGX_OK
+        || ngx_http_invoices_cache_conf_init(cf, &imcf->redis) != NGX_OK)
     {
         return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
-}
-
-
-/* invoices_cache_local off | <size>: the worker's copy in front of Redis */
-
-static char *
-ngx_http_invoices_cache_local(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_invoices_main_conf_t *imcf = conf;
-
-    ssize_t     size;
-    ngx_str_t  *value;
-
-    if (imcf->redis.local != NGX_CONF_UNSET_SIZE) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    if (ngx_strcmp(value[1].data, "off") == 0) {
-        imcf->redis.local = 0;
-        return NGX_CONF_OK;
-    }
-
-    size = ngx_parse_size(&value[1]);
-
-    if (size < 64 * 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid \"invoices_cache_local\" value \"%V\": "
-                           "it takes \"off\" or a size of at least 64k",
-                           &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    imcf->redis.local = size;
-
-    return NGX_CONF_OK;
-}
-
-
-/*
- * invoices_redis 127.0.0.1:6379 | [::1]:6379 | unix:/path
- *                [password=file:/path|env:NAME] [db=N];
- *
- * Numeric addresses only: hiredis 0.14 resolves names with a blocking
- * getaddrinfo(), which the event loop must never run.
- */
-
-static char *
-ngx_http_invoices_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_invoices_main_conf_t *imcf = conf;
-
-    u_char                          *colon;
-    ngx_str_t                       *value, spec;
-    ngx_uint_t                       i;
-    ngx_http_invoices_redis_conf_t  *rc;
-
-    rc = &imcf->redis;
-
-    if (rc->addr.len) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-    rc->addr = value[1];
-
-    if (value[1].len > 5 && ngx_strncmp(value[1].data, "unix:", 5) == 0) {
-        rc->unix_path.data = value[1].data + 5;
-        rc->unix_path.len = value[1].len - 5;
-
-    } else {
-        colon = NULL;
-
-        for (i = 0; i < value[1].len; i++) {
-            if (value[1].data[i] == ':') {
-                colon = &value[1].data[i];
-            }
-        }
-
-        if (colon == NULL) {
-            goto invalid;
-        }
-
-        rc->port = ngx_atoi(colon + 1, value[1].data + value[1].len - colon
-                                       - 1);
-
-        rc->host.data = value[1].data;
-        rc->host.len = colon - value[1].data;
-
-        if (rc->host.len > 2 && rc->host.data[0] == '['
-            && rc->host.data[rc->host.len - 1] == ']')
-        {
-            rc->host.data++;
-            rc->host.len -= 2;
-        }
-
-        if (rc->port < 1 || rc->port > 65535
-            || (ngx_inet_addr(rc->host.data, rc->host.len) == INADDR_NONE
-#if (NGX_HAVE_INET6)
-                && ngx_inet6_addr(rc->host.data, rc->host.len,
-                                  (u_char [16]) { 0 }) != NGX_OK
-#endif
-               ))
-        {
-            goto invalid;
-        }
-
-        /* NUL-ended for hiredis */
-
-        rc->host.data = ngx_pnalloc(cf->pool, rc->host.len + 1);
-        if (rc->host.data == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_memcpy(rc->host.data,
-                   value[1].data + (value[1].data[0] == '[' ? 1 : 0),
-                   rc->host.len);
-        rc->host.data[rc->host.len] = '\0';
-    }
-
-    for (i = 2; i < cf->args->nelts; i++) {
-
-        if (value[i].len > 9
-            && ngx_strncmp(value[i].data, "password=", 9) == 0)
-        {
-            spec.data = value[i].data + 9;
-            spec.len = value[i].len - 9;
-
-            if (ngx_http_invoices_load_secret(cf, &spec, &rc->password)
-                != NGX_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (value[i].len > 3 && ngx_strncmp(value[i].data, "db=", 3) == 0) {
-            rc->db = ngx_atoi(value[i].data + 3, value[i].len - 3);
-            if (rc->db == NGX_ERROR || rc->db > 65535) {
-                goto invalid;
-            }
-
-            continue;
-        }
-
-        goto invalid;
-    }
-
-    return NGX_CONF_OK;
-
-invalid:
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid \"invoices_redis\" value: it takes a "
-                       "numeric IP:port, [IPv6]:port or unix:/path, then "
-                       "optional password=file:/path|env:NAME and db=N");
-    return NGX_CONF_ERROR;
 }
 
 
@@ -776,7 +592,7 @@ ngx_http_invoices_api_keys_file(ngx_conf_t *cf, ngx_command_t *cmd,
     value = cf->args->elts;
     ilcf->api_keys_file = value[1];
 
-    if (ngx_http_invoices_read_secret(cf, &ilcf->api_keys_file, &content)
+    if (ngx_http_invoices_secret_read(cf, &ilcf->api_keys_file, &content)
         != NGX_OK)
     {
         return NGX_CONF_ERROR;
@@ -844,7 +660,7 @@ ngx_http_invoices_stripe_secret_key(ngx_conf_t *cf, ngx_command_t *cmd,
 
     value = cf->args->elts;
 
-    if (ngx_http_invoices_load_secret(cf, &value[1], &ilcf->stripe_secret_key)
+    if (ngx_http_invoices_secret_load(cf, &value[1], &ilcf->stripe_secret_key)
         != NGX_OK)
     {
         return NGX_CONF_ERROR;
@@ -882,182 +698,12 @@ ngx_http_invoices_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd,
             return NGX_CONF_ERROR;
         }
 
-        if (ngx_http_invoices_load_secret(cf, &value[i], secret) != NGX_OK) {
+        if (ngx_http_invoices_secret_load(cf, &value[i], secret) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
     }
 
     return NGX_CONF_OK;
-}
-
-
-/*
- * A secret from "file:/path" (the secret alone in a file nobody else can
- * read) or "env:NAME" (nginx's environment when the configuration is
- * read); never from the configuration itself.  One line of printable
- * characters, trimmed, NUL-ended.
- */
-
-static ngx_int_t
-ngx_http_invoices_load_secret(ngx_conf_t *cf, ngx_str_t *spec,
-    ngx_str_t *secret)
-{
-    u_char     *p, *last;
-    char       *env;
-    ngx_str_t  *directive, name, key;
-
-    directive = cf->args->elts;
-
-    if (spec->len > 5 && ngx_strncmp(spec->data, "file:", 5) == 0) {
-        name.data = spec->data + 5;
-        name.len = spec->len - 5;
-
-        if (ngx_http_invoices_read_secret(cf, &name, &key) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-    } else if (spec->len > 4 && ngx_strncmp(spec->data, "env:", 4) == 0) {
-        env = getenv((char *) spec->data + 4);
-
-        if (env == NULL || *env == '\0') {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"%V\": the environment variable \"%s\" is "
-                               "not set", directive, spec->data + 4);
-            return NGX_ERROR;
-        }
-
-        key.len = ngx_strlen(env);
-        key.data = ngx_pnalloc(cf->pool, key.len + 1);
-        if (key.data == NULL) {
-            return NGX_ERROR;
-        }
-
-        ngx_memcpy(key.data, env, key.len + 1);
-
-    } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" takes \"file:/path\" or \"env:NAME\"; "
-                           "the secret itself never goes into the "
-                           "configuration", directive);
-        return NGX_ERROR;
-    }
-
-    p = key.data;
-    last = key.data + key.len;
-
-    while (p < last && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-    {
-        p++;
-    }
-
-    while (last > p && (last[-1] == ' ' || last[-1] == '\t'
-                        || last[-1] == '\r' || last[-1] == '\n'))
-    {
-        last--;
-    }
-
-    if (last == p || last - p > 255) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\": no secret found in \"%V\"", directive,
-                           spec);
-        return NGX_ERROR;
-    }
-
-    for (key.data = p; p < last; p++) {
-        if (*p <= ' ' || *p >= 0x7f) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"%V\": the secret in \"%V\" must be one "
-                               "line of printable characters", directive,
-                               spec);
-            return NGX_ERROR;
-        }
-    }
-
-    *last = '\0';
-    secret->data = key.data;
-    secret->len = last - key.data;
-
-    return NGX_OK;
-}
-
-
-/*
- * A secret file, read whole into the configuration pool: refused when
- * missing, over 64 KiB, or readable or writable by others.
- */
-
-static ngx_int_t
-ngx_http_invoices_read_secret(ngx_conf_t *cf, ngx_str_t *path,
-    ngx_str_t *content)
-{
-    u_char           *buf;
-    ssize_t           n;
-    ngx_fd_t          fd;
-    ngx_str_t         name, *directive;
-    ngx_file_info_t   fi;
-
-    directive = cf->args->elts;
-    name = *path;
-
-    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "\"%V\" cannot open \"%s\"", directive,
-                           name.data);
-        return NGX_ERROR;
-    }
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "\"%V\" cannot stat \"%s\"", directive,
-                           name.data);
-        goto failed;
-    }
-
-    if (fi.st_mode & (S_IROTH|S_IWOTH)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\": \"%s\" is accessible by others; "
-                           "chmod o-rwx it", directive, name.data);
-        goto failed;
-    }
-
-    if (ngx_file_size(&fi) > NGX_HTTP_INVOICES_KEYS_MAX_SIZE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\": \"%s\" is larger than %d bytes",
-                           directive, name.data,
-                           NGX_HTTP_INVOICES_KEYS_MAX_SIZE);
-        goto failed;
-    }
-
-    buf = ngx_pnalloc(cf->pool, NGX_HTTP_INVOICES_KEYS_MAX_SIZE + 1);
-    if (buf == NULL) {
-        goto failed;
-    }
-
-    n = ngx_read_fd(fd, buf, NGX_HTTP_INVOICES_KEYS_MAX_SIZE);
-    if (n == -1) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "\"%V\" cannot read \"%s\"", directive,
-                           name.data);
-        goto failed;
-    }
-
-    (void) ngx_close_file(fd);
-
-    buf[n] = '\0';
-    content->data = buf;
-    content->len = n;
-
-    return NGX_OK;
-
-failed:
-
-    (void) ngx_close_file(fd);
-    return NGX_ERROR;
 }
 
 

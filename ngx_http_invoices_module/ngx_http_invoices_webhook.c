@@ -17,7 +17,7 @@
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_pg.h"
 #include "ngx_http_invoices_cache.h"
-#include "ngx_http_invoices_handler.h"
+#include "ngx_http_invoices_request.h"
 #include "ngx_http_invoices_stripe.h"
 #include "ngx_http_invoices_webhook.h"
 #include "ngx_http_invoices_parse.h"
