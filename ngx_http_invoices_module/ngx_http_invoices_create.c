@@ -173,7 +173,7 @@ ngx_http_invoices_create(ngx_http_request_t *r,
                 + 5000 * ilcf->stripe_max_retries + 10000;
     }
 
-    *ngx_sprintf((u_char *) cr->lease, "%M", lease) = '\0';
+    (void) ngx_http_invoices_sprint(cr->lease, "%M", lease);
     ngx_http_invoices_stripe_conf(&cr->stripe, ilcf);
 
     ctx->data = cr;
@@ -717,7 +717,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
                                    "ngx_http_invoices_module");
         ngx_http_invoices_form_add(&form, "metadata[team_id]", cr->team);
 
-        *ngx_sprintf((u_char *) key, "%s:create", cr->stripe_key) = '\0';
+        (void) ngx_http_invoices_sprint(key, "%s:create", cr->stripe_key);
 
         invoice = ngx_http_invoices_create_call(job, cr, "POST",
                                                 "/v1/invoices", &form, key,
@@ -767,8 +767,8 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     } else {
         /* a retry: where did the earlier attempt stop? */
 
-        *ngx_sprintf((u_char *) path, "/v1/invoices/%s",
-                     cr->invoice_id) = '\0';
+        (void) ngx_http_invoices_sprint(path,
+                                        "/v1/invoices/%s", cr->invoice_id);
 
         invoice = ngx_http_invoices_create_call(job, cr, "GET", path, NULL,
                                                 NULL, "reading the invoice",
@@ -819,10 +819,9 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
 
         item = json_array_get(items, i);
 
-        *ngx_sprintf((u_char *) amount, "%L",
-                     (int64_t) json_integer_value(
-                         json_object_get(item, "amount"))) = '\0';
-        *ngx_sprintf((u_char *) index, "%uz", i) = '\0';
+        (void) ngx_http_invoices_sprint(amount, "%L", (int64_t)
+            json_integer_value(json_object_get(item, "amount")));
+        (void) ngx_http_invoices_sprint(index, "%uz", i);
 
         ngx_memzero(&form, sizeof(form));
         ngx_http_invoices_form_add(&form, "customer", cr->customer);
@@ -835,7 +834,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
                                    "metadata[" NGX_HTTP_INVOICES_LINE_KEY "]",
                                    index);
 
-        *ngx_sprintf((u_char *) key, "%s:item:%uz", cr->stripe_key, i) = '\0';
+        (void) ngx_http_invoices_sprint(key, "%s:item:%uz", cr->stripe_key, i);
 
         v = ngx_http_invoices_create_call(job, cr, "POST", "/v1/invoiceitems",
                                           &form, key, "adding a line", &sr);
@@ -857,9 +856,10 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     ngx_memzero(&form, sizeof(form));
     ngx_http_invoices_form_add(&form, "auto_advance", "true");
 
-    *ngx_sprintf((u_char *) path, "/v1/invoices/%s/finalize",
-                 cr->invoice_id) = '\0';
-    *ngx_sprintf((u_char *) key, "%s:finalize", cr->stripe_key) = '\0';
+    (void) ngx_http_invoices_sprint(path,
+                                    "/v1/invoices/%s/finalize",
+                                    cr->invoice_id);
+    (void) ngx_http_invoices_sprint(key, "%s:finalize", cr->stripe_key);
 
     invoice = ngx_http_invoices_create_call(job, cr, "POST", path, &form, key,
                                             "finalizing the invoice", &sr);
@@ -915,7 +915,6 @@ static ngx_int_t
 ngx_http_invoices_create_attached(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr, u_char *attached, size_t n)
 {
-    u_char                          *p;
     size_t                           i, page;
     json_t                          *list, *data, *line;
     ngx_int_t                        index;
@@ -927,14 +926,11 @@ ngx_http_invoices_create_attached(ngx_http_invoices_job_t *job,
 
     for (page = 0; page < NGX_HTTP_INVOICES_LINE_PAGES; page++) {
 
-        p = ngx_sprintf((u_char *) path, "/v1/invoices/%s/lines?limit=100",
-                        cr->invoice_id);
-
-        if (after[0]) {
-            p = ngx_sprintf(p, "&starting_after=%s", after);
-        }
-
-        *p = '\0';
+        (void) ngx_http_invoices_sprint(path,
+                                        "/v1/invoices/%s/lines?limit=100%s%s",
+                                        cr->invoice_id,
+                                        after[0] ? "&starting_after=" : "",
+                                        after);
 
         list = ngx_http_invoices_create_call(job, cr, "GET", path, NULL, NULL,
                                              "reading the invoice's lines",
@@ -1125,7 +1121,7 @@ ngx_http_invoices_create_done(ngx_http_invoices_job_t *job,
         return;
     }
 
-    *ngx_sprintf((u_char *) code, "%ui", status) = '\0';
+    (void) ngx_http_invoices_sprint(code, "%ui", status);
 
     values[0] = cr->key;
     values[1] = code;

@@ -22,6 +22,37 @@
 #error ngx_http_invoices_module needs nginx built --with-threads
 #endif
 
+/*
+ * Formats into a char array (ngx_vslprintf, bounded by its size) and
+ * NUL-ends it; NGX_ERROR when the text did not fit, so that nothing is
+ * sent truncated.  ngx_http_invoices_sprint(array, fmt, ...) takes the
+ * size from the array itself, and does not compile for a pointer.
+ */
+
+static ngx_inline ngx_int_t
+ngx_http_invoices_print(char *buf, size_t size, const char *fmt, ...)
+{
+    u_char   *p;
+    va_list   args;
+
+    va_start(args, fmt);
+    p = ngx_vslprintf((u_char *) buf, (u_char *) buf + size - 1, fmt, args);
+    va_end(args);
+
+    *p = '\0';
+
+    return (size_t) (p - (u_char *) buf) < size - 1 ? NGX_OK : NGX_ERROR;
+}
+
+#define ngx_http_invoices_is_array(a)                                         \
+    (0 * sizeof(struct { int array:1 + !__builtin_types_compatible_p(        \
+         __typeof__(a), __typeof__(&(a)[0])); }))
+
+#define ngx_http_invoices_sprint(buf, ...)                                    \
+    ngx_http_invoices_print(buf, sizeof(buf) + ngx_http_invoices_is_array(buf), \
+                            __VA_ARGS__)
+
+
 
 typedef struct {
     ngx_flag_t                 admin;

@@ -25,10 +25,6 @@ static void ngx_http_invoices_form_escape(ngx_http_invoices_form_t *form,
     const char *s);
 
 
-static const char  ngx_http_invoices_id_chars[] =
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_";
-
-
 /*
  * "page" and "limit" of a list query (other arguments are ignored): each
  * at most once, an integer from 1 to its maximum; absent, 1 and 10.
@@ -301,9 +297,9 @@ ngx_http_invoices_parse_create(u_char *body, size_t len,
     v = json_object_get(req, "customer");
     s = json_string_value(v);
 
-    if (s == NULL || ngx_strncmp(s, "cus_", 4) != 0
-        || json_string_length(v) < 5 || json_string_length(v) > 255
-        || s[strspn(s, ngx_http_invoices_id_chars)] != '\0')
+    if (s == NULL
+        || !ngx_http_invoices_stripe_id((u_char *) s, json_string_length(v),
+                                        "cus_"))
     {
         ngx_http_invoices_invalid(invalid,
             v ? "parameter_invalid" : "parameter_missing",
@@ -315,12 +311,14 @@ ngx_http_invoices_parse_create(u_char *body, size_t len,
     s = json_string_value(v);
 
     if (v != NULL && !json_is_null(v)
-        && (s == NULL || json_string_length(v) < 4
-            || json_string_length(v) > 255
-            || (ngx_strncmp(s, "pm_", 3) != 0
-                && ngx_strncmp(s, "card_", 5) != 0
-                && ngx_strncmp(s, "src_", 4) != 0)
-            || s[strspn(s, ngx_http_invoices_id_chars)] != '\0'))
+        && (s == NULL
+            || !(ngx_http_invoices_stripe_id((u_char *) s,
+                                             json_string_length(v), "pm_")
+                 || ngx_http_invoices_stripe_id((u_char *) s,
+                                                json_string_length(v), "card_")
+                 || ngx_http_invoices_stripe_id((u_char *) s,
+                                                json_string_length(v),
+                                                "src_"))))
     {
         ngx_http_invoices_invalid(invalid, "parameter_invalid",
             "paymentMethod must be a Stripe payment method id (pm_...)",
@@ -643,4 +641,40 @@ ngx_http_invoices_utf8_cut(char *s)
     if ((size_t) (p + len - last) != need) {
         *last = '\0';
     }
+}
+
+
+/* the one check of a Stripe object id (NGX_HTTP_INVOICES_ID_MAX) */
+
+ngx_uint_t
+ngx_http_invoices_stripe_id(const u_char *id, size_t len, const char *prefix)
+{
+    size_t  i, n;
+
+    n = ngx_strlen(prefix);
+
+    if (id == NULL || len <= n || len > NGX_HTTP_INVOICES_ID_MAX
+        || ngx_strncmp(id, prefix, n) != 0)
+    {
+        return 0;
+    }
+
+    for (i = n; i < len; i++) {
+        if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= 'A' && id[i] <= 'Z')
+              || (id[i] >= '0' && id[i] <= '9') || id[i] == '_'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/* a Unix time PostgreSQL's to_timestamp() keeps: 0 to 9999-12-31 */
+
+ngx_uint_t
+ngx_http_invoices_stripe_time(int64_t t)
+{
+    return t >= 0 && t <= NGX_HTTP_INVOICES_TIME_MAX;
 }

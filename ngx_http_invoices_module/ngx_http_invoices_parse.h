@@ -24,6 +24,12 @@
 
 #define NGX_HTTP_INVOICES_V1_MAX       8
 
+/* a Stripe object id: a prefix, then [A-Za-z0-9_], 255 bytes at most */
+#define NGX_HTTP_INVOICES_ID_MAX       255
+
+/* 9999-12-31T23:59:59Z: the last second PostgreSQL's timestamps keep */
+#define NGX_HTTP_INVOICES_TIME_MAX     253402300799LL
+
 
 /* why an input is refused, as a 400 names it */
 typedef struct {
@@ -53,6 +59,10 @@ const char *ngx_http_invoices_parse_signature(ngx_str_t *header,
     time_t tolerance);
 ngx_int_t ngx_http_invoices_hmac_hex(ngx_str_t *secret, ngx_str_t *t,
     ngx_str_t *body, u_char *hex);
+
+ngx_uint_t ngx_http_invoices_stripe_id(const u_char *id, size_t len,
+    const char *prefix);
+ngx_uint_t ngx_http_invoices_stripe_time(int64_t t);
 
 void ngx_http_invoices_form_add(ngx_http_invoices_form_t *form,
     const char *key, const char *value);

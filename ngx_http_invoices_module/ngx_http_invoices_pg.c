@@ -217,7 +217,7 @@ ngx_http_invoices_pg_run(ngx_http_invoices_pg_conn_t *pc, const char *sql,
                             0);
     }
 
-    *ngx_sprintf((u_char *) name, "ngxinv_%ui", i) = '\0';
+    (void) ngx_http_invoices_sprint(name, "ngxinv_%ui", i);
 
     res = PQprepare(pc->conn, name, sql, nparams, NULL);
 
@@ -239,7 +239,7 @@ ngx_http_invoices_pg_run(ngx_http_invoices_pg_conn_t *pc, const char *sql,
 
 prepared:
 
-    *ngx_sprintf((u_char *) name, "ngxinv_%ui", i) = '\0';
+    (void) ngx_http_invoices_sprint(name, "ngxinv_%ui", i);
 
     return PQexecPrepared(pc->conn, name, nparams, values, NULL, NULL, 0);
 }

@@ -113,9 +113,10 @@ ngx_http_invoices_list(ngx_http_request_t *r,
                    invalid.param);
     }
 
-    *ngx_sprintf((u_char *) rd->limit_text, "%i", rd->limit) = '\0';
-    *ngx_sprintf((u_char *) rd->offset_text, "%L",
-                 (int64_t) (rd->page - 1) * rd->limit) = '\0';
+    (void) ngx_http_invoices_sprint(rd->limit_text, "%i", rd->limit);
+    (void) ngx_http_invoices_sprint(rd->offset_text,
+                                    "%L",
+                                    (int64_t) (rd->page - 1) * rd->limit);
 
     rd->x_cache = &ngx_http_invoices_bypass;
 
@@ -251,21 +252,9 @@ ngx_http_invoices_get(ngx_http_request_t *r,
             }
         }
 
-    } else if (id->len > 3 && id->len <= 255
-               && ngx_strncmp(id->data, "in_", 3) == 0)
-    {
+    } else if (ngx_http_invoices_stripe_id(id->data, id->len, "in_")) {
         ok = 1;
         rd->by_stripe_id = 1;
-
-        for (i = 3; i < id->len; i++) {
-            if (!((id->data[i] >= '0' && id->data[i] <= '9')
-                  || (id->data[i] >= 'a' && id->data[i] <= 'z')
-                  || (id->data[i] >= 'A' && id->data[i] <= 'Z')
-                  || id->data[i] == '_'))
-            {
-                ok = 0;
-            }
-        }
 
     } else {
         ok = 0;

@@ -48,9 +48,6 @@ static size_t ngx_http_invoices_stripe_header(char *ptr, size_t size,
     size_t nmemb, void *data);
 static void ngx_http_invoices_stripe_note(ngx_http_invoices_stripe_res_t *res,
     const char *what, const char *detail);
-static ngx_uint_t ngx_http_invoices_stripe_id_ok(const char *id,
-    const char *prefix);
-static ngx_uint_t ngx_http_invoices_stripe_time_ok(json_int_t t);
 
 
 static __thread CURL              *ngx_http_invoices_curl_mine;
@@ -107,20 +104,25 @@ ngx_http_invoices_stripe_request(ngx_http_invoices_stripe_conf_t *conf,
         return;
     }
 
-    if (ngx_strlen(conf->api_base) + ngx_strlen(path) >= sizeof(url)
-        || ngx_strlen(conf->secret_key) + 32 >= sizeof(auth)
-        || (idempotency_key && ngx_strlen(idempotency_key) > 255))
+    if (ngx_http_invoices_sprint(url, "%s%s", conf->api_base, path)
+        != NGX_OK
+        || ngx_http_invoices_sprint(auth, "Authorization: Bearer %s",
+                                    conf->secret_key)
+           != NGX_OK
+        || ngx_http_invoices_sprint(version, "Stripe-Version: %s",
+                                    conf->version)
+           != NGX_OK
+        || (idempotency_key
+            && (ngx_strlen(idempotency_key) > 255
+                || ngx_http_invoices_sprint(key, "Idempotency-Key: %s",
+                                            idempotency_key)
+                   != NGX_OK)))
     {
+        ngx_explicit_memzero(auth, sizeof(auth));
         res->outcome = NGX_HTTP_INVOICES_STRIPE_FAILED;
         ngx_http_invoices_stripe_note(res, "request too long", NULL);
         return;
     }
-
-    *ngx_sprintf((u_char *) url, "%s%s", conf->api_base, path) = '\0';
-    *ngx_sprintf((u_char *) auth, "Authorization: Bearer %s",
-                 conf->secret_key) = '\0';
-    *ngx_sprintf((u_char *) version, "Stripe-Version: %s",
-                 conf->version) = '\0';
 
     headers = NULL;
     h = curl_slist_append(NULL, auth);
@@ -149,8 +151,6 @@ ngx_http_invoices_stripe_request(ngx_http_invoices_stripe_conf_t *conf,
     }
 
     if (idempotency_key) {
-        *ngx_sprintf((u_char *) key, "Idempotency-Key: %s",
-                     idempotency_key) = '\0';
         append(key);
     }
 
@@ -461,8 +461,11 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
                     ? json_string_value(json_object_get(v, "id"))
                     : json_string_value(v);
 
-    if (!ngx_http_invoices_stripe_id_ok(inv->id, "in_")
-        || !ngx_http_invoices_stripe_id_ok(inv->customer, "cus_")
+    if (inv->id == NULL || inv->customer == NULL
+        || !ngx_http_invoices_stripe_id((u_char *) inv->id,
+                                        ngx_strlen(inv->id), "in_")
+        || !ngx_http_invoices_stripe_id((u_char *) inv->customer,
+                                        ngx_strlen(inv->customer), "cus_")
         || inv->currency == NULL || ngx_strlen(inv->currency) != 3
         || inv->status == NULL
         || (ngx_strcmp(inv->status, "draft") != 0
@@ -478,7 +481,7 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
     t = json_object_get(invoice, "created");
 
     if (!json_is_integer(v) || !json_is_integer(t)
-        || !ngx_http_invoices_stripe_time_ok(json_integer_value(t)))
+        || !ngx_http_invoices_stripe_time(json_integer_value(t)))
     {
         return NGX_ERROR;
     }
@@ -489,10 +492,10 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
         }
     }
 
-    *ngx_sprintf((u_char *) inv->amount, "%L",
-                 (int64_t) json_integer_value(v)) = '\0';
-    *ngx_sprintf((u_char *) inv->created, "%L",
-                 (int64_t) json_integer_value(t)) = '\0';
+    (void) ngx_http_invoices_sprint(inv->amount,
+                                    "%L", (int64_t) json_integer_value(v));
+    (void) ngx_http_invoices_sprint(inv->created,
+                                    "%L", (int64_t) json_integer_value(t));
 
     /* {"finalized_at": 1700000000, "paid_at": null, ...} */
 
@@ -506,7 +509,7 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
     json_object_foreach(v, key, t) {
         if (!json_is_null(t)
             && !(json_is_integer(t)
-                 && ngx_http_invoices_stripe_time_ok(json_integer_value(t))))
+                 && ngx_http_invoices_stripe_time(json_integer_value(t))))
         {
             return NGX_ERROR;
         }
@@ -516,51 +519,13 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
         }
     }
 
-    *ngx_sprintf((u_char *) inv->transition_at, "%L", (int64_t) latest)
-        = '\0';
+    (void) ngx_http_invoices_sprint(inv->transition_at,
+                                    "%L", (int64_t) latest);
 
     return NGX_OK;
 }
 
 
-/* a Stripe object id: the prefix, then 1 to 250 of [A-Za-z0-9_] */
-
-static ngx_uint_t
-ngx_http_invoices_stripe_id_ok(const char *id, const char *prefix)
-{
-    size_t       len, n;
-    const char  *p;
-
-    if (id == NULL) {
-        return 0;
-    }
-
-    n = ngx_strlen(prefix);
-    len = ngx_strlen(id);
-
-    if (len <= n || len > n + 250 || ngx_strncmp(id, prefix, n) != 0) {
-        return 0;
-    }
-
-    for (p = id + n; *p; p++) {
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
-              || (*p >= '0' && *p <= '9') || *p == '_'))
-        {
-            return 0;
-        }
-    }
-
-    return 1;
-}
-
-
-/* seconds since the epoch that PostgreSQL's to_timestamp() takes: 0..9999 */
-
-static ngx_uint_t
-ngx_http_invoices_stripe_time_ok(json_int_t t)
-{
-    return t >= 0 && t <= 253402300799LL;
-}
 
 
 /*
@@ -758,7 +723,7 @@ ngx_http_invoices_stripe_store(ngx_http_invoices_job_t *job,
     PGresult    *res;
     const char  *values[9];
 
-    *ngx_sprintf((u_char *) now, "%T", time(NULL)) = '\0';
+    (void) ngx_http_invoices_sprint(now, "%T", time(NULL));
 
     values[0] = inv->id;
     values[1] = inv->customer;

@@ -69,7 +69,9 @@ ngx_http_invoices_sync(ngx_http_request_t *r,
                                    sizeof(sy->starting_after))
         != NGX_OK
         || (sy->starting_after[0]
-            && ngx_strncmp(sy->starting_after, "in_", 3) != 0))
+            && !ngx_http_invoices_stripe_id((u_char *) sy->starting_after,
+                                            ngx_strlen(sy->starting_after),
+                                            "in_")))
     {
         return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
                    "invalid_request_error", "parameter_invalid",
@@ -174,19 +176,13 @@ ngx_http_invoices_sync_run(ngx_http_invoices_job_t *job)
 
     for (pages = 0; pages < NGX_HTTP_INVOICES_SYNC_PAGES; pages++) {
 
-        p = (char *) ngx_sprintf((u_char *) path, "/v1/invoices?limit=100");
-
-        if (sy->since[0]) {
-            p = (char *) ngx_sprintf((u_char *) p, "&created%%5Bgte%%5D=%s",
-                                     sy->since);
-        }
-
-        if (sy->starting_after[0]) {
-            p = (char *) ngx_sprintf((u_char *) p, "&starting_after=%s",
-                                     sy->starting_after);
-        }
-
-        *p = '\0';
+        (void) ngx_http_invoices_sprint(path, "/v1/invoices?limit=100%s%s%s%s",
+                                        sy->since[0]
+                                        ? "&created%5Bgte%5D=" : "",
+                                        sy->since,
+                                        sy->starting_after[0]
+                                        ? "&starting_after=" : "",
+                                        sy->starting_after);
 
         ngx_http_invoices_stripe_request(&sy->stripe, "GET", path, NULL, NULL,
                                          &sr);

@@ -23,8 +23,6 @@
 #include "ngx_http_invoices_parse.h"
 #include "ngx_http_invoices_metrics.h"
 
-/* 9999-12-31T23:59:59Z: any later "created" is not a time PostgreSQL keeps */
-#define NGX_HTTP_INVOICES_CREATED_MAX  253402300799LL
 
 
 typedef struct {
@@ -193,10 +191,9 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
      */
 
     if (id == NULL || type == NULL || !json_is_integer(created)
-        || json_integer_value(created) < 0
-        || json_integer_value(created) > NGX_HTTP_INVOICES_CREATED_MAX
+        || !ngx_http_invoices_stripe_time(json_integer_value(created))
         || !json_is_object(object)
-        || ngx_strncmp(id, "evt_", 4) != 0 || ngx_strlen(id) > 255
+        || !ngx_http_invoices_stripe_id((u_char *) id, ngx_strlen(id), "evt_")
         || ngx_strlen(type) > 255)
     {
         json_decref(event);
@@ -209,8 +206,9 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
         return;
     }
 
-    *ngx_sprintf((u_char *) stamp, "%L",
-                 (int64_t) json_integer_value(created)) = '\0';
+    (void) ngx_http_invoices_sprint(stamp,
+                                    "%L",
+                                    (int64_t) json_integer_value(created));
 
     values[0] = id;
     values[1] = type;
