@@ -63,6 +63,7 @@ typedef struct {
     char                              stripe_key[64];
     ngx_uint_t                        held;      /* the lease is ours */
     ngx_uint_t                        forget;    /* release: drop the key */
+    ngx_uint_t                        resumed;   /* a retry's draft */
 
     /* out */
     ngx_uint_t                        replayed;
@@ -86,6 +87,20 @@ static void ngx_http_invoices_create_release(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr);
 static void ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr);
+static json_t *ngx_http_invoices_create_draft(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, const char *currency,
+    ngx_http_invoices_stripe_res_t *sr);
+static json_t *ngx_http_invoices_create_resume(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, ngx_http_invoices_stripe_res_t *sr,
+    ngx_uint_t *finalized);
+static ngx_int_t ngx_http_invoices_create_lines(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, const char *currency);
+static json_t *ngx_http_invoices_create_finalize(
+    ngx_http_invoices_job_t *job, ngx_http_invoices_create_t *cr,
+    ngx_http_invoices_stripe_res_t *sr);
+static json_t *ngx_http_invoices_create_unreadable(
+    ngx_http_invoices_job_t *job, json_t *invoice,
+    ngx_http_invoices_stripe_res_t *sr);
 static ngx_int_t ngx_http_invoices_create_attached(
     ngx_http_invoices_job_t *job, ngx_http_invoices_create_t *cr,
     u_char *attached, size_t n);
@@ -660,160 +675,245 @@ ngx_http_invoices_create_release(ngx_http_invoices_job_t *job,
 }
 
 
+/*
+ * The create, one Stripe step after the other: a new draft, or where an
+ * earlier attempt stopped; the lines it lacks; the finalize.  Each step
+ * leaves the job's error when it fails; a step that returns the invoice
+ * leaves Stripe's answer in *sr.
+ */
+
 static void
 ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr)
 {
     char                            *body;
-    u_char                          *attached;
-    size_t                           i, n, len;
-    json_t                          *invoice, *items, *item, *v;
-    PGresult                        *res;
-    const char                      *values[3], *currency, *s;
-    char                             path[320], key[96], amount[32],
-                                     index[NGX_INT_T_LEN + 1];
-    ngx_http_invoices_form_t         form;
+    size_t                           len;
+    json_t                          *invoice;
+    ngx_int_t                        rc;
+    ngx_uint_t                       finalized;
+    const char                      *currency;
     ngx_http_invoices_stripe_res_t   sr;
-
-    items = json_object_get(cr->req, "items");
-    n = json_array_size(items);
 
     currency = json_string_value(json_object_get(cr->req, "currency"));
     if (currency == NULL) {
         currency = cr->currency;
     }
 
-    invoice = NULL;
-    attached = NULL;
+    finalized = 0;
 
     if (cr->invoice_id[0] == '\0') {
-
-        /*
-         * auto_advance=false: should a later step fail, or this process
-         * die, Stripe must not finalize and charge the draft by itself
-         * an hour later; the finalize call below turns it on.
-         */
-
-        ngx_memzero(&form, sizeof(form));
-        ngx_http_invoices_form_add(&form, "customer", cr->customer);
-        ngx_http_invoices_form_add(&form, "collection_method",
-                                   "charge_automatically");
-        ngx_http_invoices_form_add(&form, "auto_advance", "false");
-        ngx_http_invoices_form_add(&form, "pending_invoice_items_behavior",
-                                   "exclude");
-        ngx_http_invoices_form_add(&form, "currency", currency);
-
-        s = json_string_value(json_object_get(cr->req, "paymentMethod"));
-        if (s) {
-            ngx_http_invoices_form_add(&form, "default_payment_method", s);
-        }
-
-        s = json_string_value(json_object_get(cr->req, "description"));
-        if (s) {
-            ngx_http_invoices_form_add(&form, "description", s);
-        }
-
-        ngx_http_invoices_form_add(&form, "metadata[source]",
-                                   "ngx_http_invoices_module");
-        ngx_http_invoices_form_add(&form, "metadata[team_id]", cr->team);
-
-        (void) ngx_http_invoices_sprint(key, "%s:create", cr->stripe_key);
-
-        invoice = ngx_http_invoices_create_call(job, cr, "POST",
-                                                "/v1/invoices", &form, key,
-                                                "creating the invoice", &sr);
-        ngx_http_invoices_form_free(&form);
-
-        if (invoice == NULL) {
-            return;
-        }
-
-        s = ngx_http_invoices_json_str(invoice, "id");
-        if (s == NULL) {
-            goto bad_answer;
-        }
-
-        ngx_cpystrn((u_char *) cr->invoice_id, (u_char *) s,
-                    sizeof(cr->invoice_id));
-
-        values[0] = cr->key;
-        values[1] = cr->invoice_id;
-        values[2] = cr->fence;
-
-        res = ngx_http_invoices_pg_query(job,
-                  "UPDATE idempotency_keys SET stripe_invoice_id = $2, "
-                  "updated_at = now() "
-                  "WHERE key = $1 AND fence = $3 AND state = 'running'",
-                  3, values);
-
-        if (res == NULL) {
-            goto failed;
-        }
-
-        if (ngx_strcmp(PQcmdTuples(res), "1") != 0) {
-            PQclear(res);
-            ngx_http_invoices_create_taken(job, cr);
-            goto failed;
-        }
-
-        PQclear(res);
-
-        if (ngx_http_invoices_create_store(job, invoice) != NGX_OK) {
-            goto failed;
-        }
-
-        ngx_http_invoices_stripe_res_free(&sr);
+        invoice = ngx_http_invoices_create_draft(job, cr, currency, &sr);
 
     } else {
-        /* a retry: where did the earlier attempt stop? */
+        invoice = ngx_http_invoices_create_resume(job, cr, &sr, &finalized);
+    }
 
-        (void) ngx_http_invoices_sprint(path,
-                                        "/v1/invoices/%s", cr->invoice_id);
+    if (invoice == NULL) {
+        return;
+    }
 
-        invoice = ngx_http_invoices_create_call(job, cr, "GET", path, NULL,
-                                                NULL, "reading the invoice",
-                                                &sr);
-        if (invoice == NULL) {
+    if (!finalized) {
+        json_decref(invoice);
+        ngx_http_invoices_stripe_res_free(&sr);
+
+        rc = ngx_http_invoices_create_lines(job, cr, currency);
+
+        if (rc != NGX_OK) {
             return;
         }
 
-        if (ngx_http_invoices_create_store(job, invoice) != NGX_OK) {
-            goto failed;
-        }
+        invoice = ngx_http_invoices_create_finalize(job, cr, &sr);
 
-        s = ngx_http_invoices_json_str(invoice, "status");
-
-        if (s == NULL) {
-            goto bad_answer;
-        }
-
-        if (ngx_strcmp(s, "draft") != 0) {
-            /* finalized already: that is the answer */
-            goto answer;
-        }
-
-        ngx_http_invoices_stripe_res_free(&sr);
-
-        attached = calloc(n ? n : 1, 1);
-
-        if (attached == NULL
-            || ngx_http_invoices_create_attached(job, cr, attached, n)
-               != NGX_OK)
-        {
-            free(attached);
-            json_decref(invoice);
+        if (invoice == NULL) {
             return;
         }
     }
 
-    /*
-     * The lines: each names its index in its metadata, and its Stripe key
-     * names it too, so a retry adds none twice and leaves none out.
-     */
+    json_decref(invoice);
+
+    /* Stripe's bytes, as Stripe sent them */
+
+    body = sr.body;
+    len = sr.len;
+    sr.body = NULL;
+
+    ngx_http_invoices_create_done(job, cr, NGX_HTTP_CREATED, body, len);
+}
+
+
+/*
+ * Step 1, a first attempt: the draft.  auto_advance=false: should a later
+ * step fail, or this process die, Stripe must not finalize and charge the
+ * draft by itself an hour later; the finalize turns it on.  Its id is
+ * kept with the Idempotency-Key at once, under the key's fence.
+ */
+
+static json_t *
+ngx_http_invoices_create_draft(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, const char *currency,
+    ngx_http_invoices_stripe_res_t *sr)
+{
+    char                      key[96];
+    json_t                   *invoice;
+    PGresult                 *res;
+    const char               *values[3], *s;
+    ngx_http_invoices_form_t  form;
+
+    ngx_memzero(&form, sizeof(form));
+    ngx_http_invoices_form_add(&form, "customer", cr->customer);
+    ngx_http_invoices_form_add(&form, "collection_method",
+                               "charge_automatically");
+    ngx_http_invoices_form_add(&form, "auto_advance", "false");
+    ngx_http_invoices_form_add(&form, "pending_invoice_items_behavior",
+                               "exclude");
+    ngx_http_invoices_form_add(&form, "currency", currency);
+
+    s = json_string_value(json_object_get(cr->req, "paymentMethod"));
+    if (s) {
+        ngx_http_invoices_form_add(&form, "default_payment_method", s);
+    }
+
+    s = json_string_value(json_object_get(cr->req, "description"));
+    if (s) {
+        ngx_http_invoices_form_add(&form, "description", s);
+    }
+
+    ngx_http_invoices_form_add(&form, "metadata[source]",
+                               "ngx_http_invoices_module");
+    ngx_http_invoices_form_add(&form, "metadata[team_id]", cr->team);
+
+    (void) ngx_http_invoices_sprint(key, "%s:create", cr->stripe_key);
+
+    invoice = ngx_http_invoices_create_call(job, cr, "POST", "/v1/invoices",
+                                            &form, key,
+                                            "creating the invoice", sr);
+    ngx_http_invoices_form_free(&form);
+
+    if (invoice == NULL) {
+        return NULL;
+    }
+
+    s = ngx_http_invoices_json_str(invoice, "id");
+    if (s == NULL) {
+        return ngx_http_invoices_create_unreadable(job, invoice, sr);
+    }
+
+    ngx_cpystrn((u_char *) cr->invoice_id, (u_char *) s,
+                sizeof(cr->invoice_id));
+
+    values[0] = cr->key;
+    values[1] = cr->invoice_id;
+    values[2] = cr->fence;
+
+    res = ngx_http_invoices_pg_query(job,
+              "UPDATE idempotency_keys SET stripe_invoice_id = $2, "
+              "updated_at = now() "
+              "WHERE key = $1 AND fence = $3 AND state = 'running'",
+              3, values);
+
+    if (res != NULL && ngx_strcmp(PQcmdTuples(res), "1") != 0) {
+        ngx_http_invoices_create_taken(job, cr);
+        PQclear(res);
+        res = NULL;
+    }
+
+    if (res == NULL || ngx_http_invoices_create_store(job, invoice) != NGX_OK)
+    {
+        /* the database failed after Stripe answered (503), or the key was
+         * taken over */
+        PQclear(res);
+        ngx_http_invoices_stripe_res_free(sr);
+        json_decref(invoice);
+        return NULL;
+    }
+
+    PQclear(res);
+
+    return invoice;
+}
+
+
+/*
+ * Step 1, a retry: where did the earlier attempt stop?  A draft goes on
+ * with its lines; anything else was finalized already, and is the answer.
+ */
+
+static json_t *
+ngx_http_invoices_create_resume(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, ngx_http_invoices_stripe_res_t *sr,
+    ngx_uint_t *finalized)
+{
+    char        path[320];
+    json_t     *invoice;
+    const char *s;
+
+    (void) ngx_http_invoices_sprint(path, "/v1/invoices/%s", cr->invoice_id);
+
+    invoice = ngx_http_invoices_create_call(job, cr, "GET", path, NULL, NULL,
+                                            "reading the invoice", sr);
+    if (invoice == NULL) {
+        return NULL;
+    }
+
+    if (ngx_http_invoices_create_store(job, invoice) != NGX_OK) {
+        ngx_http_invoices_stripe_res_free(sr);
+        json_decref(invoice);
+        return NULL;
+    }
+
+    s = ngx_http_invoices_json_str(invoice, "status");
+
+    if (s == NULL) {
+        return ngx_http_invoices_create_unreadable(job, invoice, sr);
+    }
+
+    *finalized = ngx_strcmp(s, "draft") != 0;
+    cr->resumed = 1;
+
+    return invoice;
+}
+
+
+/*
+ * Step 2: the lines.  Each names its index in its metadata, and its Stripe
+ * key names it too, so a retry adds none twice and leaves none out.
+ */
+
+static ngx_int_t
+ngx_http_invoices_create_lines(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, const char *currency)
+{
+    char                            key[96], amount[32],
+                                    index[NGX_INT_T_LEN + 1];
+    size_t                          i, n;
+    json_t                         *items, *item, *v;
+    u_char                         *attached;
+    ngx_http_invoices_form_t        form;
+    ngx_http_invoices_stripe_res_t  sr;
+
+    items = json_object_get(cr->req, "items");
+    n = json_array_size(items);
+
+    attached = calloc(n ? n : 1, 1);
+    if (attached == NULL) {
+        ngx_http_invoices_create_error(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                       "internal_error", "out of memory",
+                                       NULL);
+        return NGX_ERROR;
+    }
+
+    /* a retry: the lines the draft has already */
+
+    if (cr->resumed
+        && ngx_http_invoices_create_attached(job, cr, attached, n) != NGX_OK)
+    {
+        free(attached);
+        return NGX_ERROR;
+    }
 
     for (i = 0; i < n; i++) {
 
-        if (attached && attached[i]) {
+        if (attached[i]) {
             continue;
         }
 
@@ -842,8 +942,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
 
         if (v == NULL) {
             free(attached);
-            json_decref(invoice);
-            return;
+            return NGX_ERROR;
         }
 
         json_decref(v);
@@ -851,56 +950,60 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     }
 
     free(attached);
-    json_decref(invoice);
+
+    return NGX_OK;
+}
+
+
+/* Step 3: the finalize, auto_advance=true: Stripe then collects it */
+
+static json_t *
+ngx_http_invoices_create_finalize(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_create_t *cr, ngx_http_invoices_stripe_res_t *sr)
+{
+    char                      path[320], key[96];
+    json_t                   *invoice;
+    ngx_http_invoices_form_t  form;
 
     ngx_memzero(&form, sizeof(form));
     ngx_http_invoices_form_add(&form, "auto_advance", "true");
 
-    (void) ngx_http_invoices_sprint(path,
-                                    "/v1/invoices/%s/finalize",
+    (void) ngx_http_invoices_sprint(path, "/v1/invoices/%s/finalize",
                                     cr->invoice_id);
     (void) ngx_http_invoices_sprint(key, "%s:finalize", cr->stripe_key);
 
     invoice = ngx_http_invoices_create_call(job, cr, "POST", path, &form, key,
-                                            "finalizing the invoice", &sr);
+                                            "finalizing the invoice", sr);
     ngx_http_invoices_form_free(&form);
 
     if (invoice == NULL) {
-        return;
+        return NULL;
     }
+
+    /* Step 4: the finalized invoice stored */
 
     if (ngx_http_invoices_create_store(job, invoice) != NGX_OK) {
-        goto failed;
+        ngx_http_invoices_stripe_res_free(sr);
+        json_decref(invoice);
+        return NULL;
     }
 
-answer:
+    return invoice;
+}
 
-    json_decref(invoice);
 
-    /* Stripe's bytes, as Stripe sent them */
+/* Stripe answered 2xx with something we cannot read: 502 */
 
-    body = sr.body;
-    len = sr.len;
-    sr.body = NULL;
-
-    ngx_http_invoices_create_done(job, cr, NGX_HTTP_CREATED, body, len);
-    return;
-
-bad_answer:
-
-    ngx_http_invoices_stripe_res_free(&sr);
+static json_t *
+ngx_http_invoices_create_unreadable(ngx_http_invoices_job_t *job,
+    json_t *invoice, ngx_http_invoices_stripe_res_t *sr)
+{
+    ngx_http_invoices_stripe_res_free(sr);
     json_decref(invoice);
     ngx_http_invoices_create_error(job, NGX_HTTP_BAD_GATEWAY,
                                    "stripe_bad_response",
                                    "Stripe's answer could not be read", NULL);
-    return;
-
-failed:
-
-    /* the database failed after Stripe answered (503), or the key was lost */
-
-    ngx_http_invoices_stripe_res_free(&sr);
-    json_decref(invoice);
+    return NULL;
 }
 
 

@@ -7,7 +7,7 @@
  * Stripe-Should-Retry header decides when present; otherwise connection
  * errors, timeouts, 409, 429 and 5xx are retried, with exponential backoff
  * and the SAME Idempotency-Key, at most max_retries times.  Handles are
- * cleaned up by the worker's exit_process (see ngx_http_invoices_pg.c for
+ * cleaned up by the worker's exit_process (see ngx_http_invoices_job.c for
  * why not by a thread destructor).
  */
 
