@@ -42,6 +42,9 @@ static ngx_http_invoices_status_error_t  ngx_http_invoices_status_errors[] = {
       "this method is not allowed here" },
     { NGX_HTTP_REQUEST_TIME_OUT, "invalid_request_error", "request_timeout",
       "the request was not received in time" },
+    { NGX_HTTP_PRECONDITION_FAILED, "invalid_request_error",
+      "precondition_failed", "the If-Match or If-Unmodified-Since "
+      "precondition failed" },
     { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "invalid_request_error",
       "body_too_large", "the request body is too large" },
     { NGX_HTTP_REQUEST_URI_TOO_LARGE, "invalid_request_error",

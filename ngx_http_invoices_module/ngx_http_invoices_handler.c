@@ -41,6 +41,9 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
     denied = ngx_http_invoices_auth(r, ilcf);
     if (denied != NULL) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "invoices: Api-Key refused: %s", denied);
+
         rc = ngx_http_discard_request_body(r);
         if (rc != NGX_OK) {
             return rc;
@@ -74,6 +77,9 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
         id.data = p + 1;
         id.len = rest.len - 1;
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "invoices: route one invoice \"%V\"", &id);
 
     } else if (rest.len == 1 && rest.data[0] != '/') {
         goto no_route;
@@ -142,6 +148,9 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     return ngx_http_invoices_get(r, ilcf, &id);
 
 no_route:
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "invoices: no route for \"%V\"", &r->uri);
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {

@@ -193,6 +193,12 @@ ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
     c = r->connection;
     ngx_http_set_log_request(c->log, r);
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "invoices list: Redis %s for page \"%V\"",
+                   outcome == NGX_OK ? "hit"
+                   : outcome == NGX_DECLINED ? "miss" : "unavailable",
+                   &rd->page_key);
+
     nl = (outcome == NGX_OK) ? ngx_strlchr(value->data,
                                            value->data + value->len, '\n')
                              : NULL;

@@ -113,6 +113,9 @@ ngx_http_invoices_webhook_body(ngx_http_request_t *r)
         return;
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "invoices webhook: signature valid, %uz bytes", body.len);
+
     wh = ngx_palloc(r->pool, sizeof(ngx_http_invoices_webhook_t));
     job = ngx_http_invoices_job_create(r, ilcf);
 
