@@ -1,0 +1,65 @@
+"""Events: the event object every change emits (Store.emit, through
+EventState, which also hands it to the webhook deliverer in webhooks.py)
+and GET /v1/events, GET /v1/events/ID (EventRoutes, in routes.py's table)."""
+
+import copy
+
+from .common import API_VERSION, new_id, now
+from .errors import no_such
+from .form import check_params
+from .lists import LIST_SPEC, in_range, paginate
+
+
+EVENT_LIST_SPEC = dict(LIST_SPEC, type="str", types="strlist",
+                       created="range", delivery_success="bool")
+
+
+class EventState:
+    """Store methods (state.py) for events."""
+
+    def emit(self, type_, obj, ctx, previous=None):
+        ev = {
+            "id": new_id("evt"),
+            "object": "event",
+            "api_version": API_VERSION,
+            "created": now(),
+            "data": {"object": copy.deepcopy(obj)},
+            "livemode": False,
+            "pending_webhooks": 1 if self.fake.webhooks_on() else 0,
+            "request": {"id": ctx.get("request_id") if ctx else None,
+                        "idempotency_key": ctx.get("idempotency_key")
+                        if ctx else None},
+            "type": type_,
+        }
+        if previous is not None:
+            ev["data"]["previous_attributes"] = copy.deepcopy(previous)
+        self.events.append(ev)
+        self.fake.deliverer.enqueue(ev)
+        return ev
+
+
+class EventRoutes:
+    """Api handlers (routes.py) of /v1/events."""
+
+    def event_list(self, s, p, m, ctx):
+        q = check_params(p, EVENT_LIST_SPEC)
+        types = q.get("types") or ([q["type"]] if q.get("type") else None)
+
+        def want(ev):
+            if not types:
+                return True
+            for t in types:
+                if t == ev["type"] or (t.endswith(".*") and
+                                       ev["type"].startswith(t[:-1])):
+                    return True
+            return False
+        objs = [e for e in reversed(s.events)
+                if want(e) and in_range(e["created"], q.get("created"))]
+        return 200, paginate(objs, q, "/v1/events", "event")
+
+    def event_get(self, s, p, m, ctx):
+        check_params(p, {"expand": "expand"})
+        for e in s.events:
+            if e["id"] == m.group(1):
+                return 200, e
+        raise no_such("event", m.group(1), "id", 404)
