@@ -27,13 +27,7 @@ start_server(
 );
 my $PORT = server_port();
 
-sub gen { return rcmd($redis, 'GET', 'invoices:gen') // 0 }
 sub ids { my ($res) = @_; return [map { $_->{_id} } @{ ($res->json_or_undef // {})->{invoices} || [] }] }
-sub by_invoice_id {
-    my ($res, $iid) = @_;
-    my ($inv) = grep { $_->{invoiceId} eq $iid } @{ ($res->json_or_undef // {})->{invoices} || [] };
-    return $inv;
-}
 
 # list_is($res, $xcache, $name): a 200 list with that X-Cache
 sub list_is {
@@ -79,7 +73,7 @@ my $hit_default_page = list('?limit=5');
 list_is($hit_default_page, 'HIT', 'limit=5 without page is the same entry as page=1');
 is($hit_default_page->body, $miss->body, '... same bytes');
 
-my $g0 = gen();
+my $g0 = cache_gen($redis);
 my $key = "invoices:list:$g0:1:5";
 is(rcmd($redis, 'EXISTS', $key), 1, "the page is stored under $key");
 is(rcmd($redis, 'GET', $key), "$etag\n" . $miss->body,
@@ -137,7 +131,7 @@ is_deeply([map { $_->status . ' ' . ($_->header('X-Cache') // '-') } @one],
 is($one[1]->body, $one[0]->body, 'single GET HIT: the same bytes');
 is($one[1]->header('ETag'), $one[0]->header('ETag'), 'single GET HIT: the same ETag');
 is(scalar @{ rcmd($redis, 'KEYS', 'invoices:list:*') }, 4, 'the single GET stored nothing in Redis');
-is(gen(), $g0, 'reads do not move the generation');
+is(cache_gen($redis), $g0, 'reads do not move the generation');
 
 #----------------------------------------------------------------------
 # the cache really serves: a change behind the module's back is not seen
@@ -148,7 +142,7 @@ is(scalar @{ ids($all) }, 12, '12 invoices');
 sql_do("UPDATE invoices SET amount = 777777 WHERE stripe_invoice_id = 'in_cacheseed01'");
 my $stale = list('?limit=100');
 list_is($stale, 'HIT', 'after a direct SQL UPDATE');
-is(by_invoice_id($stale, 'in_cacheseed01')->{amount}, 100,
+is(listed_invoice($stale, 'in_cacheseed01')->{amount}, 100,
    'the cached page still shows the old amount (served from Redis, not PostgreSQL)');
 is($stale->body, $all->body, '... byte for byte the page before');
 
@@ -161,37 +155,37 @@ sub result  { my ($res) = @_; return ($res->json_or_undef // {})->{result} // '<
 # a new invoice: inserted
 my $new_inv = stripe_invoice(customer => $A->{customer}, status => 'open', total => 4242);
 my $ev1 = invoice_event('invoice.finalized', $new_inv);
-my $g = gen();
+my $g = cache_gen($redis);
 my $res = deliver($ev1);
 is(result($res), 'inserted', 'webhook: a new invoice is inserted') or diag $res->describe;
-is(gen(), $g + 1, 'webhook inserted: the generation moved by one');
+is(cache_gen($redis), $g + 1, 'webhook inserted: the generation moved by one');
 my $after = list('?limit=100');
 list_is($after, 'MISS', 'list after the webhook insert');
 is(scalar @{ ids($after) }, 13, '... shows 13 invoices');
-ok(by_invoice_id($after, $new_inv->{id}), '... including the new one');
-is(by_invoice_id($after, 'in_cacheseed01')->{amount}, 777777,
+ok(listed_invoice($after, $new_inv->{id}), '... including the new one');
+is(listed_invoice($after, 'in_cacheseed01')->{amount}, 777777,
    '... and the earlier SQL change (read from PostgreSQL)');
 list_is(list('?limit=100'), 'HIT', 'and the list after that is a HIT again');
 list_is(list('?page=1&limit=5'), 'MISS', 'other pages miss too (new generation)');
 
 # a duplicate delivery of the same event: nothing changes, no bump
-$g = gen();
+$g = cache_gen($redis);
 $res = deliver($ev1);
 is(result($res), 'duplicate', 'webhook: the same event again is a duplicate');
-is(gen(), $g, 'duplicate: invoices:gen unchanged');
+is(cache_gen($redis), $g, 'duplicate: invoices:gen unchanged');
 list_is(list('?limit=100'), 'HIT', 'list after the duplicate is still a HIT');
 
 # a new event that changes nothing: unchanged, no bump
 $res = deliver(invoice_event('invoice.updated', $new_inv));
 is(result($res), 'unchanged', 'webhook: an event that changes nothing is unchanged');
-is(gen(), $g, 'unchanged: invoices:gen unchanged');
+is(cache_gen($redis), $g, 'unchanged: invoices:gen unchanged');
 list_is(list('?limit=100'), 'HIT', 'list after the unchanged event is still a HIT');
 
 # an event of another kind: ignored, no bump
 $res = deliver({ id => new_stripe_id('evt'), object => 'event', type => 'customer.created',
                  created => int time, data => { object => { id => 'cus_x', object => 'customer' } } });
 is(result($res), 'ignored', 'webhook: customer.created is ignored');
-is(gen(), $g, 'ignored: invoices:gen unchanged');
+is(cache_gen($redis), $g, 'ignored: invoices:gen unchanged');
 
 # a forged event: 400, no bump
 my $forged = $J->encode(invoice_event('invoice.paid', { %$new_inv, status => 'paid' }));
@@ -199,7 +193,7 @@ $res = Invoices::Test::HTTP::request($PORT, POST => '/stripe/webhook',
     [['Content-Type', 'application/json'],
      ['Stripe-Signature', sign_event($forged, 'whsec_wrong')]], $forged);
 is($res->status, 400, 'webhook with a wrong signature: 400');
-is(gen(), $g, 'forged: invoices:gen unchanged');
+is(cache_gen($redis), $g, 'forged: invoices:gen unchanged');
 list_is(list('?limit=100'), 'HIT', 'list after the forged event is still a HIT');
 
 # an update of an existing row: updated, bump
@@ -214,11 +208,11 @@ my $seed3 = stripe_invoice(id => 'in_cacheseed03', customer => $A->{customer},
 $res = deliver(invoice_event('invoice.paid', $seed3));
 is(result($res), 'updated', 'webhook: invoice.paid of a seeded open invoice is updated')
     or diag $res->describe;
-is(gen(), $g + 1, 'updated: the generation moved by one');
+is(cache_gen($redis), $g + 1, 'updated: the generation moved by one');
 $after = list('?limit=100');
 list_is($after, 'MISS', 'list after the webhook update');
-is(by_invoice_id($after, 'in_cacheseed03')->{status}, 'paid', '... shows the new status');
-is(by_invoice_id($after, 'in_cacheseed02')->{amount}, 888888, '... and the SQL change made before it');
+is(listed_invoice($after, 'in_cacheseed03')->{status}, 'paid', '... shows the new status');
+is(listed_invoice($after, 'in_cacheseed02')->{amount}, 888888, '... and the SQL change made before it');
 my $one_after = get_on($PORT, '/admin/api/invoices/in_cacheseed03');
 is(($one_after->header('X-Cache') // '-') . ' ' . $one_after->json->{status},
    'MISS paid', 'single GET after the webhook update: MISS, paid');
@@ -226,23 +220,23 @@ is(($one_after->header('X-Cache') // '-') . ' ' . $one_after->json->{status},
 # a draft deleted: deleted, bump
 my $draft = stripe_invoice(customer => $A->{customer}, status => 'draft', invoice_pdf => undef);
 is(result(deliver(invoice_event('invoice.created', $draft))), 'inserted', 'webhook: a draft inserted');
-ok(by_invoice_id(list('?limit=100'), $draft->{id}), 'the draft is listed');
+ok(listed_invoice(list('?limit=100'), $draft->{id}), 'the draft is listed');
 list_is(list('?limit=100'), 'HIT', '(cached)');
-$g = gen();
+$g = cache_gen($redis);
 is(result(deliver(invoice_event('invoice.deleted', $draft))), 'deleted', 'webhook: the draft deleted');
-is(gen(), $g + 1, 'deleted: the generation moved by one');
+is(cache_gen($redis), $g + 1, 'deleted: the generation moved by one');
 $after = list('?limit=100');
 list_is($after, 'MISS', 'list after the delete');
-ok(!by_invoice_id($after, $draft->{id}), '... no longer shows the draft');
+ok(!listed_invoice($after, $draft->{id}), '... no longer shows the draft');
 
 #----------------------------------------------------------------------
 # create through POST /admin/api/invoices
 
 list_is(list('?limit=100'), 'HIT', 'before the create: HIT');
 sql_do("UPDATE invoices SET amount = 999999 WHERE stripe_invoice_id = 'in_cacheseed04'");
-is(by_invoice_id(list('?limit=100'), 'in_cacheseed04')->{amount}, 400,
+is(listed_invoice(list('?limit=100'), 'in_cacheseed04')->{amount}, 400,
    'a direct SQL change is not seen while cached');
-$g = gen();
+$g = cache_gen($redis);
 my $n_before = scalar @{ ids(list('?limit=100')) };
 my $create_body = $J->encode({ customer => $A->{customer},
                                items => [{ name => 'cache test', amount => 5151 }] });
@@ -252,51 +246,51 @@ my $cr = api_request(POST => '/admin/api/invoices',
                      $create_body);
 is($cr->status, 201, 'create: 201') or diag $cr->describe;
 my $created = $cr->json_or_undef // {};
-is(gen(), $g + 1, 'create: the generation moved by one');
+is(cache_gen($redis), $g + 1, 'create: the generation moved by one');
 $after = list('?limit=100');
 list_is($after, 'MISS', 'list after the create');
 is(scalar @{ ids($after) }, $n_before + 1, '... one more invoice');
-ok(by_invoice_id($after, $created->{id} // 'none'), '... the created one is listed')
+ok(listed_invoice($after, $created->{id} // 'none'), '... the created one is listed')
     or diag $cr->describe;
-is(by_invoice_id($after, 'in_cacheseed04')->{amount}, 999999, '... and the SQL change');
+is(listed_invoice($after, 'in_cacheseed04')->{amount}, 999999, '... and the SQL change');
 list_is(list('?limit=100'), 'HIT', 'then HIT');
 
 # a replay of the same create changes nothing: no bump
-$g = gen();
+$g = cache_gen($redis);
 my $replay = api_request(POST => '/admin/api/invoices',
                          ['Content-Type' => 'application/json', 'Idempotency-Key' => $idem],
                          $create_body);
 is($replay->status, 201, 'create replay: 201');
 is($replay->header('Idempotent-Replayed'), 'true', 'create replay: Idempotent-Replayed');
-is(gen(), $g, 'create replay: invoices:gen unchanged');
+is(cache_gen($redis), $g, 'create replay: invoices:gen unchanged');
 list_is(list('?limit=100'), 'HIT', 'list after the replay: still a HIT');
 
 #----------------------------------------------------------------------
 # sync through POST /admin/api/invoices/sync
 
 sql_do("UPDATE invoices SET amount = 555555 WHERE stripe_invoice_id = 'in_cacheseed05'");
-is(by_invoice_id(list('?limit=100'), 'in_cacheseed05')->{amount}, 500,
+is(listed_invoice(list('?limit=100'), 'in_cacheseed05')->{amount}, 500,
    'before the sync: the SQL change is not seen (cached)');
 my ($st, $in_fake) = fake_stripe(POST => '/v1/invoices', { customer => $A->{customer} });
 is($st, 200, 'an invoice made in the fake Stripe behind our back') or diag explain $in_fake;
-$g = gen();
+$g = cache_gen($redis);
 my $sync = api_request(POST => '/admin/api/invoices/sync');
 is($sync->status, 200, 'sync: 200') or diag $sync->describe;
 is(($sync->json_or_undef // {})->{inserted}, 1, 'sync: inserted 1');
-is(gen(), $g + 1, 'sync that inserted: the generation moved by one');
+is(cache_gen($redis), $g + 1, 'sync that inserted: the generation moved by one');
 $after = list('?limit=100');
 list_is($after, 'MISS', 'list after the sync');
-ok(by_invoice_id($after, $in_fake->{id} // 'none'), '... shows the synced invoice');
-is(by_invoice_id($after, 'in_cacheseed05')->{amount}, 555555, '... and the SQL change');
+ok(listed_invoice($after, $in_fake->{id} // 'none'), '... shows the synced invoice');
+is(listed_invoice($after, 'in_cacheseed05')->{amount}, 555555, '... and the SQL change');
 list_is(list('?limit=100'), 'HIT', 'then HIT');
 
-$g = gen();
+$g = cache_gen($redis);
 $sync = api_request(POST => '/admin/api/invoices/sync');
 is($sync->status, 200, 'sync again: 200');
 my $sj = $sync->json_or_undef // {};
 is(($sj->{inserted} // -1) + ($sj->{updated} // -1) + ($sj->{deleted} // -1), 0,
    'sync again: nothing inserted, updated or deleted') or diag $sync->describe;
-is(gen(), $g, 'a sync that changed nothing: invoices:gen unchanged');
+is(cache_gen($redis), $g, 'a sync that changed nothing: invoices:gen unchanged');
 list_is(list('?limit=100'), 'HIT', 'list after it: still a HIT');
 
 #----------------------------------------------------------------------
@@ -320,7 +314,7 @@ is(result(deliver_event($PORT, invoice_event('invoice.finalized', $x), $WHSEC)),
    'inserted', 'a webhook insert through A');
 $onB = list_on($B->{port}, '?limit=100');
 list_is($onB, 'MISS', 'instance B, the very next list');
-ok(by_invoice_id($onB, $x->{id}), '... shows the invoice written through A');
+ok(listed_invoice($onB, $x->{id}), '... shows the invoice written through A');
 # B has two workers: whichever gets the next request, it is a HIT now
 list_is(list_on($B->{port}, '?limit=100'), 'HIT', 'instance B again: HIT');
 list_is(list('?limit=100'), 'HIT', 'instance A: the page B stored is a HIT');
@@ -331,10 +325,10 @@ is(result(deliver_event($B->{port}, invoice_event('invoice.finalized', $y), $WHS
    'inserted', 'a webhook insert through B');
 $onA = list('?limit=100');
 list_is($onA, 'MISS', 'instance A, the very next list');
-ok(by_invoice_id($onA, $y->{id}), '... shows the invoice written through B');
+ok(listed_invoice($onA, $y->{id}), '... shows the invoice written through B');
 for my $i (1 .. 4) {    # both of B's workers
     my $r = list_on($B->{port}, '?limit=100');
-    ok(by_invoice_id($r, $y->{id}), "instance B list #$i shows it too ("
+    ok(listed_invoice($r, $y->{id}), "instance B list #$i shows it too ("
        . ($r->header('X-Cache') // '?') . ')');
 }
 my ($okB, $stB) = stop_nginx($B);
@@ -349,7 +343,7 @@ my $C = start_nginx(workers => 1,
                     http_config => cache_http_config($redis->{port}, ttl => '2s'));
 my $c1 = list_on($C->{port}, '?page=1&limit=7');
 list_is($c1, 'MISS', 'ttl 2s instance: page=1 limit=7');
-my $k7 = 'invoices:list:' . gen() . ':1:7';
+my $k7 = 'invoices:list:' . cache_gen($redis) . ':1:7';
 my $ttl7 = rcmd($redis, 'TTL', $k7);
 ok($ttl7 > 0 && $ttl7 <= 2, "the key has a TTL within 2s (got $ttl7)");
 # a second later: the worker's copy made from this hit must go with the
@@ -374,39 +368,35 @@ stop_nginx($D);
 # the worker's own copy in front of Redis (invoices_cache_local): a HIT
 # from it sends Redis nothing; without the subscription it is not used
 
-sub evalsha_calls {
-    my ($line) = grep { /^cmdstat_evalsha:/ } split /\r?\n/, rcmd($redis, 'INFO', 'commandstats');
-    return $line && $line =~ /calls=(\d+)/ ? $1 : 0;
-}
 list('?limit=33') for 1, 2;
-my $calls = evalsha_calls();
+my $calls = redis_calls($redis, 'evalsha');
 my @local = map { list('?limit=33') } 1 .. 20;
 is_deeply([map { $_->header('X-Cache') // '-' } @local], [('HIT') x 20],
           'the worker\'s copy: 20 lists, all HIT');
-is(evalsha_calls(), $calls, '... and not one of them asked Redis');
+is(redis_calls($redis, 'evalsha'), $calls, '... and not one of them asked Redis');
 
 ok(rcmd($redis, 'CLIENT', 'KILL', 'TYPE', 'pubsub') >= 1, 'the subscription is cut');
 sql_do("UPDATE invoices SET amount = 424242 WHERE stripe_invoice_id = 'in_cacheseed01'");
 rcmd($redis, 'INCR', 'invoices:gen');    # a write whose message nobody heard
 my $unheard = list('?limit=33');
 list_is($unheard, 'MISS', 'without the subscription the copy is not used');
-is(by_invoice_id($unheard, 'in_cacheseed01')->{amount}, 424242, '... the write shows');
+is(listed_invoice($unheard, 'in_cacheseed01')->{amount}, 424242, '... the write shows');
 ok(wait_until(sub { (rcmd($redis, 'PUBSUB', 'NUMSUB', 'invoices:changed'))->[1] >= 1 }, 5),
    'the worker subscribes again by itself');
 list('?limit=33');
-$calls = evalsha_calls();
+$calls = redis_calls($redis, 'evalsha');
 list_is(list('?limit=33'), 'HIT', 'then the copy serves again');
-is(evalsha_calls(), $calls, '... without asking Redis');
+is(redis_calls($redis, 'evalsha'), $calls, '... without asking Redis');
 
 # invoices_cache_local off: every HIT is a Redis round trip
 my $E = start_nginx(workers => 1,
                     http_config => cache_http_config($redis->{port}, local => 'off'));
 list_on($E->{port}, '?limit=33');
-$calls = evalsha_calls();
+$calls = redis_calls($redis, 'evalsha');
 my @redis_hits = map { list_on($E->{port}, '?limit=33') } 1 .. 5;
 is_deeply([map { $_->header('X-Cache') // '-' } @redis_hits], [('HIT') x 5],
           'invoices_cache_local off: 5 lists, all HIT');
-is(evalsha_calls(), $calls + 5, '... each one asked Redis');
+is(redis_calls($redis, 'evalsha'), $calls + 5, '... each one asked Redis');
 is(get_on($E->{port}, "/admin/api/invoices/$seed[0]{id}")->header('X-Cache'), 'BYPASS',
    '... and a single GET is not cached');
 stop_nginx($E);

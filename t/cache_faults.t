@@ -37,13 +37,7 @@ my $B = start_nginx(workers => 2,
                     server_config => webhook_location(),
                     copy_files => ['whsec']);
 
-sub gen { return rcmd($redis, 'GET', 'invoices:gen') // 0 }
 sub xc { return $_[0]->header('X-Cache') // '<none>' }
-sub has_invoice {
-    my ($res, $iid) = @_;
-    return scalar grep { $_->{invoiceId} eq $iid }
-        @{ ($res->json_or_undef // {})->{invoices} || [] };
-}
 sub insert_event {
     my ($port, $total) = @_;
     my $inv = stripe_invoice(customer => 'cus_faults', status => 'open', total => $total);
@@ -89,7 +83,7 @@ unlike(error_log_since($mark), qr/NOSCRIPT/, 'NOSCRIPT is not logged as an error
 
 my $cached = list('?limit=50');
 is(xc($cached), 'HIT', 'A: page cached before the cut');
-my $g = gen();
+my $g = cache_gen($redis);
 proxy_mode($proxy, 'down');
 my $down = list('?limit=50');
 list_status_ok($down, 'A, link cut');
@@ -97,7 +91,7 @@ is(xc($down), 'BYPASS', 'A, link cut: BYPASS');
 cmp_ok($down->elapsed, '<', 1 * time_factor(), 'A, link cut: answered at once');
 my ($lost_id, $lost_result) = insert_event($A, 1111);
 is($lost_result, 'inserted', 'A, link cut: a webhook write still succeeds');
-is(gen(), $g, 'the bump could not reach Redis (invoices:gen unchanged)');
+is(cache_gen($redis), $g, 'the bump could not reach Redis (invoices:gen unchanged)');
 is(rcmd($redis, 'EXISTS', "invoices:list:$g:1:50"), 1,
    'the page cached before the write is still in Redis');
 proxy_mode($proxy, 'pass');
@@ -107,10 +101,10 @@ ok($first, 'A reconnects by itself within 10s');
 if ($first) {
     is(xc($first), 'MISS', 'A: the first cached answer after the reconnect is a MISS')
         or diag $first->describe;
-    ok(has_invoice($first, $lost_id), '... showing the write made while the link was cut');
+    ok(listed_invoice($first, $lost_id), '... showing the write made while the link was cut');
 }
-is(gen(), $g + 1, 'the lost bump was sent again (invoices:gen moved by one)');
-ok(has_invoice(list_on($B->{port}, '?limit=50'), $lost_id),
+is(cache_gen($redis), $g + 1, 'the lost bump was sent again (invoices:gen moved by one)');
+ok(listed_invoice(list_on($B->{port}, '?limit=50'), $lost_id),
    'B sees the write too');
 
 #----------------------------------------------------------------------
@@ -118,7 +112,7 @@ ok(has_invoice(list_on($B->{port}, '?limit=50'), $lost_id),
 # stored only after a write has moved the generation to G+1.  The late
 # page (without the write) must never be served.
 
-$g = gen();
+$g = cache_gen($redis);
 is(rcmd($redis, 'EXISTS', "invoices:list:$g:1:48"), 0, 'race: page limit=48 not cached yet');
 proxy_mode($proxy, 'hold_set');
 my $race_miss = list('?limit=48');
@@ -126,8 +120,8 @@ is(xc($race_miss), 'MISS', 'race: A misses and answers from PostgreSQL');
 ok(wait_until(sub { proxy_held($proxy) > 0 }, 5), 'race: A\'s SET of the page is held back');
 my ($race_id, $race_result) = insert_event($B->{port}, 2222);
 is($race_result, 'inserted', 'race: a write through B meanwhile');
-is(gen(), $g + 1, 'race: the write moved the generation to G+1');
-ok(!has_invoice($race_miss, $race_id), 'race: (the held page was built before the write)');
+is(cache_gen($redis), $g + 1, 'race: the write moved the generation to G+1');
+ok(!listed_invoice($race_miss, $race_id), 'race: (the held page was built before the write)');
 proxy_mode($proxy, 'pass');
 ok(wait_until(sub { rcmd($redis, 'EXISTS', "invoices:list:$g:1:48") }, 5),
    'race: the late page lands in Redis, under G (the generation read before the query)');
@@ -135,12 +129,12 @@ is(rcmd($redis, 'EXISTS', "invoices:list:" . ($g + 1) . ":1:48"), 0,
    'race: nothing was stored under G+1');
 my $race_after = list('?limit=48');
 is(xc($race_after), 'MISS', 'race: the next list on A misses');
-ok(has_invoice($race_after, $race_id), 'race: and shows the write');
+ok(listed_invoice($race_after, $race_id), 'race: and shows the write');
 for my $i (1 .. 3) {
     my $r = list_on($B->{port}, '?limit=48');
-    ok(has_invoice($r, $race_id), "race: B list #$i shows the write (" . xc($r) . ')');
+    ok(listed_invoice($r, $race_id), "race: B list #$i shows the write (" . xc($r) . ')');
 }
-ok(has_invoice(list('?limit=48'), $race_id), 'race: A again shows the write');
+ok(listed_invoice(list('?limit=48'), $race_id), 'race: A again shows the write');
 
 #----------------------------------------------------------------------
 # Redis hung (DEBUG SLEEP 2): one timeout, then bypass, then the cache
@@ -185,7 +179,7 @@ like(error_log_since($mark), qr/\[error\].*invoices: redis .*timed out/,
 
 is(xc(list('?limit=47')), 'MISS', 'A: page limit=47');
 is(xc(list('?limit=47')), 'HIT', 'A: page limit=47 cached');
-$g = gen();
+$g = cache_gen($redis);
 redis_background($redis, 'DEBUG', 'SLEEP', 1.5);
 is(xc(list('?limit=47')), 'BYPASS', 'A, Redis hung: BYPASS (the worker now bypasses Redis)');
 my ($stall_id, $stall_result) = insert_event($A, 3333);
@@ -194,11 +188,11 @@ reap_background();
 my $after_stall;
 wait_until(sub { my $r = list('?limit=47'); $after_stall = $r if xc($r) ne 'BYPASS'; $after_stall }, 5);
 ok($after_stall, 'A uses the cache again once Redis answers');
-ok($after_stall && has_invoice($after_stall, $stall_id),
+ok($after_stall && listed_invoice($after_stall, $stall_id),
    'A: the first cached answer after the hang shows the write made during it')
     or diag 'X-Cache: ' . ($after_stall ? xc($after_stall) : '-')
-          . ", invoices:gen $g -> " . gen() . ' (the bump made while Redis was hung was never sent)';
-cmp_ok(gen(), '>', $g, 'the generation moved for the write made while Redis was hung');
+          . ", invoices:gen $g -> " . cache_gen($redis) . ' (the bump made while Redis was hung was never sent)';
+cmp_ok(cache_gen($redis), '>', $g, 'the generation moved for the write made while Redis was hung');
 
 #----------------------------------------------------------------------
 # a reload while a write waits for its bump: the old worker must not quit
@@ -263,14 +257,14 @@ my $t_written = time;
 my $seen;
 wait_until(sub {
     my @r = map { list_on($B->{port}, '?limit=46') } 1 .. 4;
-    $seen = time if 4 == grep { $_->status == 200 && has_invoice($_, $hang_id) } @r;
+    $seen = time if 4 == grep { $_->status == 200 && listed_invoice($_, $hang_id) } @r;
     $seen
 }, 3);
 ok($seen, 'B, Redis hung: every worker shows the write made through A');
 cmp_ok(($seen // 99) - $t_written, '<', 1.0 * time_factor(),
        '... within a second of its answer (' . sprintf('%.3f', ($seen // 99) - $t_written) . ' s)');
 my @b_later = map { list_on($B->{port}, '?limit=46') } 1 .. 4;
-is(scalar(grep { has_invoice($_, $hang_id) } @b_later), 4, '... and every list after that');
+is(scalar(grep { listed_invoice($_, $hang_id) } @b_later), 4, '... and every list after that');
 cmp_ok(time - $t_hang, '<', 2, '(all of that while Redis slept)');
 reap_background();
 
@@ -312,7 +306,7 @@ wait_until(sub { my $r = list('?limit=50'); $back_a = $r if xc($r) ne 'BYPASS'; 
 ok($back_a, 'A: the cache is back by itself after the restart');
 if ($back_a) {
     is(xc($back_a), 'MISS', 'A: the first cached answer is a MISS (Redis restarted empty)');
-    ok(has_invoice($back_a, $down_id), '... showing the write made while Redis was down');
+    ok(listed_invoice($back_a, $down_id), '... showing the write made while Redis was down');
 }
 is(xc(list('?limit=50')), 'HIT', 'A: then a HIT');
 # B: both workers come back (each request lands on either)

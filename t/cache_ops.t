@@ -16,7 +16,6 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 use Invoices::Test;
 use Invoices::Redis;
-use Invoices::Load qw(worker_pids);
 
 my $redis = start_redis();
 my $X_PID = '            add_header X-Pid $pid always;';
@@ -37,14 +36,9 @@ my $B = start_nginx(
 # out of use); a little for the scheduler
 my $BOUND = (0.2 + 0.2) * time_factor() + 0.1;
 
-sub workers_of {
-    my ($master) = @_;
-    my @pids = worker_pids($master);
-    return @pids ? @pids : ($master);    # valgrind mode: one process
-}
 my @nodes = (
-    { name => 'A', port => server_port(), pids => [workers_of(server_info()->{pid})] },
-    { name => 'B', port => $B->{port}, pids => [workers_of($B->{pid})] },
+    { name => 'A', port => server_port(), pids => [worker_processes(server_info()->{pid})] },
+    { name => 'B', port => $B->{port}, pids => [worker_processes($B->{pid})] },
 );
 my $n_workers = 0;
 $n_workers += @{ $_->{pids} } for @nodes;
@@ -71,13 +65,6 @@ sub amount_in {
     return $j->{amount} if $path eq $ONE;
     my ($inv) = grep { $_->{_id} eq $row->{id} } @{ $j->{invoices} || [] };
     return $inv ? $inv->{amount} : undef;
-}
-
-sub stat_calls {
-    my ($cmd) = @_;
-    my ($line) = grep { /^cmdstat_\Q$cmd\E:/ }
-                 split /\r?\n/, rcmd($redis, 'INFO', 'commandstats');
-    return $line && $line =~ /calls=(\d+)/ ? $1 : 0;
 }
 
 # answers($max, $want): ask both instances, both paths, until every
@@ -163,14 +150,14 @@ sub fill {
 # answers from its copy (a HIT, and no lookup reaches Redis)
 sub stale {
     my ($old, $name) = @_;
-    my $calls = stat_calls('evalsha') + stat_calls('eval');
+    my $calls = redis_calls($redis, 'evalsha') + redis_calls($redis, 'eval');
     my @rec = answers(200, 2);
     every_worker(\@rec, "$name, before the command");
     my @bad = grep { $_->{status} != 200 || $_->{x_cache} ne 'HIT'
                      || ($_->{amount} // -1) != $old } @rec;
     ok(!@bad, "$name, before the command: all " . @rec
        . " answers are HITs with the old amount $old") or diag describe(@bad);
-    is(stat_calls('evalsha') + stat_calls('eval'), $calls,
+    is(redis_calls($redis, 'evalsha') + redis_calls($redis, 'eval'), $calls,
        "$name, before the command: served from the copies, Redis not asked");
 }
 
@@ -214,19 +201,20 @@ sub fresh {
 # the heartbeat alone: nothing changed, nothing dropped; what it costs
 
 fill('at start');
-my ($get0, $ping0, $lookups0) = (stat_calls('get'), stat_calls('ping'),
-                                 stat_calls('evalsha') + stat_calls('eval'));
+my ($get0, $ping0, $lookups0) = (redis_calls($redis, 'get'), redis_calls($redis, 'ping'),
+                                 redis_calls($redis, 'evalsha') + redis_calls($redis, 'eval'));
 my $t_quiet = time;
 sleep 2;
 my $quiet = time - $t_quiet;
-my ($gets, $pings) = (stat_calls('get') - $get0, stat_calls('ping') - $ping0);
+my ($gets, $pings) = (redis_calls($redis, 'get') - $get0, redis_calls($redis, 'ping') - $ping0);
 my $per_worker = $gets / $quiet / $n_workers;
 diag sprintf 'heartbeat: %d GET invoices:gen in %.2f s from %d workers: %.1f per second '
     . 'per worker', $gets, $quiet, $n_workers, $per_worker;
 cmp_ok($per_worker, '<=', 5.5, 'the heartbeat: at most 5 GETs a second per worker');
 cmp_ok($per_worker, '>=', 2, '... and it runs');
 is($pings, 0, '... in place of the PING, not on top of it');
-is(stat_calls('evalsha') + stat_calls('eval'), $lookups0, '... and no lookup meanwhile');
+is(redis_calls($redis, 'evalsha') + redis_calls($redis, 'eval'), $lookups0,
+   '... and no lookup meanwhile');
 stale(300, 'nothing changed for 2 s (10 heartbeats)');
 
 #----------------------------------------------------------------------

@@ -47,8 +47,6 @@ sub create {
     return api_request(POST => '/admin/api/invoices', [@$CT, @h], $body);
 }
 
-sub posts { grep { $_->{method} eq 'POST' } fake_requests() }
-
 #----------------------------------------------------------------------
 # the full create, and what Stripe is sent
 
@@ -69,7 +67,7 @@ is($inv->{status}, 'open', 'create: the invoice is finalized (open)');
 is($inv->{total}, 4000, 'create: total is the sum of the items');
 is($inv->{currency}, 'eur', 'create: the default currency');
 
-my @seq = posts();
+my @seq = fake_posts();
 is_deeply([map { "$_->{method} $_->{path}" } @seq],
           ['POST /v1/invoices', 'POST /v1/invoiceitems', 'POST /v1/invoiceitems',
            "POST /v1/invoices/$inv->{id}/finalize"],
@@ -154,7 +152,7 @@ my $k2 = create(\%body, 'Idempotency-Key' => 'create-2');
 is($k2->status, 201, 'another key, same body: 201');
 isnt(($k2->json_or_undef // {})->{id}, $inv->{id}, '... a new invoice');
 my ($hex2) = map { $_->{idempotency_key} =~ /^ngxinv-([0-9a-f]{48}):create$/ }
-             grep { $_->{path} eq '/v1/invoices' } posts();
+             grep { $_->{path} eq '/v1/invoices' } fake_posts();
 ok($hex2 && $hex2 ne $hex, '... with other Stripe keys');
 
 fake_reset();
@@ -164,7 +162,7 @@ ok(!defined $nokey[1]->header('Idempotent-Replayed'), 'no key: not a replay');
 my @ids = map { ($_->json_or_undef // {})->{id} // '' } @nokey;
 isnt($ids[0], $ids[1], 'no key: two invoices');
 my @hexes = map { $_->{idempotency_key} =~ /^ngxinv-([0-9a-f]{48}):create$/ }
-            grep { $_->{path} eq '/v1/invoices' } posts();
+            grep { $_->{path} eq '/v1/invoices' } fake_posts();
 is(scalar @hexes, 2, 'no key: two invoice creations at Stripe');
 isnt($hexes[0], $hexes[1], 'no key: a random Stripe key each time');
 is(sql_value("SELECT count(*) FROM invoices WHERE stripe_invoice_id IN ("
@@ -186,7 +184,7 @@ error.code = "idempotency_key_in_use"
 EOC
 cmp_ok($twin->elapsed, '<', 1.0 * time_factor(), '... answered at once, not after the first');
 is($first->status, 201, 'the first: 201');
-is(scalar(grep { $_->{path} eq '/v1/invoices' } posts()), 1,
+is(scalar(grep { $_->{path} eq '/v1/invoices' } fake_posts()), 1,
    'Stripe: one invoice creation');
 my $after = create(\%slow, 'Idempotency-Key' => 'slow-1');
 is($after->status, 201, 'after it finished: 201 ...');
@@ -209,7 +207,7 @@ for my $r (grep { $_->status == 409 } @dups) {
 }
 my %bodies = map { $_->body => 1 } grep { $_->status == 201 } @dups;
 is(scalar keys %bodies, 1, '5 at once: every 201 has the same body');
-my @creates = grep { $_->{path} eq '/v1/invoices' && !$_->{replayed} } posts();
+my @creates = grep { $_->{path} eq '/v1/invoices' && !$_->{replayed} } fake_posts();
 is(scalar @creates, 1, '5 at once: one invoice creation at Stripe');
 is(sql_value("SELECT count(*) FROM invoices WHERE amount = 250"), 1,
    '5 at once: one invoice row');
@@ -220,7 +218,7 @@ fake_reset();
 
 sub params_of_create {
     my ($r) = @_;
-    my ($c) = grep { $_->{path} eq '/v1/invoices' } posts();
+    my ($c) = grep { $_->{path} eq '/v1/invoices' } fake_posts();
     return $c ? $c->{params} : {};
 }
 
@@ -246,7 +244,7 @@ $res = create({ items => [{ name => 'n', amount => 5 }], customer => $CUS, curre
 is($res->status, 201, 'currency USD: 201');
 is(params_of_create()->{currency}, 'usd', '... sent to Stripe in lowercase');
 is(($res->json_or_undef // {})->{currency}, 'usd', '... the invoice is in usd');
-my @lines = grep { $_->{path} eq '/v1/invoiceitems' } posts();
+my @lines = grep { $_->{path} eq '/v1/invoiceitems' } fake_posts();
 is($lines[0]{params}{currency}, 'usd', '... and so is its line');
 $row = api_request(GET => $res->header('Location') // '/x')->json_or_undef // {};
 is($row->{currency}, 'usd', '... and the row');
@@ -274,14 +272,14 @@ is($res->status, 201, '12 items: 201') or diag $res->describe;
 my $big = $res->json_or_undef // {};
 is($big->{total}, 7800, '... total is the sum');
 is($big->{lines}{total_count}, 12, '... 12 lines');
-@lines = grep { $_->{path} eq '/v1/invoiceitems' } posts();
+@lines = grep { $_->{path} eq '/v1/invoiceitems' } fake_posts();
 is_deeply([map { $_->{params}{description} } @lines], [map { "line $_" } 1 .. 12],
           '... sent in order');
 is_deeply([map { $_->{idempotency_key} =~ /:item:(\d+)$/ } @lines], [0 .. 11],
           '... keys :item:0 to :item:11');
 my $utf = create({ items => [{ name => " $name500 ", amount => 3 }], customer => $CUS });
 is($utf->status, 201, 'a 500-byte UTF-8 name: 201');
-my ($utf_line) = grep { $_->{path} eq '/v1/invoiceitems' } reverse posts();
+my ($utf_line) = grep { $_->{path} eq '/v1/invoiceitems' } reverse fake_posts();
 is($utf_line->{params}{description}, $name500, '... sent trimmed, UTF-8 intact');
 
 #----------------------------------------------------------------------
@@ -338,7 +336,7 @@ my $small = api_request(POST => '/small/api/invoices', $CT,
                         $J->encode({ items => [{ name => 'small', amount => 2 }],
                                      customer => $CUS }));
 is($small->status, 201, 'a body under the limit there: 201');
-is(scalar(grep { $_->{path} eq '/v1/invoices' } posts()), 1,
+is(scalar(grep { $_->{path} eq '/v1/invoices' } fake_posts()), 1,
    '... and only it reached Stripe');
 
 #----------------------------------------------------------------------

@@ -49,8 +49,7 @@ sub create_on {
 
 sub executed {    # the /v1 POSTs the fake executed (not replays) on a path
     my ($re) = @_;
-    return grep { $_->{method} eq 'POST' && $_->{path} =~ $re && !$_->{replayed} }
-           fake_requests();
+    return grep { !$_->{replayed} } fake_posts($re);
 }
 
 #----------------------------------------------------------------------

@@ -44,8 +44,7 @@ sub start_create {
     return start_request(POST => "/$prefix/api/invoices",
                          ['Content-Type' => 'application/json', @h], body($amount));
 }
-sub creates_at_stripe { scalar grep { $_->{method} eq 'POST' && $_->{path} eq '/v1/invoices' }
-                        fake_requests() }
+sub creates_at_stripe { scalar fake_posts(qr{^/v1/invoices\z}) }
 
 #----------------------------------------------------------------------
 # 6 creates hang at Stripe; reads go on

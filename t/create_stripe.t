@@ -56,11 +56,6 @@ CONF
 
 sub fault { fake_config({ faults => [@_] }) }
 sub no_faults { fake_config({ faults => [] }) }
-sub posts {
-    my ($path_re) = @_;
-    return grep { $_->{method} eq 'POST' && $_->{path} =~ $path_re } fake_requests();
-}
-sub row { sql_json('SELECT * FROM invoices WHERE stripe_invoice_id = ' . quote($_[0]))->[0] }
 sub n_rows { sql_value('SELECT count(*) FROM invoices') }
 
 
@@ -145,8 +140,8 @@ is(sql_value("SELECT state || ' ' || (lease_until IS NULL)::text || ' ' || strip
 $again = create_invoice(admin => create_body($D->{customer}, 500, 600), 'finalize-400');
 is($again->status, 201, '... the retry with the same key: 201') or diag $again->describe;
 is(($again->json_or_undef // {})->{id}, $draft, '... the same invoice');
-is(scalar(grep { !$_->{replayed} } posts(qr{^/v1/invoices$})), 1, '... one invoice created at Stripe');
-is(scalar(grep { !$_->{replayed} } posts(qr{^/v1/invoiceitems$})), 2, '... two lines, none twice');
+is(scalar(grep { !$_->{replayed} } fake_posts(qr{^/v1/invoices$})), 1, '... one invoice created at Stripe');
+is(scalar(grep { !$_->{replayed} } fake_posts(qr{^/v1/invoiceitems$})), 2, '... two lines, none twice');
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', status => 402, count => 1 });
@@ -156,12 +151,12 @@ json_check($res, 'error.type = "stripe_error"', 'Stripe 402');
 stripe_inside($res, { type => 'card_error', code => 'card_declined',
                       decline_code => 'generic_decline',
                       message => 'Your card was declined.' }, 'Stripe 402');
-is(scalar(posts(qr{^/v1/invoices$})), 1, 'Stripe 402: not retried');
+is(scalar(fake_posts(qr{^/v1/invoices$})), 1, 'Stripe 402: not retried');
 $again = create_invoice(admin => create_body($A->{customer}), 'declined-402');
 is($again->status, 402, 'Stripe 402, the same key again: 402 ...');
 is($again->header('Idempotent-Replayed'), 'true', '... replayed');
 is($again->body, $res->body, '... the same body');
-is(scalar(posts(qr{^/v1/invoices$})), 1, '... Stripe got nothing more');
+is(scalar(fake_posts(qr{^/v1/invoices$})), 1, '... Stripe got nothing more');
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', status => 404, count => 1 });
@@ -186,7 +181,7 @@ for my $st (401, 403) {
     unlike($res->body, qr/Invalid API Key|permissions|sk_test/,
            "Stripe $st: Stripe's own message is not in the body");
     json_check($res, "error.stripe absent", "Stripe $st");
-    is(scalar(posts(qr{^/v1/invoices$})), 1, "Stripe $st: not retried");
+    is(scalar(fake_posts(qr{^/v1/invoices$})), 1, "Stripe $st: not retried");
     is(n_rows(), $rows, "Stripe $st: no row");
     like(error_log_since($mark), qr/\[error\].*Stripe refused this server's credentials.*HTTP $st/,
          "Stripe $st: logged for the operator");
@@ -203,7 +198,7 @@ $res = create_invoice(badkey => create_body($A->{customer}), 'badkey-1');
 stripe_error_ok($res, 502, 'stripe_authentication_failed', 'a wrong secret key');
 unlike($res->body, qr/Invalid API Key|sk_test|\Q@{[substr $WRONG, -4]}\E/,
        'a wrong secret key: neither Stripe\'s message nor the key in the body');
-my ($bad) = posts(qr{^/v1/invoices$});
+my ($bad) = fake_posts(qr{^/v1/invoices$});
 ok($bad && !$bad->{authorized}, 'a wrong secret key: the fake saw the wrong key');
 my $log = error_log_since($mark);
 like($log, qr/Stripe refused this server's credentials/, 'a wrong secret key: logged');
@@ -217,7 +212,7 @@ fault({ path => 'POST /v1/invoices', status => 429 });
 $res = create_invoice(admin => create_body($A->{customer}), 'rate-1');
 stripe_error_ok($res, 503, 'stripe_rate_limited', 'Stripe 429 on every attempt');
 like($res->header('Retry-After') // '', qr/^[1-9]\d*$/, '... with Retry-After');
-my @att = posts(qr{^/v1/invoices$});
+my @att = fake_posts(qr{^/v1/invoices$});
 is(scalar @att, 3, '... after 3 attempts (invoices_stripe_max_retries 2)');
 is(scalar(keys %{ { map { $_->{idempotency_key} => 1 } @att } }), 1,
    '... all with the same Idempotency-Key');
@@ -232,7 +227,7 @@ for my $st (500, 503) {
     $res = create_invoice(admin => create_body($A->{customer}), "five-$st");
     stripe_error_ok($res, 502, 'stripe_unavailable', "Stripe $st on every attempt");
     json_check($res, 'error.invoiceId absent', "Stripe $st on every attempt");
-    @att = posts(qr{^/v1/invoices$});
+    @att = fake_posts(qr{^/v1/invoices$});
     is(scalar @att, 3, "Stripe $st: 3 attempts");
     is(scalar(keys %{ { map { $_->{idempotency_key} => 1 } @att } }), 1,
        "Stripe $st: all with the same Idempotency-Key");
@@ -243,13 +238,13 @@ fake_reset();
 fault({ path => 'POST /v1/invoices', status => 500, should_retry => JSON::PP::false });
 $res = create_invoice(admin => create_body($A->{customer}));
 stripe_error_ok($res, 502, 'stripe_unavailable', 'Stripe 500 with Stripe-Should-Retry: false');
-is(scalar(posts(qr{^/v1/invoices$})), 1, '... not retried');
+is(scalar(fake_posts(qr{^/v1/invoices$})), 1, '... not retried');
 
 fake_reset();
 fault({ path => 'POST /v1/invoices', status => 500, count => 1 });
 $res = create_invoice(admin => create_body($A->{customer}));
 is($res->status, 201, 'a single Stripe 500: retried, 201') or diag $res->describe;
-@att = posts(qr{^/v1/invoices$});
+@att = fake_posts(qr{^/v1/invoices$});
 is_deeply([map { $_->{status} } @att], [500, 200], '... the fake answered 500, then 200');
 is(scalar @att == 2 && $att[0]{idempotency_key} eq $att[1]{idempotency_key}, 1,
    '... the retry had the same Idempotency-Key');
@@ -264,7 +259,7 @@ is($res->status, 201, 'a line created but answered 500: retried, 201') or diag $
 my ($inv) = stripe_invoices_of($B->{customer});
 is($inv->{lines}{total_count}, 2, '... the invoice has 2 lines, not 3');
 is($inv->{total}, 300, '... total 300');
-my @items = posts(qr{^/v1/invoiceitems$});
+my @items = fake_posts(qr{^/v1/invoiceitems$});
 is(scalar(grep { $_->{replayed} } @items), 1, '... the retry was a replay at Stripe');
 
 #----------------------------------------------------------------------
@@ -308,10 +303,10 @@ sub halfway {
         is(scalar @at_stripe, 1, 'one invoice at Stripe');
         is($at_stripe[0]{lines}{total_count}, 3, 'three lines, none twice');
         is($at_stripe[0]{total}, 6600, 'total = the sum of the items');
-        is(scalar(grep { !$_->{replayed} } posts(qr{^/v1/invoices$})), 1,
+        is(scalar(grep { !$_->{replayed} } fake_posts(qr{^/v1/invoices$})), 1,
            'Stripe created one invoice');
         is_deeply($got, $at_stripe[0], "the body is Stripe's invoice");
-        my $r = row($inv_id) // {};
+        my $r = db_invoice($inv_id) // {};
         is($r->{status}, 'open', 'the row is open');
         is($r->{amount}, 6600, 'the row has the total');
         my $re = create_invoice($o{prefix} // 'admin', $body, $key);
@@ -360,7 +355,7 @@ fake_reset();
 fault({ path => 'POST /v1/invoices', hang_seconds => 3 });
 $res = create_invoice(admin => create_body($A->{customer}));
 stripe_error_ok($res, 504, 'stripe_timeout', 'Stripe hangs on every attempt (2 retries)');
-is(scalar(posts(qr{^/v1/invoices$})), 3, '... 3 attempts');
+is(scalar(fake_posts(qr{^/v1/invoices$})), 3, '... 3 attempts');
 no_faults();
 
 fake_reset();

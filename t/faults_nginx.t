@@ -13,7 +13,6 @@
 use strict;
 use warnings;
 use Test::More;
-use JSON::PP ();
 use Time::HiRes qw(time sleep);
 use Invoices::Test;
 use Invoices::Load;
@@ -22,12 +21,9 @@ plan skip_all => 'timing test: not run under valgrind' if valgrind_mode();
 
 start_server(stripe => 1, workers => 2, threads => 4);
 my $master = server_info()->{pid};
-# start_server returns once the port accepts: the workers may still be forking
-my @old;
-wait_until(sub { (@old = worker_pids($master)) == 2 }, 10);
+my @old = wait_workers(2, $master);
 is(scalar @old, 2, 'two workers');
 
-my $J = JSON::PP->new->utf8->canonical;
 my $A = linked_customer(payment_method => 'pm_card_visa');
 insert_rows(invoices => map { {
     stripe_invoice_id => "in_nfault$_", status => 'paid', amount => $_,
@@ -38,10 +34,8 @@ fake_config({ latency_ms => 150 });
 
 sub create_req {
     my ($key) = @_;
-    return [POST => '/admin/api/invoices',
-            ['Content-Type' => 'application/json', 'Idempotency-Key' => $key],
-            $J->encode({ items => [{ name => 'reload', amount => 1234 }],
-                         customer => $A->{customer} })];
+    return create_request(admin => { items => [{ name => 'reload', amount => 1234 }],
+                                     customer => $A->{customer} }, $key);
 }
 my $RUN = join '', map { ('a'..'z')[rand 26] } 1 .. 6;
 my $load = start_load(clients => 6, timeout => 15, pause => 0.005, requests => sub {

@@ -21,13 +21,12 @@ my $TIMEOUT_MS = 200;
 start_server(workers => 2,
              http_config => cache_http_config($redis->{port}, timeout => "${TIMEOUT_MS}ms"));
 my $master = server_info()->{pid};
-# start_server returns once the port accepts: the workers may still be forking
 my @workers;
 if (valgrind_mode()) {    # one process, no master, no workers
     @workers = worker_pids($master);    # none: the checks by pid are moot
     pass('one process in valgrind mode');
 } else {
-    wait_until(sub { (@workers = worker_pids($master)) == 2 }, 10);
+    @workers = wait_workers(2, $master);
     is(scalar @workers, 2, 'two workers');
 }
 

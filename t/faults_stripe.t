@@ -21,7 +21,6 @@ use strict;
 use warnings;
 use Test::More;
 use IO::Socket::INET;
-use JSON::PP ();
 use Time::HiRes qw(time sleep);
 use Invoices::Test;
 use Invoices::Webhook;
@@ -42,30 +41,19 @@ start_server(stripe => { max_retries => 1, timeout => '1s' },
 CONF
 default_secret($W);
 my $master = server_info()->{pid};
-# start_server returns once the port accepts: the workers may still be forking
-my @workers;
-wait_until(sub { (@workers = worker_pids($master)) == 1 }, 10);
+my @workers = wait_workers(1, $master);
 is(scalar @workers, 1, 'one worker');
-my $J = JSON::PP->new->utf8->canonical;
 
 insert_rows(invoices => map { {
     stripe_invoice_id => "in_sfault$_", status => 'paid', amount => $_,
     currency => 'eur', stripe_created_at => "2024-02-0${_}T00:00:00.000Z",
 } } 1 .. 3);
 
-sub body_for {
-    my ($cus, @amounts) = @_;
-    my $i = 0;
-    return $J->encode({ items => [map { { name => 'item ' . $i++, amount => $_ } } @amounts],
-                        customer => $cus });
-}
+# a create of two items (700, 800) for $cus (the arguments of api_request)
 sub create_req {
     my ($cus, $key, $prefix) = @_;
-    return [POST => '/' . ($prefix // 'admin') . '/api/invoices',
-            ['Content-Type' => 'application/json', 'Idempotency-Key' => $key],
-            body_for($cus, 700, 800)];
+    return create_request($prefix // 'admin', create_body($cus, 700, 800), $key);
 }
-sub row { sql_json('SELECT * FROM invoices WHERE stripe_invoice_id = ' . quote($_[0]))->[0] }
 
 # warm every thread (its PostgreSQL connection, its curl handle) so that
 # the descriptor count below is the steady one
@@ -131,7 +119,7 @@ EOC
             my @at = stripe_invoices_of($cus[$i]{customer});
             is(scalar @at, 1, "retry $i: still one invoice at Stripe");
             is($at[0]{lines}{total_count}, 2, "retry $i: two lines, none twice");
-            is((row($ids[$i]) // {})->{status}, 'open', "retry $i: stored open");
+            is((db_invoice($ids[$i]) // {})->{status}, 'open', "retry $i: stored open");
         }
     };
 }
@@ -212,11 +200,11 @@ fake_config({ latency_ms => 600 });
 my @gone = map { linked_customer(payment_method => 'pm_card_visa') } 1 .. 3;
 my @socks;
 for my $g (@gone) {
-    my $bytes = Invoices::Test::HTTP::build(server_port(), @{ create_req($g->{customer},
-                                            "gone-$g->{customer}") }[0 .. 1],
+    my $req = create_req($g->{customer}, "gone-$g->{customer}");
+    my $bytes = Invoices::Test::HTTP::build(server_port(), @$req[0 .. 1],
                                             [['Api-Key', API_KEY], ['Content-Type', 'application/json'],
                                              ['Idempotency-Key', "gone-$g->{customer}"]],
-                                            body_for($g->{customer}, 700, 800));
+                                            $req->[3]);
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(),
                                   Proto => 'tcp') or die "connect: $!";
     print {$s} $bytes;

@@ -30,7 +30,7 @@ use File::Temp ();
 use Time::HiRes qw(time sleep);
 use Invoices::Test;
 use Invoices::Webhook;
-use Invoices::Redis qw(start_redis rcmd cache_http_config);
+use Invoices::Redis qw(start_redis rcmd cache_http_config cache_gen);
 
 our $TODO;
 
@@ -149,21 +149,8 @@ sub _diff {
     return $out;
 }
 
-sub worker_pids {
-    my $master = server_info()->{pid};
-    my @kids;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        open my $fh, '<', $stat or next;
-        my $s = <$fh> // next;
-        my ($pid, $ppid) = $s =~ /^(\d+) \(.*\) \S (\d+)/ or next;
-        push @kids, $pid if $ppid == $master;
-    }
-    return @kids ? sort { $a <=> $b } @kids : ($master);
-}
-
-# the cache generation, and every key (list pages may expire meanwhile,
-# so the keys after must be among those before)
-sub redis_gen { return rcmd($redis, 'GET', 'invoices:gen') // '<none>' }
+# every key of the cache (list pages may expire meanwhile, so the keys
+# after must be among those before; the generation: cache_gen)
 sub redis_keys { return sort @{ rcmd($redis, 'KEYS', '*') // [] } }
 
 #----------------------------------------------------------------------
@@ -834,8 +821,8 @@ my %TYPES = (400 => 'invalid_request_error', 401 => 'authentication_error');
 
 my $fp0 = fingerprint();
 my $dump0 = pg_dump_data();
-my @pids0 = worker_pids();
-my $gen0 = redis_gen();
+my @pids0 = worker_processes();
+my $gen0 = cache_gen($redis);
 my %keys0 = map { $_ => 1 } redis_keys();
 ok($gen0 =~ /^\d+$/, "Redis: a cache generation ($gen0)");
 my @fake0 = fake_requests();
@@ -919,9 +906,9 @@ ok($dump1 eq $dump0, 'pg_dump --data-only: byte for byte the same')
     or diag _diff($dump0, $dump1);
 is(fingerprint(), $fp0, 'checksum of every table and sequence: the same');
 is(fingerprint(), sql_value($FP_SQL), '... as a fresh psql sees it');
-is_deeply([worker_pids()], \@pids0,
+is_deeply([worker_processes()], \@pids0,
           'the same nginx worker processes (none crashed): @pids0');
-is(redis_gen(), $gen0, 'Redis: the same cache generation');
+is(cache_gen($redis), $gen0, 'Redis: the same cache generation');
 is_deeply([grep { !$keys0{$_} } redis_keys()], [], 'Redis: no new key');
 my @fake1 = fake_requests();
 is(scalar @fake1, 0, 'the fake Stripe got no request at all')

@@ -14,7 +14,6 @@ use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 use Invoices::Test;
 use Invoices::Redis;
-use Invoices::Load qw(worker_pids);
 
 my $redis = start_redis();
 my $WHSEC = 'whsec_' . join '', map { ('A'..'Z', 'a'..'z', 0..9)[rand 62] } 1 .. 32;

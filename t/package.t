@@ -40,7 +40,7 @@ plan skip_all => "$pkg is installed already: this test would remove it"
 
 END {
     # whatever happened above, the machine is left as it was found
-    unlink $site;
+    unlink $site if defined $site;
     system("dpkg --purge $pkg >/dev/null 2>&1") if $deb && $> == 0;
 }
 

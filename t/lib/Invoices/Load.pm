@@ -20,7 +20,8 @@ package Invoices::Load;
 # content_type, retry_after, x_cache, code (error.code of a JSON error
 # body), json (1 when the body parsed as JSON).
 #
-# Also: worker_pids($master) and fd_count($pid) from /proc, and
+# Also: fd_count($pid) from /proc (and worker_pids($master), which is
+# Invoices::Test's, exported here too for the tests that import it), and
 # lock_invoices() / unlock_invoices($pid): another PostgreSQL session
 # that holds an exclusive lock on the invoices table (statements on it
 # wait), for "PostgreSQL slow" and for holding a pool thread.
@@ -184,19 +185,9 @@ sub summarize {
     return join ', ', map { "$_ x $n{$_}" } sort keys %n;
 }
 
-# worker_pids($master): the pids of the master's children, sorted
-sub worker_pids {
-    my ($master) = @_;
-    my @pids;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        open my $fh, '<', $stat or next;
-        my $line = <$fh> // next;
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses
-        $line =~ /^(\d+) \(.*\) \S+ (\d+) / or next;
-        push @pids, $1 if $2 == $master;
-    }
-    return sort { $a <=> $b } @pids;
-}
+# worker_pids($master): the pids of the master's children, sorted (see
+# Invoices::Test::Nginx)
+BEGIN { *worker_pids = \&Invoices::Test::Nginx::worker_pids }
 
 # fd_count($pid): how many file descriptors the process holds
 sub fd_count {

@@ -4,7 +4,6 @@ package Invoices::Redis;
 # Invoices::Test.
 #
 #     use Invoices::Test;
-use Invoices::Webhook ();
 #     use Invoices::Redis;
 #
 #     my $redis = start_redis();                 # a private redis-server
@@ -14,7 +13,7 @@ use Invoices::Webhook ();
 #         http_config  => cache_http_config($redis->{port}),
 #         server_config => webhook_location());
 #     my $res = list('?limit=5');                # X-Cache: MISS, then HIT
-#     rcmd($redis, 'GET', 'invoices:gen');
+#     rcmd($redis, 'GET', 'invoices:gen');       # or cache_gen($redis)
 #     deliver_event(server_port(), invoice_event('invoice.paid', ...), $whsec);
 #
 # Also: a tiny TCP proxy in front of Redis that can hold the module's
@@ -35,10 +34,13 @@ use Time::HiRes qw(time sleep);
 
 use Invoices::Test;
 use Invoices::Test::HTTP ();
+use Invoices::Test::Env qw(slurp write_file);
+use Invoices::Test::Nginx qw(spawn_nginx);
+use Invoices::Webhook ();
 
 our @EXPORT = qw(
     start_redis stop_redis restart_redis redis_alive rcmd rcmd_try
-    redis_background reap_background
+    redis_background reap_background cache_gen redis_calls
     cache_http_config free_port write_conf_file
     start_proxy proxy_mode proxy_held stop_proxy
     start_nginx stop_nginx nginx_log
@@ -54,14 +56,8 @@ my @NGINX;
 my @BG;
 my $OWNER = $$;
 
-sub free_port {
-    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                  LocalPort => 0, Proto => 'tcp')
-        or die "no free port: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
-}
+# free_port(): a loopback port nothing listens on (Invoices::Test::Nginx)
+BEGIN { *free_port = \&Invoices::Test::Nginx::free_port }
 
 
 # write_conf_file($name, $text, [$mode]): PREFIX/conf/$name of this
@@ -105,7 +101,7 @@ sub _redis_spawn {
     system(@cmd) == 0 or croak "redis-server failed to start: $?";
     wait_until(sub { redis_alive($r) }, 10)
         or croak "redis-server on port $r->{port} does not answer PING:\n"
-               . (_slurp("$r->{dir}/redis.log") // '');
+               . (slurp("$r->{dir}/redis.log") // '');
     $r->{running} = 1;
 }
 
@@ -119,7 +115,7 @@ sub redis_alive {
 sub stop_redis {
     my ($r) = @_;
     return unless $r->{running};
-    my $pid = _slurp("$r->{dir}/redis.pid");
+    my $pid = slurp("$r->{dir}/redis.pid");
     if (defined $pid && $pid =~ /(\d+)/) {
         kill 'TERM', $1;
         my $gone = wait_until(sub { !kill(0, $1) }, 10);
@@ -133,13 +129,6 @@ sub restart_redis {
     my ($r) = @_;
     stop_redis($r);
     _redis_spawn($r);
-}
-
-sub _slurp {
-    my ($file) = @_;
-    open my $fh, '<', $file or return undef;
-    local $/;
-    return <$fh>;
 }
 
 #----------------------------------------------------------------------
@@ -224,6 +213,22 @@ sub rcmd {
     return $v;
 }
 
+# cache_gen($r): the cache generation the module keeps in Redis
+# (invoices:gen), 0 while there is none
+sub cache_gen {
+    my ($r) = @_;
+    return rcmd($r, 'GET', 'invoices:gen') // 0;
+}
+
+# redis_calls($r, $command) -> how many times Redis ran that command
+# (INFO commandstats; 0 before the first)
+sub redis_calls {
+    my ($r, $cmd) = @_;
+    my ($line) = grep { /^cmdstat_\Q$cmd\E:/ }
+                 split /\r?\n/, rcmd($r, 'INFO', 'commandstats');
+    return $line && $line =~ /calls=(\d+)/ ? $1 : 0;
+}
+
 # redis_background($r, @command): sends the command from a child process
 # (DEBUG SLEEP), returns at once; the child is reaped by reap_background.
 sub redis_background {
@@ -276,7 +281,7 @@ sub start_proxy {
                                        ReuseAddr => 1)
         or die "proxy listen: $!";
     my $p = { dir => $dir, port => $listen->sockport };
-    _write("$dir/mode", "pass\n");
+    write_file("$dir/mode", "pass\n");
     my $pid = fork // die "fork: $!";
     if (!$pid) {
         $SIG{TERM} = sub { POSIX::_exit(0) };
@@ -289,27 +294,19 @@ sub start_proxy {
     return $p;
 }
 
-sub _write {
-    my ($file, $text) = @_;
-    open my $fh, '>', "$file.tmp" or die "$file: $!";
-    print $fh $text;
-    close $fh;
-    rename "$file.tmp", $file or die "rename $file: $!";
-}
-
 sub proxy_mode {
     my ($p, $mode) = @_;
     croak "proxy_mode: bad mode $mode" unless $mode =~ /^(?:pass|hold_set|hold|down)$/;
-    _write("$p->{dir}/mode", "$mode\n");
+    write_file("$p->{dir}/mode", "$mode\n");
     # the proxy acknowledges in its next round (every 10 ms)
-    wait_until(sub { (_slurp("$p->{dir}/ack") // '') eq "$mode\n" }, 5)
+    wait_until(sub { (slurp("$p->{dir}/ack") // '') eq "$mode\n" }, 5)
         or croak "proxy did not take mode $mode";
 }
 
 # proxy_held($p): bytes the proxy holds back now
 sub proxy_held {
     my ($p) = @_;
-    my $n = _slurp("$p->{dir}/held");
+    my $n = slurp("$p->{dir}/held");
     return defined $n ? $n + 0 : 0;
 }
 
@@ -328,7 +325,7 @@ sub _proxy_loop {
     my $mode = 'pass';
     my $last_held = -1;
     while (1) {
-        my $m = _slurp("$dir/mode") // "pass\n";
+        my $m = slurp("$dir/mode") // "pass\n";
         chomp $m;
         if ($m ne $mode) {
             $mode = $m;
@@ -343,11 +340,11 @@ sub _proxy_loop {
                 }
             }
         }
-        _write("$dir/ack", "$mode\n") if (_slurp("$dir/ack") // '') ne "$mode\n";
+        write_file("$dir/ack", "$mode\n") if (slurp("$dir/ack") // '') ne "$mode\n";
         my $held = 0;
         $held += length $_->{held} for @pairs;
         if ($held != $last_held) {
-            _write("$dir/held", "$held\n");
+            write_file("$dir/held", "$held\n");
             $last_held = $held;
         }
 
@@ -434,13 +431,13 @@ sub start_nginx {
                                      CLEANUP => 0);
     chmod 0755, $prefix;
     mkdir "$prefix/$_" or die "mkdir $prefix/$_: $!" for qw(conf logs tmp cores);
-    my $keys = _slurp(server_prefix() . '/conf/keys') // "test-key\n";
+    my $keys = slurp(server_prefix() . '/conf/keys') // "test-key\n";
     open my $fh, '>', "$prefix/conf/keys" or die $!;
     print $fh $keys;
     close $fh;
     chmod 0600, "$prefix/conf/keys";
     for my $f (@{ $o{copy_files} || [] }) {
-        my $text = _slurp(server_prefix() . "/conf/$f") // die "no conf/$f";
+        my $text = slurp(server_prefix() . "/conf/$f") // die "no conf/$f";
         open my $out, '>', "$prefix/conf/$f" or die $!;
         print $out $text;
         close $out;
@@ -451,17 +448,7 @@ sub start_nginx {
     open my $cf, '>', "$prefix/conf/nginx.conf" or die $!;
     print $cf $conf;
     close $cf;
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$prefix/logs/stdout.log";
-        open STDERR, '>>', "$prefix/logs/stdout.log";
-        POSIX::setpgid(0, 0);
-        %ENV = (%ENV, Invoices::Test::nginx_env($prefix));
-        exec($ENV{INVOICES_NGINX} // '/usr/sbin/nginx', '-p', "$prefix/",
-             '-c', "$prefix/conf/nginx.conf", '-e', "$prefix/logs/error.log")
-            or POSIX::_exit(127);
-    }
+    my $pid = spawn_nginx($prefix);
     my $n = { port => $port, prefix => $prefix, pid => $pid };
     push @NGINX, $n;
     my $up = wait_until(sub {
@@ -471,13 +458,13 @@ sub start_nginx {
         return $s ? 1 : 0;
     }, 10);
     croak "second nginx did not start:\n" . nginx_log($n)
-        . (_slurp("$prefix/logs/stdout.log") // '') unless $up && !$n->{dead};
+        . (slurp("$prefix/logs/stdout.log") // '') unless $up && !$n->{dead};
     return $n;
 }
 
 sub nginx_log {
     my ($n) = @_;
-    return _slurp("$n->{prefix}/logs/error.log") // '';
+    return slurp("$n->{prefix}/logs/error.log") // '';
 }
 
 # stop_nginx($n) -> (exited gracefully, exit status)
@@ -522,19 +509,17 @@ sub list { return list_on(server_port(), @_) }
 #----------------------------------------------------------------------
 # Stripe events, signed with Stripe's real scheme
 
+# webhook_location([$secret_file]): the location of POST /stripe/webhook
+# with the secret in $secret_file (default whsec: PREFIX/conf/whsec)
 sub webhook_location {
     my ($secret_file) = @_;
-    $secret_file //= 'whsec';
-    return "        location = /stripe/webhook {\n"
-         . "            invoices_stripe_webhook;\n"
-         . "            invoices_stripe_webhook_secret file:$secret_file;\n"
-         . "        }\n";
+    return Invoices::Webhook::webhook_location(
+        secrets => ['file:' . ($secret_file // 'whsec')]);
 }
 
-sub new_stripe_id {
-    my ($prefix) = @_;
-    return "${prefix}_1" . join '', map { ('A'..'Z', 'a'..'z', 0..9)[rand 62] } 1 .. 23;
-}
+# new_stripe_id($prefix): "${prefix}_1" and 23 random characters
+# (Invoices::Webhook::new_id)
+BEGIN { *new_stripe_id = \&Invoices::Webhook::new_id }
 
 # stripe_invoice(%f) -> an invoice object as Stripe sends it (the fields
 # the module reads): id, customer, status, total, currency, created,
@@ -565,20 +550,9 @@ sub stripe_invoice {
     };
 }
 
-# invoice_event($type, $invoice, %opt) -> the event; id, created.
-sub invoice_event {
-    my ($type, $object, %o) = @_;
-    return {
-        id => $o{id} // new_stripe_id('evt'),
-        object => 'event',
-        api_version => '2023-10-16',
-        created => int($o{created} // time),
-        data => { object => $object },
-        livemode => JSON::PP::false,
-        pending_webhooks => 1,
-        type => $type,
-    };
-}
+# invoice_event($type, $invoice, %opt) -> the event; id, created
+# (Invoices::Webhook::invoice_event)
+BEGIN { *invoice_event = \&Invoices::Webhook::invoice_event }
 
 # sign_event($body, $whsec, [$t]) -> the Stripe-Signature value, made by
 # the one signer (Invoices::Webhook)

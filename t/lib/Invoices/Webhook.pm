@@ -43,7 +43,7 @@ our @EXPORT = qw(
 my $JSON = JSON::PP->new->utf8->canonical;
 my $DEFAULT_SECRET;
 
-sub _rand62 { join '', map { ('A'..'Z', 'a'..'z', 0..9)[rand 62] } 1 .. $_[0] }
+sub _rand62 { Invoices::Test::Env::random_alnum($_[0]) }
 
 # new_id($prefix): a fresh Stripe-like id (evt_1..., in_1..., cus_...).
 sub new_id {

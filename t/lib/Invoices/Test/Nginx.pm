@@ -1,0 +1,611 @@
+package Invoices::Test::Nginx;
+
+# nginx for the tests (see Invoices::Test): the generated nginx.conf,
+# temporary prefixes, `nginx -t`, the one server of a test file
+# (start_server / stop_server), its error log and its worker processes,
+# and what runs when the file ends: the final checks inside done_testing
+# (a graceful stop, no [alert]/[crit]/[emerg], no secret in the logs, the
+# valgrind and sanitizer reports, the stacks of a crashed worker's core)
+# and the cleanup in END.
+
+use strict;
+use warnings;
+
+use Test::More ();
+use File::Temp ();
+use POSIX ();
+use IO::Socket::INET;
+use Time::HiRes qw(time sleep);
+use Carp qw(croak);
+use Exporter 'import';
+
+use Invoices::Test::Env qw(env_or_die valgrind_mode sanitize_mode time_factor
+                           wait_until run_cmd spawn exit_code slurp write_file
+                           tail);
+use Invoices::Test::DB qw(create_db drop_db pg_start pg_is_stopped);
+use Invoices::Test::Fake qw(stripe_opts random_secret start_fake stop_fake);
+
+our @EXPORT_OK = qw(
+    API_KEY API_KEY_2
+    nginx_binary nginx_env nginx_command spawn_nginx free_port
+    config_text nginx_config_test
+    start_server stop_server server_port server_prefix server_info
+    error_log_text error_log_mark error_log_since
+    worker_pids worker_processes wait_workers
+);
+our %EXPORT_TAGS = (all => \@EXPORT_OK);
+our @CARP_NOT = @Invoices::Test::Env::HARNESS;
+
+use constant API_KEY   => 'test-key';
+use constant API_KEY_2 => 'test-key-2';
+
+# the state of this file's server: the one hash of Invoices::Test
+our %S;
+BEGIN { no warnings 'once'; *S = \%Invoices::Test::S }
+
+our @STRIPE_DIRECTIVES = qw(secret_key api_base version thread_pool
+                            connect_timeout timeout max_retries);
+my $OWNER = $$;  # END and hooks act only in the process that loaded us
+my $TESTING_DONE_HOOKED;
+
+sub nginx_binary { $ENV{INVOICES_NGINX} // '/usr/sbin/nginx' }
+
+# The environment of an nginx that loads the sanitized module: Debian's
+# nginx is not instrumented, so the ASan runtime is preloaded (and may not
+# come first); nginx's own allocations are never freed at exit, so leak
+# detection is off (valgrind mode checks leaks).  Reports go to files in
+# $prefix/logs, which _sanitizer_problems reads.  nginx_env($prefix):
+# the variables to set for an nginx with that prefix (none normally).
+my $ASAN_LIB;
+sub nginx_env {
+    my ($prefix) = @_;
+    return () unless sanitize_mode();
+    $ASAN_LIB //= do {
+        my $lib = `gcc -print-file-name=libasan.so`;
+        chomp $lib;
+        $lib;
+    };
+    return (LD_PRELOAD => $ASAN_LIB,
+            ASAN_OPTIONS => join(':', "log_path=$prefix/logs/asan",
+                                 qw(detect_leaks=0 verify_asan_link_order=0
+                                    halt_on_error=1 abort_on_error=1
+                                    detect_stack_use_after_return=0)),
+            UBSAN_OPTIONS => join(':', "log_path=$prefix/logs/ubsan",
+                                  qw(print_stacktrace=1 halt_on_error=0)));
+}
+
+sub free_port {
+    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0, Proto => 'tcp', ReuseAddr => 0)
+        or die "cannot find a free port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+#----------------------------------------------------------------------
+# nginx configuration
+
+my $DEFAULT_KEYS = "# admin API keys, one a line (two during a rotation)\n"
+                 . API_KEY . "\n\n" . API_KEY_2 . "\n";
+
+# config_text(%opt): the nginx.conf text.  Options:
+#   prefix, port (required), db (database name)
+#   module        0: no load_module/thread_pool/invoices_* lines at all
+#   database      conninfo string; undef: leave invoices_database out
+#   keys_file     path; undef: leave invoices_api_keys_file out
+#   workers (1), threads (4), master (1), log_level (info)
+#   main_config, http_config, server_config, location_config: extra text
+#   location      the whole admin location block instead of the default
+#   admin_directive  text of the admin directive ("invoices_admin;")
+#   stripe        a hashref (see stripe_opts in Invoices::Test::Fake):
+#                 the Stripe directives
+sub config_text {
+    my (%o) = @_;
+    my %e = env_or_die();
+    my $p = $o{prefix};
+    my $module = $o{module} // 1;
+    my $workers = $o{workers} // 1;
+    my $threads = $o{threads} // 4;
+    my $level = $o{log_level} // 'info';
+    my $valgrind = valgrind_mode();
+    my $master = $valgrind ? 0 : ($o{master} // 1);
+
+    my $database = exists $o{database} ? $o{database}
+        : sprintf 'host=%s port=%s dbname=%s user=%s',
+                  $e{INVOICES_TEST_PGHOST}, $e{INVOICES_TEST_PGPORT},
+                  $o{db} // 'invoices_none', $e{INVOICES_TEST_PGUSER};
+    my $keys_file = exists $o{keys_file} ? $o{keys_file} : "$p/conf/keys";
+
+    my $c = '';
+    $c .= "# generated by t/lib/Invoices/Test/Nginx.pm\n";
+    $c .= "daemon off;\n";
+    $c .= "master_process " . ($master ? 'on' : 'off') . ";\n";
+    $c .= "worker_processes $workers;\n";
+    $c .= "user root;\n" if $> == 0;
+    $c .= "pid $p/logs/nginx.pid;\n";
+    $c .= "error_log $p/logs/error.log $level;\n";
+    if ($module) {
+        # "static": the nginx binary has the module built in
+        $c .= "load_module $e{INVOICES_MODULE};\n"
+            unless $e{INVOICES_MODULE} eq 'static';
+        $c .= "thread_pool invoices threads=$threads max_queue=1024;\n";
+    }
+    my $st = $o{stripe} ? stripe_opts($o{stripe}, $p) : undef;
+    if ($st && defined $st->{pool}) {
+        $c .= "thread_pool $st->{pool} threads=$st->{threads} "
+            . "max_queue=$st->{max_queue};\n";
+    }
+    # a crashed worker leaves its core here: _final_checks prints its stack
+    $c .= "working_directory $p/cores;\nworker_rlimit_core 2g;\n"
+        if $master && -d "$p/cores"
+           && ($o{main_config} // '') !~ /working_directory/;
+    $c .= "$o{main_config}\n" if defined $o{main_config};
+    $c .= "events {\n    worker_connections 1024;\n}\n";
+    $c .= "http {\n";
+    $c .= "    access_log $p/logs/access.log;\n";
+    $c .= "    client_body_temp_path $p/tmp/client_body;\n";
+    $c .= "    proxy_temp_path $p/tmp/proxy;\n";
+    $c .= "    fastcgi_temp_path $p/tmp/fastcgi;\n";
+    $c .= "    uwsgi_temp_path $p/tmp/uwsgi;\n";
+    $c .= "    scgi_temp_path $p/tmp/scgi;\n";
+    if ($module) {
+        $c .= "    invoices_database \"$database\";\n" if defined $database;
+        $c .= "    invoices_api_keys_file $keys_file;\n" if defined $keys_file;
+    }
+    if ($st) {
+        for my $d (@STRIPE_DIRECTIVES) {
+            $c .= "    invoices_stripe_$d $st->{$d};\n" if defined $st->{$d};
+        }
+    }
+    $c .= "$o{http_config}\n" if defined $o{http_config};
+    $c .= "    server {\n";
+    $c .= "        listen 127.0.0.1:$o{port};\n";
+    $c .= "        server_name localhost;\n";
+    $c .= "$o{server_config}\n" if defined $o{server_config};
+    if (defined $o{location}) {
+        $c .= "$o{location}\n";
+    } elsif ($module) {
+        my $admin = $o{admin_directive} // 'invoices_admin;';
+        $c .= "        location /admin/api/invoices {\n";
+        $c .= "            $admin\n";
+        $c .= "$o{location_config}\n" if defined $o{location_config};
+        $c .= "        }\n";
+    }
+    $c .= "    }\n";
+    $c .= "}\n";
+    return $c;
+}
+
+sub _make_prefix {
+    my (%o) = @_;
+    my $tag = $0;
+    $tag =~ s{.*/}{};
+    $tag =~ s/\.t$//;
+    $tag =~ s/[^A-Za-z0-9]+/_/g;
+    my $prefix = File::Temp::tempdir("invoices-$tag-XXXXXX", TMPDIR => 1,
+                                      CLEANUP => 0);
+    chmod 0755, $prefix;
+    for (qw(conf logs tmp cores)) {
+        mkdir "$prefix/$_" or die "mkdir $prefix/$_: $!";
+    }
+    my $keys = exists $o{keys} ? $o{keys} : $DEFAULT_KEYS;
+    if (defined $keys) {
+        open my $fh, '>', "$prefix/conf/keys" or die "keys: $!";
+        print $fh $keys;
+        close $fh;
+        chmod $o{keys_mode} // 0600, "$prefix/conf/keys";
+    }
+    if ($o{stripe}) {
+        my $st = stripe_opts($o{stripe}, $prefix);
+        if (defined $st->{key}) {
+            write_file("$prefix/conf/stripe.key", "$st->{key}\n");
+            chmod $st->{key_mode}, "$prefix/conf/stripe.key";
+        }
+    }
+    return $prefix;
+}
+
+# nginx_command($prefix): nginx with the prefix, its conf/nginx.conf and
+# its logs/error.log
+sub nginx_command {
+    my ($p) = @_;
+    return (nginx_binary(), '-p', "$p/", '-c', "$p/conf/nginx.conf",
+            '-e', "$p/logs/error.log");
+}
+
+# nginx_config_test(%opt) -> ($exit_code, $output, $prefix)
+# Writes a config (same options as config_text, plus: config => the whole
+# text with the placeholders @PREFIX@ and @PORT@, keys/keys_mode for the
+# keys file) and runs `nginx -t` on it.  $output is stderr and stdout of
+# nginx -t followed by the error log.
+sub nginx_config_test {
+    my (%o) = @_;
+    env_or_die();
+    my $prefix = _make_prefix(%o);
+    my $port = $o{port} // free_port();
+    my $conf = $o{config} // config_text(%o, prefix => $prefix, port => $port);
+    $conf =~ s/\@PREFIX\@/$prefix/g;
+    $conf =~ s/\@PORT\@/$port/g;
+    write_file("$prefix/conf/nginx.conf", $conf);
+    my ($st, $out, $err) = run_cmd([nginx_command($prefix), '-t'],
+                                   env => { nginx_env($prefix) });
+    my $log = slurp("$prefix/logs/error.log") // '';
+    my $output = $err . $out . $log;
+    push @{ $S{config_test_prefixes} }, $prefix;
+    return (exit_code($st), $output, $prefix);
+}
+
+#----------------------------------------------------------------------
+# the server of this file
+
+# start_server(%opt): database (unless db => 0), prefix, config, nginx.
+# Options: those of config_text, plus
+#   db            0: no database (the config names a database that
+#                 does not exist)
+#   keys, keys_mode  content and mode of conf/keys
+#   before_start  sub called after the database exists, before nginx
+#   allow_log     regex: [alert]/[crit]/[emerg] lines matching it are ok
+#   stripe        1 or a hashref of overrides (see stripe_opts in
+#                 Invoices::Test::Fake): start scripts/fake-stripe for
+#                 this file and configure nginx to call it; done_testing
+#                 then also checks that the secret key is in no response
+#                 and not in the logs
+sub start_server {
+    my (%o) = @_;
+    env_or_die();
+    croak "start_server: a server is already running" if $S{pid};
+    _hook_testing_done();
+
+    %S = (opts => \%o, config_test_prefixes => $S{config_test_prefixes} || []);
+    if ($o{stripe}) {
+        my $given = ref $o{stripe} eq 'HASH' ? $o{stripe}{key} : undef;
+        $S{stripe_secret} = $given // random_secret();
+    }
+    $S{prefix} = _make_prefix(%o);
+    if ($o{stripe} && stripe_opts($o{stripe}, $S{prefix})->{fake}) {
+        start_fake(stripe_opts($o{stripe}, $S{prefix}));
+    }
+
+    create_db() if $o{db} // 1;
+    $o{before_start}->() if $o{before_start};
+
+    my $tries = 0;
+    while (1) {
+        $S{port} = $o{port} // free_port();
+        my $conf = config_text(%o, prefix => $S{prefix}, port => $S{port},
+                               db => $S{db});
+        write_file("$S{prefix}/conf/nginx.conf", $conf);
+        my $ok = eval { _start_nginx(); 1 };
+        last if $ok;
+        my $why = $@;
+        my $log = slurp("$S{prefix}/logs/error.log") // '';
+        if ($log =~ /Address already in use/ && ++$tries < 3 && !$o{port}) {
+            unlink "$S{prefix}/logs/error.log";
+            next;
+        }
+        die $why;
+    }
+    return server_info();
+}
+
+sub server_info {
+    return { port => $S{port}, prefix => $S{prefix}, db => $S{db},
+             pid => $S{pid}, error_log => "$S{prefix}/logs/error.log" };
+}
+
+sub server_port   { $S{port} // croak "no server: call start_server first" }
+sub server_prefix { $S{prefix} }
+
+# spawn_nginx($prefix, [@wrapper]) -> pid: nginx_command($prefix) (after
+# @wrapper, e.g. valgrind and its options) in a process group of its own,
+# with nginx_env, its stdout and stderr to $prefix/logs/stdout.log.
+sub spawn_nginx {
+    my ($p, @wrapper) = @_;
+    return spawn([@wrapper, nginx_command($p)], "$p/logs/stdout.log",
+                 nginx_env($p));
+}
+
+# this file's nginx (under valgrind in valgrind mode), once it accepts
+sub _start_nginx {
+    my $p = $S{prefix};
+    my @valgrind;
+    if (valgrind_mode()) {
+        my %e = env_or_die();
+        @valgrind = ('valgrind', '--tool=memcheck', '--error-exitcode=99',
+            '--leak-check=full', '--show-leak-kinds=definite',
+            '--errors-for-leak-kinds=definite', '--num-callers=40',
+            '--track-fds=no', "--suppressions=$e{INVOICES_REPO}/t/valgrind.supp",
+            "--log-file=$p/logs/valgrind.%p.log");
+    }
+    my $pid = spawn_nginx($p, @valgrind);
+    $S{pid} = $pid;
+
+    my $deadline = time + 10 * time_factor();
+    while (time < $deadline) {
+        if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
+            my $st = $?;
+            delete $S{pid};
+            die "nginx exited at start (status " . exit_code($st) . "):\n"
+                . (slurp("$p/logs/stdout.log") // '')
+                . (slurp("$p/logs/error.log") // '');
+        }
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $S{port}, Proto => 'tcp',
+                                      Timeout => 1);
+        if ($s) {
+            close $s;
+            return 1;
+        }
+        sleep 0.05;
+    }
+    _kill_nginx();
+    die "nginx did not accept connections on 127.0.0.1:$S{port} within "
+        . 10 * time_factor() . "s:\n" . (slurp("$p/logs/error.log") // '');
+}
+
+# stop_server(): graceful quit; returns 1 when nginx exited by itself.
+sub stop_server {
+    my $pid = $S{pid} or return 1;
+    kill 'QUIT', $pid;
+    my $deadline = time + (valgrind_mode() ? 90 : 15);
+    my $again = time + 2;
+    while (time < $deadline) {
+        if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
+            $S{exit_status} = $?;
+            delete $S{pid};
+            return 1;
+        }
+        # Under valgrind a signal can land just before the single process
+        # blocks in epoll_wait() with no timer left, and is then not seen
+        # until the next event; another SIGQUIT is that event.
+        if (valgrind_mode() && time > $again) {
+            kill 'QUIT', $pid;
+            $again = time + 2;
+        }
+        sleep 0.05;
+    }
+    _kill_nginx();
+    return 0;
+}
+
+sub _kill_nginx {
+    my $pid = $S{pid} or return;
+    # nginx runs in its own process group (spawn_nginx): the master and
+    # its workers, nothing else.
+    kill 'KILL', -$pid;
+    kill 'KILL', $pid;
+    waitpid $pid, 0;
+    delete $S{pid};
+}
+
+#----------------------------------------------------------------------
+# its processes
+
+# worker_pids([$master]): the pids of the master's children (default:
+# this file's nginx), sorted; none in valgrind mode (one process).
+sub worker_pids {
+    my ($master) = @_;
+    $master //= server_info()->{pid};
+    my @pids;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        open my $fh, '<', $stat or next;
+        my $line = <$fh> // next;
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses
+        $line =~ /^(\d+) \(.*\) \S+ (\d+) / or next;
+        push @pids, $1 if $2 == $master;
+    }
+    return sort { $a <=> $b } @pids;
+}
+
+# worker_processes([$master]): the processes that answer requests: the
+# workers, or the master itself when it has none (valgrind mode).
+sub worker_processes {
+    my ($master) = @_;
+    $master //= server_info()->{pid};
+    my @pids = worker_pids($master);
+    return @pids ? @pids : ($master);
+}
+
+# wait_workers($n, [$master]) -> worker_pids once there are $n (start_server
+# returns once the port accepts: the workers may still be forking), or
+# what there is after 10 s (scaled by time_factor).
+sub wait_workers {
+    my ($n, $master) = @_;
+    my @pids;
+    wait_until(sub { (@pids = worker_pids($master)) == $n }, 10);
+    return @pids;
+}
+
+#----------------------------------------------------------------------
+# its error log
+
+sub error_log_text {
+    return '' unless $S{prefix};
+    return slurp("$S{prefix}/logs/error.log") // '';
+}
+
+# error_log_mark() -> offset; error_log_since($offset) -> text written after.
+sub error_log_mark { return length error_log_text() }
+sub error_log_since {
+    my ($mark) = @_;
+    my $t = error_log_text();
+    return substr $t, $mark // 0;
+}
+
+sub _bad_log_lines {
+    my $allow = $S{opts}{allow_log};
+    return grep { /\[(?:alert|crit|emerg)\]/ && !($allow && $_ =~ $allow) }
+           split /\n/, error_log_text();
+}
+
+#----------------------------------------------------------------------
+# the end of the file
+
+sub _valgrind_problems {
+    my @problems;
+    for my $f (glob "$S{prefix}/logs/valgrind.*.log") {
+        my $log = slurp($f) // '';
+        if ($log =~ /ERROR SUMMARY: (\d+) errors/ && $1 > 0) {
+            push @problems, "$f: ERROR SUMMARY: $1 errors";
+        }
+        # definite leaks in our code, whatever the summary says
+        my @records = split /\n(?===\d+== \S.* are definitely lost)/, $log;
+        for my $r (@records) {
+            next unless $r =~ /are definitely lost/;
+            my ($rec) = $r =~ /^(.*?)(?:\n==\d+== \n|\z)/s;
+            push @problems, "$f: definite leak in the module:\n$rec"
+                if ($rec // '') =~ /ngx_http_invoices_/;
+        }
+        push @problems, "$f: no ERROR SUMMARY (valgrind killed?)"
+            unless $log =~ /ERROR SUMMARY/;
+    }
+    return @problems;
+}
+
+sub _sanitizer_problems {
+    my @problems;
+    for my $prefix (grep { defined } $S{prefix},
+                    @{ $S{config_test_prefixes} || [] }) {
+        for my $f (glob "$prefix/logs/asan.* $prefix/logs/ubsan.*") {
+            my $log = slurp($f) // '';
+            next unless $log =~ /\S/;
+            push @problems, "$f:\n" . tail($log, 40);
+        }
+    }
+    return @problems;
+}
+
+# The stacks of every thread of each core a crashed worker left (the
+# kernel's core_pattern "core" writes it to working_directory), with gdb
+# where it is installed; the core is removed afterwards (it is large).
+sub _core_stacks {
+    my @out;
+    for my $core (glob "$S{prefix}/cores/core*") {
+        my $bin = nginx_binary();
+        my $bt = -x '/usr/bin/gdb'
+            ? `/usr/bin/gdb -q -batch -ex 'thread apply all bt 30' '$bin' '$core' 2>&1`
+            : '(no gdb to read it)';
+        push @out, "a worker's core, $core:\n" . tail($bt, 200);
+        unlink $core unless ($ENV{INVOICES_TEST_KEEP} // '') eq '2';
+    }
+    return @out;
+}
+
+# Runs inside done_testing, before the plan is set: the final checks.
+sub _final_checks {
+    return unless $$ == $OWNER;
+    return unless $S{prefix} && !$S{finished};
+    $S{finished} = 1;
+    my $tb = Test::More->builder;
+
+    if (pg_is_stopped()) {
+        eval { pg_start() };
+        $tb->ok(0, 'PostgreSQL was left stopped by the test') ;
+    }
+    my $stopped = stop_server();
+    $tb->ok($stopped, 'nginx quits gracefully (SIGQUIT) in time')
+        or $tb->diag("nginx had to be killed; error log:\n"
+                     . tail(error_log_text(), 30));
+
+    if ($stopped) {
+        my $st = $S{exit_status} // 0;
+        $tb->ok($st == 0, 'nginx exited with status 0 (no crash)')
+            or $tb->diag(($st & 127 ? 'killed by signal ' . ($st & 127)
+                                    : 'exit status ' . ($st >> 8))
+                         . (valgrind_mode() ? ' (see the valgrind log)' : ''));
+    }
+
+    my @bad = _bad_log_lines();
+    $tb->ok(!@bad, 'no [alert], [crit] or [emerg] in the error log')
+        or $tb->diag(join "\n", @bad[0 .. ($#bad > 19 ? 19 : $#bad)]);
+    $tb->diag($_) for _core_stacks();
+
+    if (defined(my $secret = $S{stripe_secret})) {
+        my @leaks = @{ $S{leaks} || [] };
+        $tb->ok(!@leaks, "the Stripe secret key is in none of the file's "
+                         . ($S{responses_seen} // 0) . ' responses')
+            or $tb->diag("in:\n" . join "\n", @leaks[0 .. ($#leaks > 2 ? 2 : $#leaks)]);
+        for my $log (qw(error.log access.log)) {
+            my $text = slurp("$S{prefix}/logs/$log") // '';
+            $tb->ok(index($text, $secret) < 0,
+                    "the Stripe secret key is not in nginx's $log");
+        }
+    }
+
+    # every secret this nginx was given (its conf directory: key files,
+    # secret files, nginx.conf) must stay out of its logs; the admin keys
+    # out of every line the module writes ("invoices: ..."; nginx itself
+    # may quote what a client sent, and the access log has request lines)
+    {
+        my (%secret, %key);
+        for my $f (glob "$S{prefix}/conf/*") {
+            my $text = slurp($f) // next;
+            $secret{$1} = 1 while $text =~ /\b((?:whsec|sk_test|sk_live|rk_test)_[A-Za-z0-9]{8,})/g;
+            if ($f =~ m{/keys\z}) {
+                $key{$_} = 1 for grep { length >= 8 && !/^#/ } map { s/^\s+|\s+\z//gr } split /\n/, $text;
+            }
+        }
+        my @found;
+        for my $log (qw(error.log access.log)) {
+            my $text = slurp("$S{prefix}/logs/$log") // '';
+            push @found, "a secret in $log" if grep { index($text, $_) >= 0 } keys %secret;
+            push @found, "an admin key in a line of the module in $log"
+                if $log eq 'error.log'
+                   && grep { my $k = $_; grep { /invoices: / && index($_, $k) >= 0 } split /\n/, $text } keys %key;
+        }
+        $tb->ok(!@found, 'none of the ' . (keys(%secret) + keys(%key))
+                         . ' configured secrets and keys in the logs')
+            or $tb->diag(join "\n", @found);
+    }
+
+    if (valgrind_mode()) {
+        my @p = _valgrind_problems();
+        $tb->ok(!@p, 'valgrind: no errors, no definite leaks in the module')
+            or $tb->diag(join "\n", @p);
+    }
+
+    if (sanitize_mode()) {
+        my @p = _sanitizer_problems();
+        $tb->ok(!@p, 'no ASan or UBSan report')
+            or $tb->diag(join "\n", @p);
+    }
+}
+
+sub _cleanup {
+    return unless $$ == $OWNER;
+    return if $S{cleaned};
+    $S{cleaned} = 1;
+    _kill_nginx() if $S{pid} && !stop_server();
+    stop_fake();
+    eval { pg_start() } if pg_is_stopped();
+    drop_db();
+    my $keep = $ENV{INVOICES_TEST_KEEP} // '';
+    my $failed = !Test::More->builder->is_passing;
+    for my $prefix (grep { defined } $S{prefix}, @{ $S{config_test_prefixes} || [] }) {
+        if ($keep eq '2' || ($keep eq '1' && $failed)) {
+            print STDERR "# kept nginx prefix: $prefix\n";
+        } else {
+            system 'rm', '-rf', '--', $prefix;
+        }
+    }
+}
+
+sub _hook_testing_done {
+    return if $TESTING_DONE_HOOKED++;
+    require Test2::API;
+    Test2::API::test2_add_callback_testing_done(\&_final_checks);
+}
+
+END {
+    if ($$ == $OWNER) {
+        local $?;
+        if ($S{prefix} && !$S{finished} && $S{pid}) {
+            # died before done_testing: still stop nginx
+            stop_server();
+        }
+        _cleanup();
+    }
+}
+
+1;
