@@ -45,7 +45,7 @@ ngx_http_invoices_print(char *buf, size_t size, const char *fmt, ...)
 }
 
 #define ngx_http_invoices_is_array(a)                                         \
-    (0 * sizeof(struct { int array:1 + !__builtin_types_compatible_p(        \
+    (0 * sizeof(struct { int array:1 - 2 * __builtin_types_compatible_p(     \
          __typeof__(a), __typeof__(&(a)[0])); }))
 
 #define ngx_http_invoices_sprint(buf, ...)                                    \
