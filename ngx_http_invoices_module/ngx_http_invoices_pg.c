@@ -259,16 +259,24 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
      * a PostgreSQL host that vanishes (a cut network, a powered-off
      * machine) is noticed within about a minute, not the kernel's two
      * hours.  Unix sockets ignore both.
+     *
+     * gssencmode: libpq's default, "prefer", asks Kerberos for credentials
+     * on every TCP connection, which leaves Kerberos data attached to the
+     * pool thread.  At worker exit nginx lets the worker go on as soon as
+     * each pool thread has taken its exit task, while the thread may still
+     * be freeing that data; the worker's exit tears Kerberos down under it
+     * and the worker aborts (signal 6).  Off unless conninfo asks for it;
+     * docs/configuration.md says so.
      */
     static const char *const  keys[] = {
         "connect_timeout", "client_encoding", "fallback_application_name",
         "keepalives", "keepalives_idle", "keepalives_interval",
-        "keepalives_count", "tcp_user_timeout", "dbname", NULL
+        "keepalives_count", "tcp_user_timeout", "gssencmode", "dbname", NULL
     };
 
     const char  *values[] = {
         "3", "UTF8", "ngx_http_invoices", "1", "30", "10", "3", "60000",
-        job->conninfo, NULL
+        "disable", job->conninfo, NULL
     };
 
     for (pc = ngx_http_invoices_pg_mine; pc != NULL; pc = pc->next) {
