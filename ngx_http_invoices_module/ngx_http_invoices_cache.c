@@ -243,7 +243,8 @@ ngx_http_invoices_cache_reply(ngx_http_request_t *r, void *data,
             return;
         }
 
-        gen.len = ngx_sprintf(gen.data, "%L", (int64_t) g->integer)
+        gen.len = ngx_slprintf(gen.data, gen.data + NGX_INT64_LEN, "%L",
+                               (int64_t) g->integer)
                   - gen.data;
 
     } else {
@@ -328,7 +329,8 @@ ngx_http_invoices_cache_store(ngx_http_request_t *r, ngx_str_t *gen,
     argvlen[1] = key.len;
     argvlen[2] = value->len;
     argvlen[3] = 2;
-    argvlen[4] = ngx_sprintf(ttl, "%T", ngx_http_invoices_cache_conf->ttl)
+    argvlen[4] = ngx_slprintf(ttl, ttl + sizeof(ttl), "%T",
+                              ngx_http_invoices_cache_conf->ttl)
                  - ttl;
 
     ngx_http_invoices_redis_send(5, argv, argvlen);
@@ -452,7 +454,9 @@ ngx_http_invoices_cache_bumped(ngx_http_request_t *r, void *data,
      */
 
     gen.data = buf;
-    gen.len = ngx_sprintf(buf, "%L", (int64_t) reply->integer) - buf;
+    gen.len = ngx_slprintf(buf, buf + sizeof(buf), "%L",
+                           (int64_t) reply->integer)
+              - buf;
 
     ngx_http_invoices_local_gen_read(&gen);
 }

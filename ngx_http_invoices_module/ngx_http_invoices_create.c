@@ -417,8 +417,9 @@ done:
 
 
 /*
- * Every rule of API.md (ngx_http_invoices_parse_create); the first failure
- * answers 400 naming the parameter as Stripe would ("items[2][amount]").
+ * Every rule of docs/openapi.yaml (ngx_http_invoices_parse_create); the
+ * first failure answers 400 naming the parameter as Stripe would
+ * ("items[2][amount]").
  */
 
 static ngx_int_t

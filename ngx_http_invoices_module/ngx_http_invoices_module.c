@@ -1,7 +1,7 @@
 
 /*
  * ngx_http_invoices_module: directives, configuration and init hooks.
- * The request handling lives in the other files (see DESIGN.md).
+ * The request handling lives in the other files (see docs/architecture.md).
  */
 
 

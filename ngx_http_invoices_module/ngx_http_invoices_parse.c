@@ -157,7 +157,7 @@ ngx_http_invoices_parse_int(ngx_str_t *value, ngx_int_t max, ngx_int_t *out)
 
 
 /*
- * The create body, checked against every rule of API.md: the request
+ * The create body, checked against every rule of docs/openapi.yaml: the request
  * object (names trimmed, currency lowercased; the caller decrefs it), or
  * NULL and the first failure, with the parameter named as Stripe would
  * ("items[2][amount]").

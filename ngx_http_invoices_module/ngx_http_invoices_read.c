@@ -121,13 +121,16 @@ ngx_http_invoices_list(ngx_http_request_t *r,
     rd->x_cache = &ngx_http_invoices_bypass;
 
     if (ngx_http_invoices_cache_enabled()) {
-        rd->page_key.data = ngx_pnalloc(r->pool, 2 * NGX_INT_T_LEN + 2);
+        rd->page_key.data = ngx_pnalloc(r->pool, sizeof("::") - 1
+                                                 + 2 * NGX_INT_T_LEN);
         if (rd->page_key.data == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        rd->page_key.len = ngx_sprintf(rd->page_key.data, ":%i:%i",
-                                       rd->page, rd->limit)
+        rd->page_key.len = ngx_slprintf(rd->page_key.data,
+                                        rd->page_key.data + sizeof("::") - 1
+                                        + 2 * NGX_INT_T_LEN,
+                                        ":%i:%i", rd->page, rd->limit)
                            - rd->page_key.data;
 
         /* the worker's own copy first: no round trip at all */
@@ -396,7 +399,10 @@ ngx_http_invoices_get_run(ngx_http_invoices_job_t *job)
 }
 
 
-/* one invoice as API.md shapes it; NULL when out of memory or bad UTF-8 */
+/*
+ * One invoice as docs/openapi.yaml shapes it; NULL when out of memory or
+ * bad UTF-8.
+ */
 
 static json_t *
 ngx_http_invoices_row_json(PGresult *res, int row, int col)

@@ -529,8 +529,8 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
 
 
 /*
- * Stripe refused or failed (API.md): the caller's mistakes keep Stripe's
- * status and error ("final": Stripe's verdict, fit to replay, except a
+ * Stripe refused or failed (docs/stripe.md): the caller's mistakes keep
+ * Stripe's status and error ("final": Stripe's verdict, fit to replay, except a
  * failed parameter validation, which Stripe does not keep either); our
  * key's problems, Stripe's outages and timeouts are 502/503/504.  When an
  * invoice exists already, the answer names it.  Returns the status; the

@@ -40,7 +40,7 @@ static ngx_int_t ngx_http_invoices_webhook_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 
 
-/* the event types that describe an invoice (API.md); others are ignored */
+/* the event types that describe an invoice (docs/stripe.md); others ignored */
 static const char  *ngx_http_invoices_invoice_events[] = {
     "invoice.created", "invoice.finalized", "invoice.updated", "invoice.paid",
     "invoice.payment_succeeded", "invoice.payment_failed", "invoice.voided",

@@ -1,5 +1,5 @@
 # Hostile requests, every endpoint: each one must get a 4xx JSON error
-# (API.md's shape, with the code and param where the contract fixes one)
+# (docs/openapi.yaml's shape, with the code and param where the contract fixes one)
 # and change nothing.  A table of cases, then, after all of them:
 #   - the database is byte for byte the same (pg_dump --data-only, and a
 #     checksum of every table and sequence after each case),

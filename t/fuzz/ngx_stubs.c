@@ -3,8 +3,8 @@
  * Stand-ins for the few nginx core functions that
  * ngx_http_invoices_parse.c calls.  Debian's nginx-dev ships nginx's
  * headers but not its .c files, so the fuzz binaries cannot link
- * objs/src/core/ngx_string.o; these follow the contracts of nginx 1.22's
- * src/core/ngx_string.c (same results, same bounds), and abort on any use
+ * nginx's own string functions; these follow the contracts nginx documents
+ * for them (same results, same bounds), and abort on any use
  * they do not cover, so a new call in parse.c is noticed here.
  */
 
