@@ -46,6 +46,10 @@ static size_t ngx_http_invoices_stripe_body(char *ptr, size_t size,
     size_t nmemb, void *data);
 static size_t ngx_http_invoices_stripe_header(char *ptr, size_t size,
     size_t nmemb, void *data);
+static ngx_int_t ngx_http_invoices_stripe_text(json_t *obj, const char *key,
+    size_t max, ngx_uint_t https, const char **text);
+static ngx_int_t ngx_http_invoices_stripe_integer(json_t *obj,
+    const char *key, ngx_uint_t is_time, char *buf, size_t size);
 static void ngx_http_invoices_stripe_note(ngx_http_invoices_stripe_res_t *res,
     const char *what, const char *detail);
 
@@ -439,18 +443,43 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
     inv->id = json_string_value(json_object_get(invoice, "id"));
     inv->status = json_string_value(json_object_get(invoice, "status"));
     inv->currency = json_string_value(json_object_get(invoice, "currency"));
-    inv->invoice_pdf = json_string_value(json_object_get(invoice,
-                                                         "invoice_pdf"));
 
     /*
-     * A PDF URL or null, nothing else: the dashboard shows it as a link,
-     * so only https, and of a sane length.
+     * The PDF and the hosted page: https URLs or null, nothing else (the
+     * dashboard shows them as links).  The texts: strings of a sane
+     * length, or null.  Lengths in bytes, above Stripe's own limits.
      */
-    v = json_object_get(invoice, "invoice_pdf");
-    if (v != NULL && !json_is_null(v)
-        && (!json_is_string(v)
-            || ngx_strncmp(inv->invoice_pdf, "https://", 8) != 0
-            || json_string_length(v) > 2048))
+    if (ngx_http_invoices_stripe_text(invoice, "invoice_pdf", 2048, 1,
+                                      &inv->invoice_pdf)
+        != NGX_OK
+        || ngx_http_invoices_stripe_text(invoice, "hosted_invoice_url", 2048,
+                                         1, &inv->hosted_invoice_url)
+           != NGX_OK
+        || ngx_http_invoices_stripe_text(invoice, "number", 255, 0,
+                                         &inv->number)
+           != NGX_OK
+        || ngx_http_invoices_stripe_text(invoice, "customer_email", 512, 0,
+                                         &inv->customer_email)
+           != NGX_OK
+        || ngx_http_invoices_stripe_text(invoice, "customer_name", 1024, 0,
+                                         &inv->customer_name)
+           != NGX_OK
+        || ngx_http_invoices_stripe_integer(invoice, "amount_due", 0,
+                                            inv->amount_due,
+                                            sizeof(inv->amount_due))
+           != NGX_OK
+        || ngx_http_invoices_stripe_integer(invoice, "amount_paid", 0,
+                                            inv->amount_paid,
+                                            sizeof(inv->amount_paid))
+           != NGX_OK
+        || ngx_http_invoices_stripe_integer(invoice, "amount_remaining", 0,
+                                            inv->amount_remaining,
+                                            sizeof(inv->amount_remaining))
+           != NGX_OK
+        || ngx_http_invoices_stripe_integer(invoice, "due_date", 1,
+                                            inv->due_date,
+                                            sizeof(inv->due_date))
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -522,7 +551,108 @@ ngx_http_invoices_stripe_invoice(json_t *invoice,
     (void) ngx_http_invoices_sprint(inv->transition_at,
                                     "%L", (int64_t) latest);
 
+    if (ngx_http_invoices_stripe_integer(v, "finalized_at", 1,
+                                         inv->finalized_at,
+                                         sizeof(inv->finalized_at))
+        != NGX_OK
+        || ngx_http_invoices_stripe_integer(v, "paid_at", 1, inv->paid_at,
+                                            sizeof(inv->paid_at))
+           != NGX_OK
+        || ngx_http_invoices_stripe_integer(v, "voided_at", 1, inv->voided_at,
+                                            sizeof(inv->voided_at))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     return NGX_OK;
+}
+
+
+/*
+ * obj[key] as a NUL-ended string of at most max bytes (https: an https
+ * URL), or NULL when absent or null; NGX_ERROR for anything else.
+ */
+
+static ngx_int_t
+ngx_http_invoices_stripe_text(json_t *obj, const char *key, size_t max,
+    ngx_uint_t https, const char **text)
+{
+    json_t  *v;
+
+    *text = NULL;
+
+    v = json_object_get(obj, key);
+
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_string(v) || json_string_length(v) > max
+        || ngx_strlen(json_string_value(v)) != json_string_length(v)
+        || (https
+            && ngx_strncmp(json_string_value(v), "https://", 8) != 0))
+    {
+        return NGX_ERROR;
+    }
+
+    *text = json_string_value(v);
+
+    return NGX_OK;
+}
+
+
+/*
+ * obj[key] as decimal text in buf (is_time: Unix seconds within
+ * ngx_http_invoices_stripe_time), or "" when absent or null.
+ */
+
+static ngx_int_t
+ngx_http_invoices_stripe_integer(json_t *obj, const char *key,
+    ngx_uint_t is_time, char *buf, size_t size)
+{
+    json_t  *v;
+
+    buf[0] = '\0';
+
+    v = json_object_get(obj, key);
+
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_integer(v)
+        || (is_time && !ngx_http_invoices_stripe_time(json_integer_value(v))))
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_invoices_print(buf, size, "%L",
+                                   (int64_t) json_integer_value(v));
+}
+
+
+/* the details as statement parameters, NGX_HTTP_INVOICES_STRIPE_DETAILS */
+
+void
+ngx_http_invoices_stripe_details(ngx_http_invoices_stripe_invoice_t *inv,
+    const char **values)
+{
+#define integer(f)  (inv->f[0] ? inv->f : NULL)
+
+    values[0] = inv->number;
+    values[1] = inv->customer_email;
+    values[2] = inv->customer_name;
+    values[3] = integer(amount_due);
+    values[4] = integer(amount_paid);
+    values[5] = integer(amount_remaining);
+    values[6] = inv->hosted_invoice_url;
+    values[7] = integer(due_date);
+    values[8] = integer(finalized_at);
+    values[9] = integer(paid_at);
+    values[10] = integer(voided_at);
+
+#undef integer
 }
 
 
@@ -721,7 +851,7 @@ ngx_http_invoices_stripe_store(ngx_http_invoices_job_t *job,
 {
     char         now[24];
     PGresult    *res;
-    const char  *values[9];
+    const char  *values[9 + NGX_HTTP_INVOICES_STRIPE_DETAILS];
 
     (void) ngx_http_invoices_sprint(now, "%T", time(NULL));
 
@@ -735,9 +865,12 @@ ngx_http_invoices_stripe_store(ngx_http_invoices_job_t *job,
     values[7] = now;
     values[8] = inv->transition_at;
 
+    ngx_http_invoices_stripe_details(inv, &values[9]);
+
     res = ngx_http_invoices_pg_query(job,
-              "SELECT invoices_apply($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-              9, values);
+              "SELECT invoices_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+              "$10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+              9 + NGX_HTTP_INVOICES_STRIPE_DETAILS, values);
     if (res == NULL) {
         return NGX_ERROR;
     }

@@ -48,7 +48,11 @@ typedef struct {
 } ngx_http_invoices_stripe_res_t;
 
 
-/* what we keep of a Stripe invoice object, as statement parameters */
+/*
+ * What we keep of a Stripe invoice object, as statement parameters.  A
+ * NULL pointer or an empty array is SQL's NULL (Stripe's null, or a field
+ * the object did not have).
+ */
 typedef struct {
     const char  *id;
     const char  *customer;
@@ -58,11 +62,29 @@ typedef struct {
     char         amount[24];             /* total */
     char         created[24];
     char         transition_at[24];      /* latest status_transitions */
+
+    /* the details (migration 0005), ngx_http_invoices_stripe_details() */
+    const char  *number;
+    const char  *customer_email;
+    const char  *customer_name;
+    char         amount_due[24];
+    char         amount_paid[24];
+    char         amount_remaining[24];
+    const char  *hosted_invoice_url;
+    char         due_date[24];
+    char         finalized_at[24];
+    char         paid_at[24];
+    char         voided_at[24];
 } ngx_http_invoices_stripe_invoice_t;
+
+/* how many statement parameters ngx_http_invoices_stripe_details fills */
+#define NGX_HTTP_INVOICES_STRIPE_DETAILS  11
 
 
 ngx_int_t ngx_http_invoices_stripe_invoice(json_t *invoice,
     ngx_http_invoices_stripe_invoice_t *inv);
+void ngx_http_invoices_stripe_details(
+    ngx_http_invoices_stripe_invoice_t *inv, const char **values);
 ngx_int_t ngx_http_invoices_stripe_store(ngx_http_invoices_job_t *job,
     ngx_http_invoices_stripe_invoice_t *inv, char *result, size_t size);
 void ngx_http_invoices_stripe_conf(ngx_http_invoices_stripe_conf_t *conf,

@@ -40,6 +40,10 @@ static ngx_int_t ngx_http_invoices_webhook_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 
 
+/* invoices_webhook_event()'s parameters: the event, the invoice, its details */
+#define NGX_HTTP_INVOICES_EVENT_ARGS  (11 + NGX_HTTP_INVOICES_STRIPE_DETAILS)
+
+
 /* the event types that describe an invoice (docs/stripe.md); others ignored */
 static const char  *ngx_http_invoices_invoice_events[] = {
     "invoice.created", "invoice.finalized", "invoice.updated", "invoice.paid",
@@ -171,8 +175,9 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     json_t                              *event, *object, *created;
     PGresult                            *res;
     ngx_uint_t                           i;
-    const char                          *id, *type, *values[11];
     char                                 stamp[24];
+    const char                          *id, *type;
+    const char                          *values[NGX_HTTP_INVOICES_EVENT_ARGS];
     ngx_http_invoices_webhook_t         *wh = job->data;
     ngx_http_invoices_stripe_invoice_t   inv;
 
@@ -217,7 +222,7 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     values[1] = type;
     values[2] = stamp;
 
-    for (i = 3; i < 11; i++) {
+    for (i = 3; i < NGX_HTTP_INVOICES_EVENT_ARGS; i++) {
         values[i] = NULL;
     }
 
@@ -249,11 +254,15 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
         values[8] = inv.invoice_pdf;
         values[9] = inv.created;
         values[10] = inv.transition_at;
+
+        ngx_http_invoices_stripe_details(&inv, &values[11]);
     }
 
     res = ngx_http_invoices_pg_query(job,
               "SELECT invoices_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, "
-              "$9, $10, $11)", 11, values);
+              "$9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, "
+              "$21, $22)",
+              NGX_HTTP_INVOICES_EVENT_ARGS, values);
 
     json_decref(event);
 

@@ -10,15 +10,43 @@ INSERT INTO teams (id, name, stripe_customer_id) VALUES
     ('6548a41138406c14db33b603', 'Initech Ltd', 'cus_DemoInitech0001')
 ON CONFLICT DO NOTHING;
 
+-- The details (migration 0005) as Stripe would have them: a number, the
+-- hosted page and finalizedAt once finalized, paidAt and voidedAt by
+-- status, the customer's email and name as printed on the invoice.
 INSERT INTO invoices (id, stripe_invoice_id, stripe_customer_id, team_id,
                       status, amount, currency, invoice_pdf,
-                      stripe_created_at)
+                      stripe_created_at, number, customer_email,
+                      customer_name, amount_due, amount_paid,
+                      amount_remaining, hosted_invoice_url, finalized_at,
+                      paid_at, voided_at)
 SELECT v.id, v.invoice, v.customer, t.id, v.status, v.amount, 'eur',
        CASE WHEN v.status <> 'draft' THEN
            'https://pay.stripe.com/invoice/acct_1DemoAccount0001/test_'
            || v.invoice || '/pdf?s=ap'
        END,
-       date_trunc('second', now()) - v.age
+       date_trunc('second', now()) - v.age,
+       CASE WHEN v.status <> 'draft' THEN
+           upper(substr(v.customer, 9, 4)) || '-' || right(v.invoice, 4)
+       END,
+       'billing@' || lower(substr(v.customer, 9, length(v.customer) - 12))
+           || '.example',
+       coalesce(t.name, 'Orphan Customer'),
+       v.amount,
+       CASE WHEN v.status = 'paid' THEN v.amount ELSE 0 END,
+       CASE WHEN v.status IN ('paid', 'void') THEN 0 ELSE v.amount END,
+       CASE WHEN v.status <> 'draft' THEN
+           'https://invoice.stripe.com/i/acct_1DemoAccount0001/test_'
+           || v.invoice
+       END,
+       CASE WHEN v.status <> 'draft' THEN
+           date_trunc('second', now()) - v.age + interval '1 minute'
+       END,
+       CASE WHEN v.status = 'paid' THEN
+           date_trunc('second', now()) - v.age + interval '2 minutes'
+       END,
+       CASE WHEN v.status = 'void' THEN
+           date_trunc('second', now()) - v.age + interval '2 days'
+       END
 FROM (VALUES
     ('6553a0c0de00000000000001', 'in_1DemoAcme00000000000001',
      'cus_DemoAcme0001',    'paid',           3300, interval '41 days 3 hours'),

@@ -521,34 +521,9 @@ sub webhook_location {
 # (Invoices::Webhook::new_id)
 BEGIN { *new_stripe_id = \&Invoices::Webhook::new_id }
 
-# stripe_invoice(%f) -> an invoice object as Stripe sends it (the fields
-# the module reads): id, customer, status, total, currency, created,
-# invoice_pdf, status_transitions.
-sub stripe_invoice {
-    my (%f) = @_;
-    my $created = $f{created} // int(time) - 600;
-    my $status = $f{status} // 'open';
-    return {
-        id => $f{id} // new_stripe_id('in'),
-        object => 'invoice',
-        customer => $f{customer} // 'cus_cache',
-        status => $status,
-        total => $f{total} // 3300,
-        amount_due => $f{total} // 3300,
-        currency => $f{currency} // 'eur',
-        created => $created,
-        invoice_pdf => exists $f{invoice_pdf} ? $f{invoice_pdf}
-                     : "https://pay.stripe.com/invoice/acct_1/test_x/pdf",
-        livemode => JSON::PP::false,
-        status_transitions => {
-            finalized_at => $status eq 'draft' ? undef : $created + 60,
-            paid_at => $status eq 'paid' ? $created + 120 : undef,
-            voided_at => $status eq 'void' ? $created + 120 : undef,
-            marked_uncollectible_at => undef,
-            %{ $f{transitions} || {} },
-        },
-    };
-}
+# stripe_invoice(%f) -> an invoice object shaped like Stripe's
+# (Invoices::Webhook::stripe_invoice)
+BEGIN { *stripe_invoice = \&Invoices::Webhook::stripe_invoice }
 
 # invoice_event($type, $invoice, %opt) -> the event; id, created
 # (Invoices::Webhook::invoice_event)
