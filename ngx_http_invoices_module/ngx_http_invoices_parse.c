@@ -18,6 +18,14 @@
 
 static ngx_int_t ngx_http_invoices_parse_int(ngx_str_t *value, ngx_int_t max,
     ngx_int_t *out);
+static ngx_int_t ngx_http_invoices_list_arg(ngx_uint_t i, ngx_str_t *raw,
+    ngx_http_invoices_list_query_t *query, int64_t *bound);
+static ngx_int_t ngx_http_invoices_parse_int64(u_char *p, size_t len,
+    int64_t *out);
+static ngx_int_t ngx_http_invoices_parse_time(u_char *p, size_t len,
+    int64_t *ms);
+static int64_t ngx_http_invoices_digits(u_char *p, ngx_uint_t n);
+static ngx_uint_t ngx_http_invoices_utf8_text(u_char *p, size_t len);
 static void ngx_http_invoices_utf8_cut(char *s);
 static void ngx_http_invoices_invalid(ngx_http_invoices_invalid_t *invalid,
     const char *code, const char *message, const char *param);
@@ -25,23 +33,107 @@ static void ngx_http_invoices_form_escape(ngx_http_invoices_form_t *form,
     const char *s);
 
 
+const char  *ngx_http_invoices_statuses[] = {
+    "draft", "open", "paid", "uncollectible", "void", NULL
+};
+
+
 /*
- * "page" and "limit" of a list query (other arguments are ignored): each
- * at most once, an integer from 1 to its maximum; absent, 1 and 10.
+ * The parameters of the list's routes, in the order their checks run;
+ * "takes" is the route flag that admits one (0: every route).  The
+ * ranges come in groups of four: gte, gt, lte, lt.
+ */
+
+#define NGX_HTTP_INVOICES_ARG_PAGE       0
+#define NGX_HTTP_INVOICES_ARG_LIMIT      1
+#define NGX_HTTP_INVOICES_ARG_AFTER      2
+#define NGX_HTTP_INVOICES_ARG_BEFORE     3
+#define NGX_HTTP_INVOICES_ARG_FORMAT     4
+#define NGX_HTTP_INVOICES_ARG_STATUS     5
+#define NGX_HTTP_INVOICES_ARG_TEAM       6
+#define NGX_HTTP_INVOICES_ARG_CUSTOMER   7
+#define NGX_HTTP_INVOICES_ARG_CURRENCY   8
+#define NGX_HTTP_INVOICES_ARG_Q          9
+#define NGX_HTTP_INVOICES_ARG_RANGES     10
+#define NGX_HTTP_INVOICES_ARGS           22
+
+typedef struct {
+    const char  *name;
+    ngx_uint_t   takes;
+    const char  *invalid;
+} ngx_http_invoices_arg_t;
+
+static ngx_http_invoices_arg_t  ngx_http_invoices_list_args[] = {
+    { "page", NGX_HTTP_INVOICES_ARGS_PAGING,
+      "page must be an integer from 1 to 2147483647" },
+    { "limit", NGX_HTTP_INVOICES_ARGS_PAGING,
+      "limit must be an integer from 1 to 100" },
+    { "starting_after", NGX_HTTP_INVOICES_ARGS_PAGING,
+      "starting_after must be an invoice _id or a Stripe invoice id" },
+    { "ending_before", NGX_HTTP_INVOICES_ARGS_PAGING,
+      "ending_before must be an invoice _id or a Stripe invoice id" },
+    { "format", NGX_HTTP_INVOICES_ARGS_FORMAT,
+      "format must be csv or ndjson" },
+    { "status", 0,
+      "status must be a comma-separated list of draft, open, paid, "
+      "uncollectible and void" },
+    { "team", 0, "team must be a team _id (24 lowercase hex digits)" },
+    { "customer", 0, "customer must be a Stripe customer id (cus_...)" },
+    { "currency", 0, "currency must be three lowercase letters" },
+    { "q", 0,
+      "q must be 1 to 100 characters of UTF-8 text, without control "
+      "characters" },
+    { "created[gte]", 0, "created[gte] must be Unix seconds or "
+                         "an ISO 8601 UTC time (2026-11-01T00:00:00Z)" },
+    { "created[gt]", 0, "created[gt] must be Unix seconds or "
+                        "an ISO 8601 UTC time (2026-11-01T00:00:00Z)" },
+    { "created[lte]", 0, "created[lte] must be Unix seconds or "
+                         "an ISO 8601 UTC time (2026-11-01T00:00:00Z)" },
+    { "created[lt]", 0, "created[lt] must be Unix seconds or "
+                        "an ISO 8601 UTC time (2026-11-01T00:00:00Z)" },
+    { "amount[gte]", 0, "amount[gte] must be an integer" },
+    { "amount[gt]", 0, "amount[gt] must be an integer" },
+    { "amount[lte]", 0, "amount[lte] must be an integer" },
+    { "amount[lt]", 0, "amount[lt] must be an integer" },
+    { "dueDate[gte]", 0, "dueDate[gte] must be Unix seconds or "
+                         "an ISO 8601 UTC time (2026-11-01T00:00:00Z)" },
+    { "dueDate[gt]", 0, "dueDate[gt] must be Unix seconds or "
+                        "an ISO 8601 UTC time (2026-11-01T00:00:00Z)" },
+    { "dueDate[lte]", 0, "dueDate[lte] must be Unix seconds or "
+                         "an ISO 8601 UTC time (2026-11-01T00:00:00Z)" },
+    { "dueDate[lt]", 0, "dueDate[lt] must be Unix seconds or "
+                        "an ISO 8601 UTC time (2026-11-01T00:00:00Z)" },
+    { NULL, 0, NULL }
+};
+
+
+/*
+ * A list query string (docs/openapi.yaml, "Finding invoices"): every
+ * parameter known to this route ("takes"), each at most once, each
+ * value checked; an unknown name is an error too, so that a typo never
+ * lists everything.  Names and values may be percent-encoded; in q a "+"
+ * is a space, as HTML forms send it.
  */
 
 ngx_int_t
-ngx_http_invoices_parse_list_args(ngx_str_t *args, ngx_int_t *page,
-    ngx_int_t *limit, ngx_http_invoices_invalid_t *invalid)
+ngx_http_invoices_parse_list_query(ngx_str_t *args, ngx_uint_t takes,
+    ngx_http_invoices_list_query_t *query,
+    ngx_http_invoices_invalid_t *invalid)
 {
-    u_char      *p, *end, *name, *name_end, *next;
-    ngx_str_t    value, page_value, limit_value;
-    ngx_uint_t   have_page, have_limit;
+    u_char                   *p, *end, *name, *name_end, *next, *dst, *src;
+    size_t                    len;
+    int64_t                   v, bound[NGX_HTTP_INVOICES_ARGS];
+    uint32_t                  seen;
+    ngx_str_t                 value, values[NGX_HTTP_INVOICES_ARGS];
+    ngx_uint_t                i, range, op;
+    ngx_http_invoices_arg_t  *arg;
+    u_char                    decoded[32], shown[64];
 
-    have_page = 0;
-    have_limit = 0;
-    ngx_str_null(&page_value);
-    ngx_str_null(&limit_value);
+    ngx_memzero(query, sizeof(ngx_http_invoices_list_query_t));
+    query->page = 1;
+    query->limit = NGX_HTTP_INVOICES_LIMIT_DEF;
+
+    seen = 0;
 
     p = args->data;
     end = p + args->len;
@@ -64,56 +156,565 @@ ngx_http_invoices_parse_list_args(ngx_str_t *args, ngx_int_t *page,
 
         value.len = next - value.data;
 
-        if (name_end - name == 4 && ngx_strncmp(name, "page", 4) == 0) {
-            if (have_page++) {
-                ngx_http_invoices_invalid(invalid, "parameter_invalid",
-                    "page must be given at most once", "page");
-                return NGX_ERROR;
-            }
-
-            page_value = value;
-
-        } else if (name_end - name == 5
-                   && ngx_strncmp(name, "limit", 5) == 0)
-        {
-            if (have_limit++) {
-                ngx_http_invoices_invalid(invalid, "parameter_invalid",
-                    "limit must be given at most once", "limit");
-                return NGX_ERROR;
-            }
-
-            limit_value = value;
+        if (name_end == name && next == name) {
+            /* "a=1&&b=2", a trailing "&": nothing there */
+            goto next;
         }
+
+        len = 0;
+
+        if ((size_t) (name_end - name) < sizeof(decoded)) {
+            src = name;
+            dst = decoded;
+            ngx_unescape_uri(&dst, &src, name_end - name, 0);
+            len = dst - decoded;
+        }
+
+        for (arg = ngx_http_invoices_list_args; arg->name; arg++) {
+            if (ngx_strlen(arg->name) == len
+                && ngx_strncmp(arg->name, decoded, len) == 0
+                && (arg->takes == 0 || (arg->takes & takes)))
+            {
+                break;
+            }
+        }
+
+        if (arg->name == NULL) {
+            /* the name as given, printable, for "param" */
+            for (i = 0; i < sizeof(shown) - 1
+                        && name + i < name_end; i++)
+            {
+                shown[i] = (name[i] >= 0x20 && name[i] < 0x7f) ? name[i]
+                                                               : '?';
+            }
+
+            shown[i] = '\0';
+
+            ngx_http_invoices_invalid(invalid, "parameter_unknown",
+                "unknown parameter",
+                (char *) shown);
+            return NGX_ERROR;
+        }
+
+        i = arg - ngx_http_invoices_list_args;
+
+        if (seen & (1U << i)) {
+            ngx_http_invoices_invalid(invalid, "parameter_invalid",
+                "the parameter must be given at most once", arg->name);
+            return NGX_ERROR;
+        }
+
+        seen |= 1U << i;
+        values[i] = value;
+
+    next:
 
         if (next == end) {
             break;
         }
     }
 
-    *page = 1;
-    *limit = NGX_HTTP_INVOICES_LIMIT_DEF;
+    for (i = 0; i < NGX_HTTP_INVOICES_ARGS; i++) {
 
-    if (have_page
-        && ngx_http_invoices_parse_int(&page_value,
-                                       NGX_HTTP_INVOICES_PAGE_MAX, page)
-           != NGX_OK)
+        if (!(seen & (1U << i))) {
+            continue;
+        }
+
+        arg = &ngx_http_invoices_list_args[i];
+
+        if (ngx_http_invoices_list_arg(i, &values[i], query, &bound[i])
+            != NGX_OK)
+        {
+            ngx_http_invoices_invalid(invalid, "parameter_invalid",
+                                      arg->invalid, arg->name);
+            return NGX_ERROR;
+        }
+    }
+
+    /* the ranges: each bound given turned into ">= lower" or "< upper" */
+
+    for (i = NGX_HTTP_INVOICES_ARG_RANGES; i < NGX_HTTP_INVOICES_ARGS; i++) {
+
+        if (!(seen & (1U << i))) {
+            continue;
+        }
+
+        range = (i - NGX_HTTP_INVOICES_ARG_RANGES) / 4;
+        op = (i - NGX_HTTP_INVOICES_ARG_RANGES) % 4;
+        v = bound[i];
+
+        switch (op) {
+
+        case 0:  /* gte */
+        case 1:  /* gt */
+            v += op;
+
+            if (!query->has_lower[range] || v > query->lower[range]) {
+                query->lower[range] = v;
+            }
+
+            query->has_lower[range] = 1;
+            break;
+
+        default: /* lte, lt */
+            v += (op == 2);
+
+            if (!query->has_upper[range] || v < query->upper[range]) {
+                query->upper[range] = v;
+            }
+
+            query->has_upper[range] = 1;
+            break;
+        }
+    }
+
+    if ((seen & (1U << NGX_HTTP_INVOICES_ARG_AFTER))
+        && (seen & (1U << NGX_HTTP_INVOICES_ARG_BEFORE)))
     {
         ngx_http_invoices_invalid(invalid, "parameter_invalid",
-            "page must be an integer from 1 to 2147483647", "page");
+            "starting_after and ending_before cannot be combined",
+            "ending_before");
         return NGX_ERROR;
     }
 
-    if (have_limit
-        && ngx_http_invoices_parse_int(&limit_value,
-                                       NGX_HTTP_INVOICES_LIMIT_MAX, limit)
-           != NGX_OK)
-    {
+    if (query->cursor[0] && query->page > 1) {
         ngx_http_invoices_invalid(invalid, "parameter_invalid",
-            "limit must be an integer from 1 to 100", "limit");
+            "page cannot be combined with starting_after or ending_before",
+            "page");
         return NGX_ERROR;
     }
 
     return NGX_OK;
+}
+
+
+/* does the query narrow the list (a cursor does not: it moves in it)? */
+
+ngx_uint_t
+ngx_http_invoices_list_filtered(ngx_http_invoices_list_query_t *query)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
+        if (query->has_lower[i] || query->has_upper[i]) {
+            return 1;
+        }
+    }
+
+    return query->statuses || query->team[0] || query->customer[0]
+           || query->currency[0] || query->q[0];
+}
+
+
+/* one parameter's value into the query; NGX_ERROR: malformed */
+
+static ngx_int_t
+ngx_http_invoices_list_arg(ngx_uint_t i, ngx_str_t *raw,
+    ngx_http_invoices_list_query_t *query, int64_t *bound)
+{
+    u_char      *p, *last, *dst, *src, *comma;
+    size_t       len;
+    ngx_uint_t   n, s, plus;
+    u_char       buf[3 * 4 * NGX_HTTP_INVOICES_Q_MAX + 1];
+
+    switch (i) {
+
+    case NGX_HTTP_INVOICES_ARG_PAGE:
+        return ngx_http_invoices_parse_int(raw, NGX_HTTP_INVOICES_PAGE_MAX,
+                                           &query->page);
+
+    case NGX_HTTP_INVOICES_ARG_LIMIT:
+        return ngx_http_invoices_parse_int(raw, NGX_HTTP_INVOICES_LIMIT_MAX,
+                                           &query->limit);
+
+    default:
+        break;
+    }
+
+    /* the value decoded into buf, NUL-ended */
+
+    if (raw->len == 0 || raw->len >= sizeof(buf)) {
+        return NGX_ERROR;
+    }
+
+    plus = (i == NGX_HTTP_INVOICES_ARG_Q);
+
+    for (n = 0; n < raw->len; n++) {
+        buf[n] = (plus && raw->data[n] == '+') ? ' ' : raw->data[n];
+    }
+
+    src = buf;
+    dst = buf;
+    ngx_unescape_uri(&dst, &src, raw->len, 0);
+    len = dst - buf;
+    buf[len] = '\0';
+
+    if (len == 0 || ngx_strlen(buf) != len) {
+        return NGX_ERROR;                /* empty, or a NUL inside */
+    }
+
+    switch (i) {
+
+    case NGX_HTTP_INVOICES_ARG_AFTER:
+    case NGX_HTTP_INVOICES_ARG_BEFORE:
+        if (!ngx_http_invoices_object_id(buf, len)
+            && !ngx_http_invoices_stripe_id(buf, len, "in_"))
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_cpystrn((u_char *) query->cursor, buf, sizeof(query->cursor));
+        query->before = (i == NGX_HTTP_INVOICES_ARG_BEFORE);
+        return NGX_OK;
+
+    case NGX_HTTP_INVOICES_ARG_FORMAT:
+        if (len == 3 && ngx_strncmp(buf, "csv", 3) == 0) {
+            query->format = NGX_HTTP_INVOICES_FORMAT_CSV;
+            return NGX_OK;
+        }
+
+        if (len == 6 && ngx_strncmp(buf, "ndjson", 6) == 0) {
+            query->format = NGX_HTTP_INVOICES_FORMAT_NDJSON;
+            return NGX_OK;
+        }
+
+        return NGX_ERROR;
+
+    case NGX_HTTP_INVOICES_ARG_STATUS:
+        last = buf + len;
+
+        for (p = buf; p <= last; p = comma + 1) {
+            comma = ngx_strlchr(p, last, ',');
+            if (comma == NULL) {
+                comma = last;
+            }
+
+            for (s = 0; ngx_http_invoices_statuses[s]; s++) {
+                if (ngx_strlen(ngx_http_invoices_statuses[s])
+                    == (size_t) (comma - p)
+                    && ngx_strncmp(ngx_http_invoices_statuses[s], p,
+                                   comma - p)
+                       == 0)
+                {
+                    break;
+                }
+            }
+
+            if (ngx_http_invoices_statuses[s] == NULL) {
+                return NGX_ERROR;        /* unknown, or an empty item */
+            }
+
+            query->statuses |= 1U << s;
+        }
+
+        return NGX_OK;
+
+    case NGX_HTTP_INVOICES_ARG_TEAM:
+        if (!ngx_http_invoices_object_id(buf, len)) {
+            return NGX_ERROR;
+        }
+
+        ngx_cpystrn((u_char *) query->team, buf, sizeof(query->team));
+        return NGX_OK;
+
+    case NGX_HTTP_INVOICES_ARG_CUSTOMER:
+        if (!ngx_http_invoices_stripe_id(buf, len, "cus_")) {
+            return NGX_ERROR;
+        }
+
+        ngx_cpystrn((u_char *) query->customer, buf,
+                    sizeof(query->customer));
+        return NGX_OK;
+
+    case NGX_HTTP_INVOICES_ARG_CURRENCY:
+        if (len != 3) {
+            return NGX_ERROR;
+        }
+
+        for (n = 0; n < 3; n++) {
+            if (buf[n] < 'a' || buf[n] > 'z') {
+                return NGX_ERROR;
+            }
+        }
+
+        ngx_cpystrn((u_char *) query->currency, buf,
+                    sizeof(query->currency));
+        return NGX_OK;
+
+    case NGX_HTTP_INVOICES_ARG_Q:
+        n = ngx_http_invoices_utf8_text(buf, len);
+
+        if (n == 0 || n > NGX_HTTP_INVOICES_Q_MAX
+            || len >= sizeof(query->q))
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_cpystrn((u_char *) query->q, buf, sizeof(query->q));
+        return NGX_OK;
+
+    default:
+        /* a range bound; the caller turns it into the range */
+        if ((i - NGX_HTTP_INVOICES_ARG_RANGES) / 4
+            == NGX_HTTP_INVOICES_RANGE_AMOUNT)
+        {
+            return ngx_http_invoices_parse_int64(buf, len, bound);
+        }
+
+        return ngx_http_invoices_parse_time(buf, len, bound);
+    }
+}
+
+
+/* an integer, optionally negative, of at most 15 digits (+1 never overflows) */
+
+static ngx_int_t
+ngx_http_invoices_parse_int64(u_char *p, size_t len, int64_t *out)
+{
+    size_t    i;
+    int64_t   v;
+    ngx_int_t sign;
+
+    sign = 1;
+
+    if (len && p[0] == '-') {
+        sign = -1;
+        p++;
+        len--;
+    }
+
+    if (len == 0 || len > 15) {
+        return NGX_ERROR;
+    }
+
+    v = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return NGX_ERROR;
+        }
+
+        v = v * 10 + (p[i] - '0');
+    }
+
+    *out = sign * v;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Unix seconds (digits only, up to 9999-12-31) or an ISO 8601 UTC time,
+ * "YYYY-MM-DDTHH:MM:SS[.f{1,3}]Z" from 1970 on, into milliseconds.
+ */
+
+static ngx_int_t
+ngx_http_invoices_parse_time(u_char *p, size_t len, int64_t *ms)
+{
+    size_t      i;
+    int64_t     v, y, m, d, hh, mm, ss, frac, days, era, yoe, doy, doe;
+    ngx_uint_t  digits;
+
+    static const ngx_uint_t  mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30,
+                                         31, 30, 31 };
+
+    for (i = 0; i < len && p[i] >= '0' && p[i] <= '9'; i++) { /* void */ }
+
+    if (i == len) {
+        if (len > 12) {
+            return NGX_ERROR;
+        }
+
+        v = 0;
+
+        for (i = 0; i < len; i++) {
+            v = v * 10 + (p[i] - '0');
+        }
+
+        if (!ngx_http_invoices_stripe_time(v)) {
+            return NGX_ERROR;
+        }
+
+        *ms = v * 1000;
+        return NGX_OK;
+    }
+
+    /* YYYY-MM-DDTHH:MM:SS is 19 bytes; then .f, .ff or .fff; then Z */
+
+    if (len < 20 || p[4] != '-' || p[7] != '-' || p[10] != 'T'
+        || p[13] != ':' || p[16] != ':' || p[len - 1] != 'Z')
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < 19; i++) {
+        if (i == 4 || i == 7 || i == 10 || i == 13 || i == 16) {
+            continue;
+        }
+
+        if (p[i] < '0' || p[i] > '9') {
+            return NGX_ERROR;
+        }
+    }
+
+#define num(a, n)  ngx_http_invoices_digits(p + (a), n)
+
+    y = num(0, 4);
+    m = num(5, 2);
+    d = num(8, 2);
+    hh = num(11, 2);
+    mm = num(14, 2);
+    ss = num(17, 2);
+
+#undef num
+
+    frac = 0;
+
+    if (len > 20) {
+        if (p[19] != '.' || len > 24 || len == 21) {
+            return NGX_ERROR;
+        }
+
+        for (i = 20, digits = 0; i < len - 1; i++, digits++) {
+            if (p[i] < '0' || p[i] > '9') {
+                return NGX_ERROR;
+            }
+
+            frac = frac * 10 + (p[i] - '0');
+        }
+
+        for ( /* void */ ; digits < 3; digits++) {
+            frac *= 10;
+        }
+    }
+
+    if (y < 1970 || m < 1 || m > 12 || d < 1 || d > (int64_t) mdays[m - 1]
+        || (m == 2 && d == 29
+            && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+        || hh > 23 || mm > 59 || ss > 59)
+    {
+        return NGX_ERROR;
+    }
+
+    /* days since 1970-01-01 of a proleptic Gregorian date */
+
+    y -= (m <= 2);
+    era = y / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    days = era * 146097 + doe - 719468;
+
+    *ms = ((days * 86400 + hh * 3600 + mm * 60 + ss) * 1000) + frac;
+
+    return NGX_OK;
+}
+
+
+static int64_t
+ngx_http_invoices_digits(u_char *p, ngx_uint_t n)
+{
+    int64_t  v;
+
+    for (v = 0; n; n--) {
+        v = v * 10 + (*p++ - '0');
+    }
+
+    return v;
+}
+
+
+/*
+ * The number of characters of valid UTF-8 text without control
+ * characters (C0, DEL, C1); 0 when it is not that.
+ */
+
+static ngx_uint_t
+ngx_http_invoices_utf8_text(u_char *p, size_t len)
+{
+    u_char      *last;
+    uint32_t     c;
+    ngx_uint_t   n, need, chars;
+
+    last = p + len;
+    chars = 0;
+
+    while (p < last) {
+        c = *p++;
+
+        if (c < 0x80) {
+            if (c < 0x20 || c == 0x7f) {
+                return 0;
+            }
+
+            chars++;
+            continue;
+        }
+
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1;
+            c &= 0x1f;
+
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2;
+            c &= 0x0f;
+
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3;
+            c &= 0x07;
+
+        } else {
+            return 0;
+        }
+
+        if ((size_t) (last - p) < need) {
+            return 0;
+        }
+
+        for (n = 0; n < need; n++) {
+            if ((p[n] & 0xc0) != 0x80) {
+                return 0;
+            }
+
+            c = (c << 6) | (p[n] & 0x3f);
+        }
+
+        p += need;
+
+        /* overlong, surrogates, past U+10FFFF, C1 controls */
+        if ((need == 2 && c < 0x800) || (need == 3 && c < 0x10000)
+            || (c >= 0xd800 && c <= 0xdfff) || c > 0x10ffff
+            || (c >= 0x80 && c <= 0x9f))
+        {
+            return 0;
+        }
+
+        chars++;
+    }
+
+    return chars;
+}
+
+
+/* an invoice _id: 24 lowercase hex digits */
+
+ngx_uint_t
+ngx_http_invoices_object_id(const u_char *id, size_t len)
+{
+    size_t  i;
+
+    if (len != 24) {
+        return 0;
+    }
+
+    for (i = 0; i < 24; i++) {
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

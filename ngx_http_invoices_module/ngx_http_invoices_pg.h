@@ -20,6 +20,8 @@
 /* pool threads only */
 PGresult *ngx_http_invoices_pg_query(ngx_http_invoices_job_t *job,
     const char *sql, int nparams, const char *const *values);
+PGresult *ngx_http_invoices_pg_query_built(ngx_http_invoices_job_t *job,
+    const char *sql, int nparams, const char *const *values);
 PGresult *ngx_http_invoices_pg_try(ngx_http_invoices_job_t *job,
     const char *sql, int nparams, const char *const *values);
 

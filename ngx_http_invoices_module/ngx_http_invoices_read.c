@@ -1,10 +1,13 @@
 
 /*
- * The read endpoints: GET /admin/api/invoices?page&limit and GET .../{id}.
+ * The read endpoints: GET /admin/api/invoices (page, limit, the filters,
+ * the cursors) and GET .../{id}.
  *
  * The event loop validates the input and posts a job; the pool thread runs
  * one parameterised statement and builds the whole JSON body with jansson,
- * plus its ETag, so the event loop only sends bytes.
+ * plus its ETag, so the event loop only sends bytes.  The plain list runs
+ * one prepared statement; a list with filters or a cursor runs a statement
+ * built for it (ngx_http_invoices_query.c gives the conditions).
  */
 
 
@@ -15,12 +18,20 @@
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_local.h"
 #include "ngx_http_invoices_parse.h"
+#include "ngx_http_invoices_query.h"
 #include "ngx_http_invoices_metrics.h"
 
 
+/* the list statement's parameters: limit + 1, offset, the filters, cursor */
+#define NGX_HTTP_INVOICES_LIST_PARAMS  (3 + NGX_HTTP_INVOICES_FILTER_PARAMS)
+
 typedef struct {
-    ngx_int_t    page;
-    ngx_int_t    limit;
+    ngx_http_invoices_list_query_t   query;
+    const char  *sql;                /* the list's statement */
+    ngx_uint_t   built;              /* sql was built for this request */
+    ngx_uint_t   col;                /* its first invoice column */
+    const char  *values[NGX_HTTP_INVOICES_LIST_PARAMS];
+    int          nvalues;
     ngx_uint_t   by_stripe_id;
     char        *id;                 /* NUL-ended, validated */
     ngx_str_t    page_key;           /* ":<page>:<limit>", for the cache */
@@ -35,6 +46,8 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_invoices_list_query(ngx_http_request_t *r,
+    ngx_http_invoices_read_t *rd);
+static ngx_int_t ngx_http_invoices_list_statement(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd);
 static void ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
     ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value, ngx_msec_t left);
@@ -80,14 +93,34 @@ static ngx_str_t  ngx_http_invoices_bypass = ngx_string("BYPASS");
 /*
  * count and page in one statement, one snapshot; count comes even for an
  * empty page.  The count is kept by triggers (migration 0003) in 16 slots:
- * counting the table would scan all of it on every request.
+ * counting the table would scan all of it on every request.  $1 is one
+ * more than the page holds: the extra row tells whether there are more.
  */
+#define NGX_HTTP_INVOICES_KEPT_COUNT                                          \
+    "SELECT coalesce(sum(n), 0) AS n FROM invoices_count"
+
 static const char  ngx_http_invoices_list_sql[] =
-    "WITH c AS (SELECT coalesce(sum(n), 0) AS n FROM invoices_count) "
+    "WITH c AS (" NGX_HTTP_INVOICES_KEPT_COUNT ") "
     "SELECT c.n, p.* FROM c LEFT JOIN LATERAL ("
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
     NGX_HTTP_INVOICES_FROM
     "ORDER BY i.stripe_created_at DESC, i.id DESC "
+    "LIMIT $1 OFFSET $2) p ON true "
+    "ORDER BY p.sort_at DESC, p.id DESC";
+
+/*
+ * The same with filters and a cursor, built per request: %s the count,
+ * the cursor's CTE, its "found" column, the conditions and the order.
+ * The cursor's position is two scalars, so that the row comparison with
+ * (stripe_created_at, id) can walk the list's index.
+ */
+static const char  ngx_http_invoices_list_built_sql[] =
+    "WITH %sc AS (%s) "
+    "SELECT c.n%s, p.* FROM c LEFT JOIN LATERAL ("
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
+    NGX_HTTP_INVOICES_FROM
+    "WHERE true%V%s "
+    "ORDER BY i.stripe_created_at %s, i.id %s "
     "LIMIT $1 OFFSET $2) p ON true "
     "ORDER BY p.sort_at DESC, p.id DESC";
 
@@ -113,34 +146,38 @@ ngx_http_invoices_list(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ngx_http_invoices_parse_list_args(&r->args, &rd->page, &rd->limit,
-                                          &invalid)
+    if (ngx_http_invoices_parse_list_query(&r->args,
+                                           NGX_HTTP_INVOICES_ARGS_PAGING,
+                                           &rd->query, &invalid)
         != NGX_OK)
     {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "invoices list: refused \"%s\": %s",
+                       invalid.param, invalid.message);
+
         return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
                    "invalid_request_error", invalid.code, invalid.message,
-                   invalid.param);
+                   invalid.has_param ? invalid.param : NULL);
     }
 
-    (void) ngx_http_invoices_sprint(rd->limit_text, "%i", rd->limit);
-    (void) ngx_http_invoices_sprint(rd->offset_text,
-                                    "%L",
-                                    (int64_t) (rd->page - 1) * rd->limit);
+    (void) ngx_http_invoices_sprint(rd->limit_text, "%i",
+                                    rd->query.limit + 1);
+    (void) ngx_http_invoices_sprint(rd->offset_text, "%L",
+                                    (int64_t) (rd->query.page - 1)
+                                    * rd->query.limit);
+
+    if (ngx_http_invoices_list_statement(r, rd) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     rd->x_cache = &ngx_http_invoices_bypass;
 
     if (ngx_http_invoices_cache_enabled()) {
-        rd->page_key.data = ngx_pnalloc(r->pool, sizeof("::") - 1
-                                                 + 2 * NGX_INT_T_LEN);
-        if (rd->page_key.data == NULL) {
+        if (ngx_http_invoices_query_key(r->pool, &rd->query, &rd->page_key)
+            != NGX_OK)
+        {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-
-        rd->page_key.len = ngx_slprintf(rd->page_key.data,
-                                        rd->page_key.data + sizeof("::") - 1
-                                        + 2 * NGX_INT_T_LEN,
-                                        ":%i:%i", rd->page, rd->limit)
-                           - rd->page_key.data;
 
         /* the worker's own copy first: no round trip at all */
 
@@ -165,6 +202,126 @@ ngx_http_invoices_list(ngx_http_request_t *r,
     }
 
     return ngx_http_invoices_list_query(r, rd);
+}
+
+
+/*
+ * The list's statement and its parameters: the prepared one for the plain
+ * list, or one built for the filters and the cursor.
+ */
+
+static ngx_int_t
+ngx_http_invoices_list_statement(ngx_http_request_t *r,
+    ngx_http_invoices_read_t *rd)
+{
+    u_char                          *sql, *last;
+    size_t                           size;
+    ngx_uint_t                       i, filtered, cursor;
+    const char                      *count;
+    u_char                           cte[128], after[128];
+    ngx_http_invoices_filter_t       filter;
+    ngx_http_invoices_list_query_t  *q;
+
+    q = &rd->query;
+
+    rd->values[0] = rd->limit_text;
+    rd->values[1] = rd->offset_text;
+    rd->nvalues = 2;
+
+    filtered = ngx_http_invoices_list_filtered(q);
+    cursor = (q->cursor[0] != '\0');
+
+    if (!filtered && !cursor) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "invoices list: plain, the prepared statement");
+
+        rd->sql = ngx_http_invoices_list_sql;
+        rd->col = 1;
+        return NGX_OK;
+    }
+
+    if (ngx_http_invoices_query_filter(r->pool, q, 3, &filter) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < filter.nvalues; i++) {
+        rd->values[rd->nvalues++] = filter.values[i];
+    }
+
+    /* the count of the filters (not of the cursor); the kept one if none */
+
+    size = sizeof(ngx_http_invoices_list_built_sql) + 3 * filter.where.len
+           + 1024;
+
+    if (filtered) {
+        count = ngx_pnalloc(r->pool, filter.where.len + 256);
+        if (count == NULL) {
+            return NGX_ERROR;
+        }
+
+        last = ngx_slprintf((u_char *) count,
+                            (u_char *) count + filter.where.len + 255,
+                            "SELECT count(*) AS n FROM invoices i%s"
+                            " WHERE true%V",
+                            filter.teams ? " LEFT JOIN teams t"
+                                           " ON t.id = i.team_id" : "",
+                            &filter.where);
+        *last = '\0';
+
+    } else {
+        count = NGX_HTTP_INVOICES_KEPT_COUNT;
+    }
+
+    sql = ngx_pnalloc(r->pool, size);
+    if (sql == NULL) {
+        return NGX_ERROR;
+    }
+
+    /*
+     * The cursor: its invoice's position, found by _id or Stripe id; the
+     * page lies after it in the direction read (ending_before reads
+     * upwards, and the outer ORDER BY turns the page the right way).
+     */
+
+    cte[0] = '\0';
+    after[0] = '\0';
+
+    if (cursor) {
+        rd->values[rd->nvalues++] = q->cursor;
+
+        last = ngx_slprintf(cte, cte + sizeof(cte) - 1,
+                            "cur AS (SELECT stripe_created_at AS at, id"
+                            " FROM invoices WHERE %s = $%i), ",
+                            ngx_http_invoices_object_id((u_char *) q->cursor,
+                                                        ngx_strlen(q->cursor))
+                            ? "id" : "stripe_invoice_id",
+                            rd->nvalues);
+        *last = '\0';
+
+        last = ngx_slprintf(after, after + sizeof(after) - 1,
+                            " AND (i.stripe_created_at, i.id) %s"
+                            " ((SELECT at FROM cur), (SELECT id FROM cur))",
+                            q->before ? ">" : "<");
+        *last = '\0';
+    }
+
+    last = ngx_slprintf(sql, sql + size - 1, ngx_http_invoices_list_built_sql,
+                        cte, count,
+                        cursor ? ", (SELECT count(*) FROM cur) AS found" : "",
+                        &filter.where, after,
+                        q->before ? "ASC" : "DESC",
+                        q->before ? "ASC" : "DESC");
+    *last = '\0';
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "invoices list: %s, %i parameters: %s",
+                   filtered ? "filtered" : "a cursor", rd->nvalues, sql);
+
+    rd->sql = (const char *) sql;
+    rd->built = 1;
+    rd->col = cursor ? 2 : 1;
+
+    return NGX_OK;
 }
 
 
@@ -246,7 +403,6 @@ ngx_int_t
 ngx_http_invoices_get(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf, ngx_str_t *id)
 {
-    size_t                     i;
     ngx_str_t                  etag, body;
     ngx_uint_t                 ok;
     ngx_http_invoices_job_t   *job;
@@ -259,16 +415,8 @@ ngx_http_invoices_get(ngx_http_request_t *r,
 
     rd->x_cache = &ngx_http_invoices_bypass;
 
-    if (id->len == 24) {
+    if (ngx_http_invoices_object_id(id->data, id->len)) {
         ok = 1;
-
-        for (i = 0; i < 24; i++) {
-            if (!((id->data[i] >= '0' && id->data[i] <= '9')
-                  || (id->data[i] >= 'a' && id->data[i] <= 'f')))
-            {
-                ok = 0;
-            }
-        }
 
     } else if (ngx_http_invoices_stripe_id(id->data, id->len, "in_")) {
         ok = 1;
@@ -333,32 +481,64 @@ ngx_http_invoices_get(ngx_http_request_t *r,
 static void
 ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
 {
-    int                        row, rows;
+    int                        row, rows, first, last, col;
     json_t                    *list, *inv;
     PGresult                  *res;
-    const char                *values[2];
     ngx_http_invoices_read_t  *rd = job->data;
 
-    values[0] = rd->limit_text;
-    values[1] = rd->offset_text;
-
-    res = ngx_http_invoices_pg_query(job, ngx_http_invoices_list_sql,
-                                     2, values);
+    res = rd->built
+          ? ngx_http_invoices_pg_query_built(job, rd->sql, rd->nvalues,
+                                             rd->values)
+          : ngx_http_invoices_pg_query(job, rd->sql, rd->nvalues,
+                                       rd->values);
     if (res == NULL) {
         return;
     }
 
+    col = rd->col;
     rows = PQntuples(res);
+
+    if (col == 2 && rows && strtoll(PQgetvalue(res, 0, 1), NULL, 10) == 0) {
+        PQclear(res);
+        free(job->body);
+        job->status = NGX_HTTP_BAD_REQUEST;
+        job->body = ngx_http_invoices_json_error("invalid_request_error",
+                        "resource_missing",
+                        rd->query.before ? "no such invoice: ending_before"
+                                         : "no such invoice: starting_after",
+                        rd->query.before ? "ending_before" : "starting_after",
+                        &job->len);
+        return;
+    }
+
+    /* the LEFT JOIN gives one row of NULLs for an empty page */
+
+    if (rows == 1 && PQgetisnull(res, 0, col)) {
+        rows = 0;
+    }
+
+    /*
+     * One row more than the page holds: there are more.  It is the row
+     * farthest from where the reading starts: the last one, or the first
+     * for ending_before, which reads upwards.
+     */
+
+    first = 0;
+    last = rows;
+
+    if (rows > rd->query.limit) {
+        if (rd->query.before) {
+            first = 1;
+
+        } else {
+            last = rows - 1;
+        }
+    }
+
     list = json_array();
 
-    for (row = 0; list != NULL && row < rows; row++) {
-
-        /* the LEFT JOIN gives one row of NULLs for an empty page */
-        if (PQgetisnull(res, row, 1)) {
-            continue;
-        }
-
-        inv = ngx_http_invoices_row_json(res, row, 1);
+    for (row = first; list != NULL && row < last; row++) {
+        inv = ngx_http_invoices_row_json(res, row, col);
 
         if (json_array_append_new(list, inv) != 0) {
             json_decref(list);
@@ -367,9 +547,11 @@ ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
     }
 
     ngx_http_invoices_read_done(job,
-        json_pack("{s:o,s:I}", "invoices", list, "count",
-                  (json_int_t) (rows ? strtoll(PQgetvalue(res, 0, 0), NULL, 10)
-                                     : 0)));
+        json_pack("{s:o,s:I,s:b}", "invoices", list, "count",
+                  (json_int_t) (PQntuples(res)
+                                ? strtoll(PQgetvalue(res, 0, 0), NULL, 10)
+                                : 0),
+                  "has_more", rows > rd->query.limit));
     PQclear(res);
 }
 

@@ -147,8 +147,8 @@ sub check_page {
 my $res = get_list('?limit=100');
 is($res->status, 200, 'full list: 200') or diag $res->describe;
 my $doc = json_typed($res);
-is_deeply([sort keys %{ $doc->{v} }], ['count', 'invoices'],
-          'top level: exactly invoices and count');
+is_deeply([sort keys %{ $doc->{v} }], ['count', 'has_more', 'invoices'],
+          'top level: exactly invoices, count and has_more');
 my @items = @{ $doc->{v}{invoices}{v} };
 is(scalar @items, 23, 'all 23 with limit=100');
 for my $i (0 .. $#items) {

@@ -1,0 +1,273 @@
+
+/*
+ * The list's filters (ngx_http_invoices_list_query_t, parsed by
+ * ngx_http_invoices_parse.c) as SQL conditions with their parameters, for
+ * the list, and as the text that names a filtered page in the caches.
+ * Values never enter the SQL text: only parameter numbers do.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_http_invoices_query.h"
+
+
+/* the columns of the ranges, in NGX_HTTP_INVOICES_RANGE_* order */
+static const char  *ngx_http_invoices_range_columns[] = {
+    "i.stripe_created_at", "i.amount", "i.due_date"
+};
+
+#define NGX_HTTP_INVOICES_WHERE_MAX  2048
+
+
+static const char *ngx_http_invoices_query_int64(ngx_pool_t *pool,
+    int64_t v);
+static const char *ngx_http_invoices_query_like(ngx_pool_t *pool,
+    const char *text);
+
+
+ngx_int_t
+ngx_http_invoices_query_filter(ngx_pool_t *pool,
+    ngx_http_invoices_list_query_t *query, ngx_uint_t first,
+    ngx_http_invoices_filter_t *filter)
+{
+    u_char      *p, *last, *a, *alast;
+    ngx_uint_t   i, n;
+    const char  *v, *op;
+
+    ngx_memzero(filter, sizeof(ngx_http_invoices_filter_t));
+
+    filter->where.data = ngx_pnalloc(pool, NGX_HTTP_INVOICES_WHERE_MAX);
+    if (filter->where.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = filter->where.data;
+    last = p + NGX_HTTP_INVOICES_WHERE_MAX - 1;
+
+#define param(value)                                                          \
+    (filter->values[filter->nvalues] = (value),                               \
+     first + filter->nvalues++)
+
+    if (query->statuses) {
+        /* a PostgreSQL array literal of the statuses: "{open,paid}" */
+
+        a = ngx_pnalloc(pool, 64);
+        if (a == NULL) {
+            return NGX_ERROR;
+        }
+
+        alast = a + 63;
+        v = (const char *) a;
+        *a++ = '{';
+
+        for (i = 0, n = 0; ngx_http_invoices_statuses[i]; i++) {
+            if (query->statuses & (1U << i)) {
+                a = ngx_slprintf(a, alast, "%s%s", n++ ? "," : "",
+                                 ngx_http_invoices_statuses[i]);
+            }
+        }
+
+        *a++ = '}';
+        *a = '\0';
+
+        p = ngx_slprintf(p, last, " AND i.status = ANY($%ui::text[])",
+                         param(v));
+    }
+
+    if (query->team[0]) {
+        p = ngx_slprintf(p, last, " AND i.team_id = $%ui",
+                         param(query->team));
+    }
+
+    if (query->customer[0]) {
+        p = ngx_slprintf(p, last, " AND i.stripe_customer_id = $%ui",
+                         param(query->customer));
+    }
+
+    if (query->currency[0]) {
+        p = ngx_slprintf(p, last, " AND i.currency = $%ui",
+                         param(query->currency));
+    }
+
+    for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
+
+        for (n = 0; n < 2; n++) {
+
+            if (n == 0 ? !query->has_lower[i] : !query->has_upper[i]) {
+                continue;
+            }
+
+            v = ngx_http_invoices_query_int64(pool, n == 0 ? query->lower[i]
+                                                           : query->upper[i]);
+            if (v == NULL) {
+                return NGX_ERROR;
+            }
+
+            op = (n == 0) ? ">=" : "<";
+
+            if (i == NGX_HTTP_INVOICES_RANGE_AMOUNT) {
+                p = ngx_slprintf(p, last, " AND %s %s $%ui::bigint",
+                                 ngx_http_invoices_range_columns[i], op,
+                                 param(v));
+
+            } else {
+                p = ngx_slprintf(p, last,
+                                 " AND %s %s timestamptz 'epoch'"
+                                 " + $%ui::bigint * interval '1 millisecond'",
+                                 ngx_http_invoices_range_columns[i], op,
+                                 param(v));
+            }
+        }
+    }
+
+    if (query->q[0]) {
+        v = ngx_http_invoices_query_like(pool, query->q);
+        if (v == NULL) {
+            return NGX_ERROR;
+        }
+
+        n = param(v);
+        filter->teams = 1;
+
+        p = ngx_slprintf(p, last,
+                         " AND (i.number ILIKE $%ui"
+                         " OR i.stripe_invoice_id ILIKE $%ui"
+                         " OR t.name ILIKE $%ui"
+                         " OR i.customer_email ILIKE $%ui"
+                         " OR i.customer_name ILIKE $%ui)",
+                         n, n, n, n, n);
+    }
+
+#undef param
+
+    if (p == last) {
+        return NGX_ERROR;                /* cannot happen: 2 kB is plenty */
+    }
+
+    *p = '\0';
+    filter->where.len = p - filter->where.data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The text that tells one filtered page from another in the caches:
+ * ":<page>:<limit>" as for the plain list, then each filter given.  q and
+ * the cursor go last, q with its length, so no value can pose as another.
+ */
+
+ngx_int_t
+ngx_http_invoices_query_key(ngx_pool_t *pool,
+    ngx_http_invoices_list_query_t *query, ngx_str_t *key)
+{
+    u_char      *p, *last;
+    size_t       size;
+    ngx_uint_t   i;
+
+    size = 512 + sizeof(query->q) + sizeof(query->cursor);
+
+    key->data = ngx_pnalloc(pool, size);
+    if (key->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = key->data;
+    last = p + size;
+
+    p = ngx_slprintf(p, last, ":%i:%i", query->page, query->limit);
+
+    if (query->statuses) {
+        p = ngx_slprintf(p, last, ":s%ui", query->statuses);
+    }
+
+    if (query->team[0]) {
+        p = ngx_slprintf(p, last, ":t%s", query->team);
+    }
+
+    if (query->customer[0]) {
+        p = ngx_slprintf(p, last, ":c%s", query->customer);
+    }
+
+    if (query->currency[0]) {
+        p = ngx_slprintf(p, last, ":u%s", query->currency);
+    }
+
+    for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
+        if (query->has_lower[i]) {
+            p = ngx_slprintf(p, last, ":r%ui>%L", i, query->lower[i]);
+        }
+
+        if (query->has_upper[i]) {
+            p = ngx_slprintf(p, last, ":r%ui<%L", i, query->upper[i]);
+        }
+    }
+
+    if (query->cursor[0]) {
+        p = ngx_slprintf(p, last, ":%c%s", query->before ? 'b' : 'a',
+                         query->cursor);
+    }
+
+    if (query->q[0]) {
+        p = ngx_slprintf(p, last, ":q%uz:%s", ngx_strlen(query->q),
+                         query->q);
+    }
+
+    if (p == last) {
+        return NGX_ERROR;
+    }
+
+    key->len = p - key->data;
+
+    return NGX_OK;
+}
+
+
+static const char *
+ngx_http_invoices_query_int64(ngx_pool_t *pool, int64_t v)
+{
+    u_char  *s, *p;
+
+    s = ngx_pnalloc(pool, NGX_INT64_LEN + 1);
+    if (s == NULL) {
+        return NULL;
+    }
+
+    p = ngx_slprintf(s, s + NGX_INT64_LEN, "%L", v);
+    *p = '\0';
+
+    return (const char *) s;
+}
+
+
+/* "%text%" with LIKE's own characters (\ % _) escaped by a backslash */
+
+static const char *
+ngx_http_invoices_query_like(ngx_pool_t *pool, const char *text)
+{
+    u_char      *s, *p;
+    const char  *c;
+
+    s = ngx_pnalloc(pool, 2 * ngx_strlen(text) + 3);
+    if (s == NULL) {
+        return NULL;
+    }
+
+    p = s;
+    *p++ = '%';
+
+    for (c = text; *c; c++) {
+        if (*c == '\\' || *c == '%' || *c == '_') {
+            *p++ = '\\';
+        }
+
+        *p++ = *c;
+    }
+
+    *p++ = '%';
+    *p = '\0';
+
+    return (const char *) s;
+}

@@ -1,0 +1,41 @@
+
+/*
+ * The list's filters as SQL (see ngx_http_invoices_query.c).
+ */
+
+
+#ifndef _NGX_HTTP_INVOICES_QUERY_H_INCLUDED_
+#define _NGX_HTTP_INVOICES_QUERY_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_http_invoices_parse.h"
+
+
+/* the most statement parameters the filters take */
+#define NGX_HTTP_INVOICES_FILTER_PARAMS  (5 + 2 * NGX_HTTP_INVOICES_RANGES)
+
+
+/*
+ * The filters of a query as " AND ..." conditions on "invoices i" (and,
+ * when "teams" is set, "teams t" joined on i.team_id), with their
+ * parameters numbered from "first" on.
+ */
+typedef struct {
+    ngx_str_t     where;                 /* NUL-ended; "" when none */
+    const char   *values[NGX_HTTP_INVOICES_FILTER_PARAMS];
+    ngx_uint_t    nvalues;
+    ngx_uint_t    teams;                 /* q reads the team's name */
+} ngx_http_invoices_filter_t;
+
+
+ngx_int_t ngx_http_invoices_query_filter(ngx_pool_t *pool,
+    ngx_http_invoices_list_query_t *query, ngx_uint_t first,
+    ngx_http_invoices_filter_t *filter);
+ngx_int_t ngx_http_invoices_query_key(ngx_pool_t *pool,
+    ngx_http_invoices_list_query_t *query, ngx_str_t *key);
+
+
+#endif /* _NGX_HTTP_INVOICES_QUERY_H_INCLUDED_ */

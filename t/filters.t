@@ -1,0 +1,332 @@
+# GET /admin/api/invoices with filters, search and cursors
+# (docs/openapi.yaml, "Finding invoices").  A data set of 80 invoices with
+# ties in createdAt, three teams, two currencies and every status; each
+# query's answer is compared with what a Perl model of the data set says:
+# the ids in order, the exact count, has_more.  Then every parameter's
+# malformed and hostile values, cursors walked both ways under filters,
+# and a walk while new invoices arrive (no duplicate, no skip).
+
+use strict;
+use warnings;
+use Test::More;
+use Encode ();
+use POSIX ();
+use Invoices::Test;
+
+start_server();
+
+#----------------------------------------------------------------------
+# the data set, and its model
+
+# the database gets UTF-8 bytes; the model keeps characters
+my @teams = map { my $t = insert_team(name => Encode::encode_utf8($_),
+                                      stripe_customer_id => 'cus_Team' . $_ =~ s/\W//gr);
+                  +{ %$t, name => $_ } }
+            ('Acme GmbH', 'Globex SE', "Initech \x{e9}t\x{e9}");
+my @statuses = qw(draft open paid uncollectible void);
+my $base = 1_760_000_000;     # 2025-10-09
+
+sub iso { my ($ms) = @_;
+          return POSIX::strftime('%Y-%m-%dT%H:%M:%S', gmtime int($ms / 1000))
+                 . sprintf('.%03dZ', $ms % 1000) }
+
+my @model;
+for my $n (1 .. 80) {
+    my $t = $n % 4 ? $teams[$n % 3] : undef;          # every 4th: no team
+    my $created = ($base + 3600 * int($n / 2)) * 1000  # pairs share a time
+                  + ($n % 5 == 0 ? 250 : 0);
+    my $status = $statuses[$n % 5];
+    my %inv = (
+        id => object_id($base + $n),
+        stripe_invoice_id => sprintf('in_1Filter%04d%s', $n, 'x' x 12),
+        stripe_customer_id => $t ? $t->{stripe_customer_id} : "cus_Lone$n",
+        team_id => $t ? $t->{id} : undef,
+        status => $status,
+        amount => 100 * (($n * 37) % 50) - ($n == 7 ? 5000 : 0),
+        currency => $n % 3 == 0 ? 'usd' : 'eur',
+        stripe_created_at => iso($created),
+        number => $status eq 'draft' ? undef : sprintf('FLT-%04d', $n),
+        customer_email => $n % 6 ? "billing$n\@example.com" : undef,
+        customer_name => $n % 10 == 1 ? '100%_off Corp' : "Customer $n",
+        due_date => $n % 2 ? iso(($base + 86400 * ($n % 9)) * 1000) : undef,
+    );
+    push @model, { %inv, created_ms => $created,
+                   due_ms => $n % 2 ? ($base + 86400 * ($n % 9)) * 1000 : undef,
+                   team_name => $t ? $t->{name} : undef };
+    delete $inv{team_id} unless defined $inv{team_id};
+    $model[-1]{row} = \%inv;
+}
+insert_rows(invoices => map { $_->{row} } @model);
+
+# the list order: createdAt descending, then _id descending
+@model = sort { $b->{created_ms} <=> $a->{created_ms} || $b->{id} cmp $a->{id} } @model;
+
+# expected(%filters) -> the model's invoices that match, in list order
+sub expected {
+    my (%f) = @_;
+    return grep {
+        my $i = $_;
+        (!$f{status} || grep { $_ eq $i->{status} } split /,/, $f{status})
+        && (!$f{team} || ($i->{team_id} // '') eq $f{team})
+        && (!$f{customer} || $i->{stripe_customer_id} eq $f{customer})
+        && (!$f{currency} || $i->{currency} eq $f{currency})
+        && (!defined $f{amin} || $i->{amount} >= $f{amin})
+        && (!defined $f{amax} || $i->{amount} < $f{amax})
+        && (!defined $f{cmin} || $i->{created_ms} >= $f{cmin})
+        && (!defined $f{cmax} || $i->{created_ms} < $f{cmax})
+        && (!defined $f{dmin} || (defined $i->{due_ms} && $i->{due_ms} >= $f{dmin}))
+        && (!defined $f{dmax} || (defined $i->{due_ms} && $i->{due_ms} < $f{dmax}))
+        && (!defined $f{q} || grep { defined $_ && index(lc $_, lc $f{q}) >= 0 }
+                @{$i}{qw(number stripe_invoice_id team_name customer_email customer_name)})
+    } @model;
+}
+
+sub ids_of { my ($res) = @_;
+             return [map { $_->{_id} } @{ ($res->json_or_undef // {})->{invoices} || [] }] }
+
+# list_is($query, \%model_filters, $name): page 1 with limit 100, and
+# page 1 with limit 3 (count and has_more)
+sub list_is {
+    my ($q, $f, $name) = @_;
+    my @want = expected(%$f);
+    my $res = api_request(GET => "/admin/api/invoices?limit=100&$q");
+    is($res->status, 200, "$name: 200") or return diag $res->describe;
+    my $doc = $res->json_or_undef;
+    is_deeply(ids_of($res), [map { $_->{id} } @want], "$name: the invoices, in order");
+    is($doc->{count}, scalar @want, "$name: count " . scalar @want);
+    ok(!$doc->{has_more}, "$name: has_more false on the full page");
+    $res = api_request(GET => "/admin/api/invoices?limit=3&$q");
+    $doc = $res->json_or_undef // {};
+    is($doc->{count}, scalar @want, "$name, limit=3: the same count");
+    is(!!$doc->{has_more}, @want > 3, "$name, limit=3: has_more " . (@want > 3 ? 'true' : 'false'));
+}
+
+my ($A, $B) = @teams;
+my $day = 86400 * 1000;
+my @cases = (
+    ['status=open'                          => { status => 'open' }],
+    ['status=open,uncollectible'            => { status => 'open,uncollectible' }],
+    ['status=void,draft,paid,open,uncollectible' => {}],
+    ['status=paid,paid'                     => { status => 'paid' }],
+    ["team=$A->{id}"                        => { team => $A->{id} }],
+    ["customer=$B->{stripe_customer_id}"    => { customer => $B->{stripe_customer_id} }],
+    ['customer=cus_Lone4'                   => { customer => 'cus_Lone4' }],
+    ['customer=cus_Nobody'                  => { customer => 'cus_Nobody' }],
+    ['currency=usd'                         => { currency => 'usd' }],
+    ['currency=jpy'                         => { currency => 'jpy' }],
+    ["status=paid&team=$A->{id}"            => { status => 'paid', team => $A->{id} }],
+    ["currency=eur&customer=$B->{stripe_customer_id}&status=open,void"
+        => { currency => 'eur', customer => $B->{stripe_customer_id}, status => 'open,void' }],
+    ['amount[gte]=2000'                     => { amin => 2000 }],
+    ['amount[gt]=2000'                      => { amin => 2001 }],
+    ['amount[lte]=2000'                     => { amax => 2001 }],
+    ['amount[lt]=2000'                      => { amax => 2000 }],
+    ['amount[gte]=1000&amount[lt]=3000'     => { amin => 1000, amax => 3000 }],
+    ['amount[lt]=0'                         => { amax => 0 }],
+    ['amount[gte]=-5000&amount[lte]=-1'     => { amin => -5000, amax => 0 }],
+    ['amount[gt]=100&amount[gte]=2000'      => { amin => 2000 }],    # the tighter
+    ['amount[gte]=3000&amount[lt]=1000'     => { amin => 3000, amax => 1000 }],
+    ['created[gte]=' . ($base + 3600 * 10)  => { cmin => ($base + 3600 * 10) * 1000 }],
+    ['created[gt]=' . ($base + 3600 * 10)   => { cmin => ($base + 3600 * 10) * 1000 + 1 }],
+    ['created[lte]=' . ($base + 3600 * 10)  => { cmax => ($base + 3600 * 10) * 1000 + 1 }],
+    ['created[lt]=' . ($base + 3600 * 10)   => { cmax => ($base + 3600 * 10) * 1000 }],
+    ['created[gte]=' . iso(($base + 3600 * 5) * 1000 + 250)
+        => { cmin => ($base + 3600 * 5) * 1000 + 250 }],
+    ['created[gt]=' . iso(($base + 3600 * 5) * 1000 + 250)
+        => { cmin => ($base + 3600 * 5) * 1000 + 251 }],
+    ['created[lte]=' . (iso(($base + 3600 * 20) * 1000) =~ s/\.000Z$/Z/r)
+        => { cmax => ($base + 3600 * 20) * 1000 + 1 }],
+    ['created[gte]=2025-10-09T10:00:00.5Z'  => { cmin => 1_760_004_000 * 1000 + 500 }],
+    ['created[gte]=' . ($base + 3600 * 10) . '&created[lt]=' . ($base + 3600 * 30)
+        => { cmin => ($base + 3600 * 10) * 1000, cmax => ($base + 3600 * 30) * 1000 }],
+    ['dueDate[gte]=' . ($base + 86400 * 4)  => { dmin => ($base + 86400 * 4) * 1000 }],
+    ['dueDate[lt]=' . ($base + 86400 * 2)   => { dmax => ($base + 86400 * 2) * 1000 }],
+    ['dueDate[lte]=9999-12-31T23:59:59.999Z' => { dmax => 253402300800000 }],
+    ['q=flt-001'                            => { q => 'flt-001' }],
+    ['q=FLT-0012'                           => { q => 'FLT-0012' }],
+    ['q=acme'                               => { q => 'acme' }],
+    ['q=%C3%A9t%C3%A9'                      => { q => "\x{e9}t\x{e9}" }],
+    ['q=billing7%40example'                 => { q => 'billing7@example' }],
+    ['q=in_1Filter0033'                     => { q => 'in_1Filter0033' }],
+    ['q=customer+1'                         => { q => 'customer 1' }],    # + is a space
+    ['q=100%25_off'                         => { q => '100%_off' }],
+    ['q=%25'                                => { q => '%' }],             # LIKE's own, literal
+    ['q=_'                                  => { q => '_' }],
+    ['q=0%25_'                              => { q => '0%_' }],
+    ['q=nothing-matches-this'               => { q => 'nothing-matches-this' }],
+    ["q=%27%3B%20DROP%20TABLE%20invoices%3B--" => { q => "'; DROP TABLE invoices;--" }],
+    ["status=paid&currency=eur&q=customer&amount[gte]=500&team=$A->{id}"
+        => { status => 'paid', currency => 'eur', q => 'customer', amin => 500, team => $A->{id} }],
+    ['status%3Dpaid'                        => undef],    # an encoded "=": see below
+    ['created%5Bgte%5D=' . ($base + 3600 * 10) => { cmin => ($base + 3600 * 10) * 1000 }],
+);
+for my $c (@cases) {
+    my ($q, $f) = @$c;
+    next unless $f;
+    list_is($q, $f, "?$q");
+}
+# the _id tiebreak: the model orders ties by _id descending, as the list
+my @ties = grep { $_->{created_ms} == $model[1]{created_ms} } @model;
+ok(@ties >= 2, 'the data set has invoices created at the same moment');
+
+#----------------------------------------------------------------------
+# malformed and hostile values: 400 naming the parameter
+
+my $big = 'x' x 5000;
+my @bad = (
+    [status => ''], [status => 'paid,'], [status => ',paid'], [status => 'Paid'],
+    [status => 'paid,,open'], [status => 'deleted'], [status => 'paid%00'],
+    [team => 'abc'], [team => uc $A->{id}], [team => "$A->{id}0"], [team => ''],
+    [customer => 'cus_'], [customer => 'in_123'], [customer => 'cus_a-b'],
+    [customer => 'cus_' . ('a' x 252)], [customer => "cus_x%27--"],
+    [currency => 'EUR'], [currency => 'eu'], [currency => 'euro'], [currency => 'e1r'],
+    [q => ''], [q => 'a' x 101], [q => "%C3%A9" x 101], [q => 'a%00b'],
+    [q => 'a%0Ab'], [q => '%FF'], [q => '%C3'], [q => '%ED%A0%80'], [q => '%C0%AF'],
+    [q => $big],
+    ['amount[gte]' => 'abc'], ['amount[gte]' => '1.5'], ['amount[gte]' => '1e3'],
+    ['amount[gte]' => ''], ['amount[lt]' => '1' x 16], ['amount[lte]' => '--1'],
+    ['amount[gt]' => '+5'], ['amount[gt]' => '%205'],
+    ['created[gte]' => 'yesterday'], ['created[gte]' => '2025-13-01T00:00:00Z'],
+    ['created[gte]' => '2025-02-29T00:00:00Z'], ['created[lt]' => '2025-10-09T24:00:00Z'],
+    ['created[lt]' => '2025-10-09T10:00:00'], ['created[lt]' => '2025-10-09T10:00:00+01:00'],
+    ['created[lt]' => '2025-10-09%2010:00:00Z'], ['created[lt]' => '2025-10-09T10:00:00.1234Z'],
+    ['created[lt]' => '2025-10-09T10:00:00.Z'], ['created[lte]' => '253402300800'],
+    ['created[lte]' => '-1'], ['created[gt]' => '1969-12-31T23:59:59Z'],
+    ['created[gt]' => '10000-01-01T00:00:00Z'], ['created[gt]' => '9' x 13],
+    ['dueDate[gte]' => 'x'], ['dueDate[lt]' => '1e9'],
+    [page => '0'], [limit => '101'],
+    [starting_after => 'abc'], [starting_after => 'cus_123'], [starting_after => ''],
+    [ending_before => 'in_'], [ending_before => uc $model[0]{id}],
+);
+for my $b (@bad) {
+    my ($param, $value) = @$b;
+    my $res = api_request(GET => "/admin/api/invoices?$param=$value");
+    my $shown = length $value > 40 ? substr($value, 0, 40) . '...' : $value;
+    subtest "$param=$shown is refused" => sub {
+        is($res->status, 400, 'status 400') or diag $res->describe;
+        json_check($res, <<"EOC");
+error.type = "invalid_request_error"
+error.code = "parameter_invalid"
+error.param = "$param"
+error.message ~ \\S
+EOC
+    };
+}
+
+# each parameter at most once, and the repeat named
+for my $p (qw(status team customer currency q amount[gte] created[lt] dueDate[gt] starting_after)) {
+    my $v = $p =~ /amount|created|dueDate/ ? 1 : $p eq 'team' ? $A->{id}
+          : $p eq 'customer' ? 'cus_X' : $p eq 'currency' ? 'eur'
+          : $p eq 'starting_after' ? $model[5]{id} : $p eq 'status' ? 'paid' : 'x';
+    my $res = api_request(GET => "/admin/api/invoices?$p=$v&limit=2&$p=$v");
+    is($res->status, 400, "$p twice: 400");
+    is(($res->json_or_undef // {})->{error}{param}, $p, "$p twice: param $p");
+}
+
+# an encoded "=" is part of the name
+my $res = api_request(GET => '/admin/api/invoices?status%3Dpaid');
+is(($res->json_or_undef // {})->{error}{code}, 'parameter_unknown', 'status%3Dpaid: unknown name');
+
+#----------------------------------------------------------------------
+# cursors
+
+# walk(query, direction, limit) -> all ids seen, following the cursor
+sub walk {
+    my ($q, $dir, $limit, $from) = @_;
+    my (@seen, $cursor, $pages);
+    $cursor = $from;
+    while (1) {
+        my $url = "/admin/api/invoices?limit=$limit" . ($q ? "&$q" : '')
+                . ($cursor ? "&$dir=$cursor" : '');
+        my $r = api_request(GET => $url);
+        die "walk: $url: " . $r->status unless $r->status == 200;
+        my $doc = $r->json_or_undef;
+        my @page = map { $_->{_id} } @{ $doc->{invoices} };
+        last unless @page;
+        die "walk: more than a page" if @page > $limit;
+        if ($dir eq 'ending_before') { unshift @seen, @page; $cursor = $page[0] }
+        else                         { push @seen, @page;    $cursor = $page[-1] }
+        last unless $doc->{has_more};
+        last if ++$pages > 200;
+    }
+    return \@seen;
+}
+
+for my $w (['' => {}], ['status=open,paid' => { status => 'open,paid' }],
+           ["team=$A->{id}&currency=eur" => { team => $A->{id}, currency => 'eur' }],
+           ['q=customer' => { q => 'customer' }]) {
+    my ($q, $f) = @$w;
+    my @want = map { $_->{id} } expected(%$f);
+    for my $limit (1, 3, 7) {
+        is_deeply(walk($q, 'starting_after', $limit), \@want,
+                  "starting_after walk, limit $limit, ?$q: every invoice once, in order");
+    }
+    # backwards from beyond the oldest: ending_before the oldest of all,
+    # which need not match the filters
+    my $oldest = $model[-1]{id};
+    my @back = grep { $_ ne $oldest } @want;
+    is_deeply(walk($q, 'ending_before', 4, $oldest), \@back,
+              "ending_before walk from the oldest invoice, ?$q: every newer one once");
+}
+
+# a page after a cursor: the limit invoices that follow, has_more
+my $r = api_request(GET => "/admin/api/invoices?limit=5&starting_after=$model[9]{id}");
+is_deeply(ids_of($r), [map { $_->{id} } @model[10 .. 14]], 'starting_after: the 5 that follow');
+ok($r->json_or_undef->{has_more}, 'starting_after: has_more');
+is($r->json_or_undef->{count}, scalar @model, 'starting_after: count is all that match');
+$r = api_request(GET => "/admin/api/invoices?limit=5&ending_before=$model[9]{id}");
+is_deeply(ids_of($r), [map { $_->{id} } @model[4 .. 8]], 'ending_before: the 5 just before, newest first');
+ok($r->json_or_undef->{has_more}, 'ending_before: has_more (4 newer ones)');
+$r = api_request(GET => "/admin/api/invoices?limit=5&ending_before=$model[3]{id}");
+is_deeply(ids_of($r), [map { $_->{id} } @model[0 .. 2]], 'ending_before near the top: the 3 there');
+ok(!$r->json_or_undef->{has_more}, 'ending_before near the top: has_more false');
+$r = api_request(GET => "/admin/api/invoices?limit=5&starting_after=$model[-1]{id}");
+is_deeply(ids_of($r), [], 'starting_after the last: empty');
+ok(!$r->json_or_undef->{has_more}, 'starting_after the last: has_more false');
+$r = api_request(GET => "/admin/api/invoices?limit=2&starting_after=$model[9]{stripe_invoice_id}");
+is_deeply(ids_of($r), [map { $_->{id} } @model[10, 11]], 'a Stripe invoice id as the cursor');
+$r = api_request(GET => "/admin/api/invoices?limit=2&page=1&starting_after=$model[9]{id}");
+is($r->status, 200, 'page=1 with a cursor is fine');
+ok(api_request(GET => '/admin/api/invoices?limit=2')->json_or_undef->{has_more},
+   'the plain list has has_more too');
+ok(!api_request(GET => '/admin/api/invoices?limit=20&page=4')->json_or_undef->{has_more},
+   'the plain list: has_more false on its last page');
+
+for my $e (["starting_after=$model[1]{id}&page=2" => 'page'],
+           ["ending_before=$model[1]{id}&page=3" => 'page'],
+           ["starting_after=$model[1]{id}&ending_before=$model[5]{id}" => 'ending_before'],
+           ['starting_after=' . object_id() => 'starting_after', 'resource_missing'],
+           ['ending_before=in_1NoSuchInvoice' => 'ending_before', 'resource_missing']) {
+    my ($q, $param, $code) = @$e;
+    my $res = api_request(GET => "/admin/api/invoices?$q");
+    is($res->status, 400, "?$q: 400") or diag $res->describe;
+    my $err = ($res->json_or_undef // {})->{error} // {};
+    is($err->{param}, $param, "?$q: param $param");
+    is($err->{code}, $code // 'parameter_invalid', "?$q: code " . ($code // 'parameter_invalid'));
+}
+
+# stable while invoices arrive: newer ones, and one in the middle of the
+# list (created between two pages), never duplicate or skip an old one
+{
+    my @want = map { $_->{id} } @model;
+    my (@seen, $cursor);
+    my $k = 0;
+    while (1) {
+        my $r = api_request(GET => '/admin/api/invoices?limit=6'
+                                   . ($cursor ? "&starting_after=$cursor" : ''));
+        my $doc = $r->json_or_undef;
+        my @page = map { $_->{_id} } @{ $doc->{invoices} };
+        push @seen, @page;
+        last unless $doc->{has_more};
+        $cursor = $page[-1];
+        # a new invoice above the walk, and one just above the cursor
+        my $at = $model[ scalar(@seen) - 1 ]{created_ms} + 1;
+        insert_invoice(id => object_id(), stripe_invoice_id => sprintf('in_1Arrive%04d%s', $k++, 'y' x 12),
+                       stripe_created_at => iso($at));
+        insert_invoice(id => object_id(), stripe_invoice_id => sprintf('in_1Arrive%04d%s', $k++, 'y' x 12),
+                       stripe_created_at => iso($model[0]{created_ms} + 3_600_000 * $k));
+    }
+    is_deeply(\@seen, \@want, 'a cursor walk while invoices arrive: the old ones once each, in order');
+}
+
+done_testing();
