@@ -144,6 +144,11 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
         return ngx_http_invoices_list(r, ilcf);
     }
 
+    if (id.len == 7 && ngx_strncmp(id.data, "summary", 7) == 0) {
+        ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_SUMMARY);
+        return ngx_http_invoices_summary(r, ilcf);
+    }
+
     ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_GET);
     return ngx_http_invoices_get(r, ilcf, &id);
 

@@ -154,20 +154,22 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
 
 
 /*
- * The text that tells one filtered page from another in the caches:
- * ":<page>:<limit>" as for the plain list, then each filter given.  q and
- * the cursor go last, q with its length, so no value can pose as another.
+ * The text that tells one filtered page from another in the caches: the
+ * prefix ("" for the list), ":<page>:<limit>" as for the plain list, then
+ * each filter given.  q goes last with its length, so no value can pose
+ * as another.
  */
 
 ngx_int_t
-ngx_http_invoices_query_key(ngx_pool_t *pool,
+ngx_http_invoices_query_key(ngx_pool_t *pool, const char *prefix,
     ngx_http_invoices_list_query_t *query, ngx_str_t *key)
 {
     u_char      *p, *last;
     size_t       size;
     ngx_uint_t   i;
 
-    size = 512 + sizeof(query->q) + sizeof(query->cursor);
+    size = 512 + ngx_strlen(prefix) + sizeof(query->q)
+           + sizeof(query->cursor);
 
     key->data = ngx_pnalloc(pool, size);
     if (key->data == NULL) {
@@ -177,7 +179,7 @@ ngx_http_invoices_query_key(ngx_pool_t *pool,
     p = key->data;
     last = p + size;
 
-    p = ngx_slprintf(p, last, ":%i:%i", query->page, query->limit);
+    p = ngx_slprintf(p, last, "%s:%i:%i", prefix, query->page, query->limit);
 
     if (query->statuses) {
         p = ngx_slprintf(p, last, ":s%ui", query->statuses);

@@ -34,7 +34,7 @@ typedef struct {
 ngx_int_t ngx_http_invoices_query_filter(ngx_pool_t *pool,
     ngx_http_invoices_list_query_t *query, ngx_uint_t first,
     ngx_http_invoices_filter_t *filter);
-ngx_int_t ngx_http_invoices_query_key(ngx_pool_t *pool,
+ngx_int_t ngx_http_invoices_query_key(ngx_pool_t *pool, const char *prefix,
     ngx_http_invoices_list_query_t *query, ngx_str_t *key);
 
 

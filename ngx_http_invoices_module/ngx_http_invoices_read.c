@@ -29,6 +29,7 @@ typedef struct {
     ngx_http_invoices_list_query_t   query;
     const char  *sql;                /* the list's statement */
     ngx_uint_t   built;              /* sql was built for this request */
+    ngx_uint_t   summary;            /* the summary, not the list */
     ngx_uint_t   col;                /* its first invoice column */
     const char  *values[NGX_HTTP_INVOICES_LIST_PARAMS];
     int          nvalues;
@@ -47,8 +48,13 @@ typedef struct {
 
 static ngx_int_t ngx_http_invoices_list_query(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd);
+static ngx_int_t ngx_http_invoices_read_many(ngx_http_request_t *r,
+    ngx_uint_t summary);
 static ngx_int_t ngx_http_invoices_list_statement(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd);
+static ngx_int_t ngx_http_invoices_summary_statement(ngx_http_request_t *r,
+    ngx_http_invoices_read_t *rd);
+static void ngx_http_invoices_summary_run(ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
     ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value, ngx_msec_t left);
 static ngx_int_t ngx_http_invoices_read_send(ngx_http_request_t *r,
@@ -137,6 +143,27 @@ ngx_int_t
 ngx_http_invoices_list(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf)
 {
+    return ngx_http_invoices_read_many(r, 0);
+}
+
+
+ngx_int_t
+ngx_http_invoices_summary(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf)
+{
+    return ngx_http_invoices_read_many(r, 1);
+}
+
+
+/*
+ * The list and the summary: the same filters, the same caches (the
+ * summary's key starts with "summary"), each its own statement.
+ */
+
+static ngx_int_t
+ngx_http_invoices_read_many(ngx_http_request_t *r, ngx_uint_t summary)
+{
+    ngx_int_t                     rc;
     ngx_str_t                     etag, body;
     ngx_http_invoices_read_t     *rd;
     ngx_http_invoices_invalid_t   invalid;
@@ -146,8 +173,11 @@ ngx_http_invoices_list(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    rd->summary = summary;
+
     if (ngx_http_invoices_parse_list_query(&r->args,
-                                           NGX_HTTP_INVOICES_ARGS_PAGING,
+                                           summary
+                                           ? 0 : NGX_HTTP_INVOICES_ARGS_PAGING,
                                            &rd->query, &invalid)
         != NGX_OK)
     {
@@ -166,14 +196,18 @@ ngx_http_invoices_list(ngx_http_request_t *r,
                                     (int64_t) (rd->query.page - 1)
                                     * rd->query.limit);
 
-    if (ngx_http_invoices_list_statement(r, rd) != NGX_OK) {
+    rc = summary ? ngx_http_invoices_summary_statement(r, rd)
+                 : ngx_http_invoices_list_statement(r, rd);
+
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     rd->x_cache = &ngx_http_invoices_bypass;
 
     if (ngx_http_invoices_cache_enabled()) {
-        if (ngx_http_invoices_query_key(r->pool, &rd->query, &rd->page_key)
+        if (ngx_http_invoices_query_key(r->pool, summary ? "summary" : "",
+                                        &rd->query, &rd->page_key)
             != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -325,6 +359,76 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
 }
 
 
+/*
+ * The summary: count and sums per currency and status (never summed
+ * across currencies), in one statement.  Rows stored before migration
+ * 0005 have no amounts due, paid or remaining: they add 0 to those sums.
+ */
+#define NGX_HTTP_INVOICES_SUMMARY_COLUMNS                                     \
+    "SELECT i.currency, i.status, count(*), coalesce(sum(i.amount), 0), "     \
+    "coalesce(sum(i.amount_due), 0), coalesce(sum(i.amount_paid), 0), "       \
+    "coalesce(sum(i.amount_remaining), 0) FROM invoices i"
+
+#define NGX_HTTP_INVOICES_SUMMARY_ORDER                                       \
+    " GROUP BY i.currency, i.status"                                          \
+    " ORDER BY i.currency, invoices_status_rank(i.status), i.status"
+
+static const char  ngx_http_invoices_summary_sql[] =
+    NGX_HTTP_INVOICES_SUMMARY_COLUMNS NGX_HTTP_INVOICES_SUMMARY_ORDER;
+
+
+static ngx_int_t
+ngx_http_invoices_summary_statement(ngx_http_request_t *r,
+    ngx_http_invoices_read_t *rd)
+{
+    u_char                      *sql, *last;
+    size_t                       size;
+    ngx_uint_t                   i;
+    ngx_http_invoices_filter_t   filter;
+
+    rd->nvalues = 0;
+    rd->col = 0;
+
+    if (!ngx_http_invoices_list_filtered(&rd->query)) {
+        rd->sql = ngx_http_invoices_summary_sql;
+        return NGX_OK;
+    }
+
+    if (ngx_http_invoices_query_filter(r->pool, &rd->query, 1, &filter)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < filter.nvalues; i++) {
+        rd->values[rd->nvalues++] = filter.values[i];
+    }
+
+    size = sizeof(ngx_http_invoices_summary_sql) + filter.where.len + 128;
+
+    sql = ngx_pnalloc(r->pool, size);
+    if (sql == NULL) {
+        return NGX_ERROR;
+    }
+
+    last = ngx_slprintf(sql, sql + size - 1,
+                        NGX_HTTP_INVOICES_SUMMARY_COLUMNS "%s WHERE true%V"
+                        NGX_HTTP_INVOICES_SUMMARY_ORDER,
+                        filter.teams ? " LEFT JOIN teams t"
+                                       " ON t.id = i.team_id" : "",
+                        &filter.where);
+    *last = '\0';
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "invoices summary: %i parameters: %s", rd->nvalues, sql);
+
+    rd->sql = (const char *) sql;
+    rd->built = 1;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_invoices_list_query(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd)
@@ -339,7 +443,8 @@ ngx_http_invoices_list_query(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    job->run = ngx_http_invoices_list_run;
+    job->run = rd->summary ? ngx_http_invoices_summary_run
+                           : ngx_http_invoices_list_run;
     job->finish = ngx_http_invoices_read_finish;
     job->data = rd;
 
@@ -553,6 +658,74 @@ ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
                                 : 0),
                   "has_more", rows > rd->query.limit));
     PQclear(res);
+}
+
+
+/*
+ * {"totals": [{"currency", "status", "count", "amount", "amountDue",
+ * "amountPaid", "amountRemaining"}], "count"}.  A sum past 64 bits is an
+ * error, never a wrong number.
+ */
+
+static void
+ngx_http_invoices_summary_run(ngx_http_invoices_job_t *job)
+{
+    int                        row, rows, col;
+    json_t                    *totals, *t;
+    PGresult                  *res;
+    long long                  v[5], count;
+    ngx_http_invoices_read_t  *rd = job->data;
+
+    res = rd->built
+          ? ngx_http_invoices_pg_query_built(job, rd->sql, rd->nvalues,
+                                             rd->values)
+          : ngx_http_invoices_pg_query(job, rd->sql, rd->nvalues,
+                                       rd->values);
+    if (res == NULL) {
+        return;
+    }
+
+    rows = PQntuples(res);
+    totals = json_array();
+    count = 0;
+
+    for (row = 0; totals != NULL && row < rows; row++) {
+
+        for (col = 0; col < 5; col++) {
+            errno = 0;
+            v[col] = strtoll(PQgetvalue(res, row, 2 + col), NULL, 10);
+
+            if (errno == ERANGE) {
+                PQclear(res);
+                json_decref(totals);
+                ngx_http_invoices_job_fail(job,
+                    NGX_HTTP_INTERNAL_SERVER_ERROR, "api_error",
+                    "internal_error", "a total does not fit in 64 bits");
+                return;
+            }
+        }
+
+        count += v[0];
+
+        t = json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I}",
+                      "currency", PQgetvalue(res, row, 0),
+                      "status", PQgetvalue(res, row, 1),
+                      "count", (json_int_t) v[0],
+                      "amount", (json_int_t) v[1],
+                      "amountDue", (json_int_t) v[2],
+                      "amountPaid", (json_int_t) v[3],
+                      "amountRemaining", (json_int_t) v[4]);
+
+        if (json_array_append_new(totals, t) != 0) {
+            json_decref(totals);
+            totals = NULL;
+        }
+    }
+
+    PQclear(res);
+
+    ngx_http_invoices_read_done(job, json_pack("{s:o,s:I}", "totals", totals,
+                                               "count", (json_int_t) count));
 }
 
 

@@ -15,6 +15,8 @@
 #include "ngx_http_invoices_module.h"
 
 
+ngx_int_t ngx_http_invoices_summary(ngx_http_request_t *r,
+    ngx_http_invoices_loc_conf_t *ilcf);
 ngx_int_t ngx_http_invoices_list(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf);
 ngx_int_t ngx_http_invoices_get(ngx_http_request_t *r,

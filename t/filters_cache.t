@@ -1,4 +1,4 @@
-# Filtered and cursor pages in the caches: each filter has its own entry
+# Filtered and cursor pages, and the summary, in the caches: each filter has its own entry
 # (a different filter never gets another's page), under the same
 # generation as the plain list, so a write is visible to every filter at
 # once: on the node that wrote, and on another node on the very next
@@ -63,6 +63,11 @@ is_deeply(ids($c1), [$inv[1]{id}, $inv[0]{id}], '... the two after the cursor');
 list_is(list("?status=open&customer=$cus&limit=2&starting_after=$inv[2]{id}"), 'HIT',
         'the cursor page again: HIT');
 list_is(list_on($B->{port}, $open), 'HIT', 'node B: the page A stored is a HIT');
+my $sum = "/summary?customer=$cus";
+list_is(list($sum), 'MISS', 'the summary: MISS');
+my $sum_hit = list($sum);
+list_is($sum_hit, 'HIT', 'the summary again: HIT');
+is(($sum_hit->json_or_undef // {})->{totals}[0]{count}, 4, '... four open invoices');
 
 # a write: invoice 3 is paid.  Every filter sees it on the next request.
 my $paid3 = stripe_invoice(id => $inv[2]{id}, customer => $cus, status => 'paid',
@@ -77,6 +82,10 @@ is(($after->json_or_undef // {})->{count}, 3, '... count 3');
 my $p2 = list($paid);
 ok(grep({ $_ eq $inv[2]{id} } @{ ids($p2) }), 'status=paid shows invoice 3 at once');
 is(($p2->json_or_undef // {})->{count}, 2, '... count 2');
+my $sum_after = list($sum);
+list_is($sum_after, 'MISS', 'the summary after the write: MISS');
+is_deeply([map { "$_->{status} $_->{count}" } @{ ($sum_after->json_or_undef // {})->{totals} || [] }],
+          ['open 3', 'paid 1'], '... three open, one paid');
 my $c2 = list("?status=open&customer=$cus&limit=2&starting_after=$inv[3]{id}");
 is_deeply(ids($c2), [$inv[1]{id}, $inv[0]{id}], 'a cursor page skips it at once');
 for my $i (1 .. 4) {    # both of B's workers
