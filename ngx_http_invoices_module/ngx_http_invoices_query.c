@@ -32,19 +32,23 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     ngx_http_invoices_list_query_t *query, ngx_uint_t first,
     ngx_http_invoices_filter_t *filter)
 {
-    u_char      *p, *last, *a, *alast;
-    ngx_uint_t   i, n;
+    u_char      *p, *last, *a, *alast, *g, *glast;
+    ngx_uint_t   i, n, k, counted;
     const char  *v, *op;
 
     ngx_memzero(filter, sizeof(ngx_http_invoices_filter_t));
 
-    filter->where.data = ngx_pnalloc(pool, NGX_HTTP_INVOICES_WHERE_MAX);
+    filter->where.data = ngx_pnalloc(pool, 2 * NGX_HTTP_INVOICES_WHERE_MAX);
     if (filter->where.data == NULL) {
         return NGX_ERROR;
     }
 
     p = filter->where.data;
     last = p + NGX_HTTP_INVOICES_WHERE_MAX - 1;
+    g = last + 1;
+    glast = g + NGX_HTTP_INVOICES_WHERE_MAX - 1;
+    filter->groups.data = g;
+    counted = 1;
 
 #define param(value)                                                          \
     (filter->values[filter->nvalues] = (value),                               \
@@ -72,23 +76,27 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         *a++ = '}';
         *a = '\0';
 
-        p = ngx_slprintf(p, last, " AND i.status = ANY($%ui::text[])",
-                         param(v));
+        k = param(v);
+        p = ngx_slprintf(p, last, " AND i.status = ANY($%ui::text[])", k);
+        g = ngx_slprintf(g, glast, " AND g.status = ANY($%ui::text[])", k);
     }
 
     if (query->team[0]) {
-        p = ngx_slprintf(p, last, " AND i.team_id = $%ui",
-                         param(query->team));
+        k = param(query->team);
+        p = ngx_slprintf(p, last, " AND i.team_id = $%ui::bpchar", k);
+        g = ngx_slprintf(g, glast, " AND g.team_key = $%ui::bpchar", k);
     }
 
     if (query->customer[0]) {
-        p = ngx_slprintf(p, last, " AND i.stripe_customer_id = $%ui",
-                         param(query->customer));
+        k = param(query->customer);
+        p = ngx_slprintf(p, last, " AND i.stripe_customer_id = $%ui", k);
+        g = ngx_slprintf(g, glast, " AND g.customer_key = $%ui", k);
     }
 
     if (query->currency[0]) {
-        p = ngx_slprintf(p, last, " AND i.currency = $%ui",
-                         param(query->currency));
+        k = param(query->currency);
+        p = ngx_slprintf(p, last, " AND i.currency = $%ui", k);
+        g = ngx_slprintf(g, glast, " AND g.currency = $%ui", k);
     }
 
     for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
@@ -106,6 +114,7 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
             }
 
             op = (n == 0) ? ">=" : "<";
+            counted = 0;
 
             if (i == NGX_HTTP_INVOICES_RANGE_AMOUNT) {
                 p = ngx_slprintf(p, last, " AND %s %s $%ui::bigint",
@@ -129,25 +138,30 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         }
 
         n = param(v);
-        filter->teams = 1;
+        counted = 0;
+
+        /* the trigram index of migration 0006; the team's name in teams */
 
         p = ngx_slprintf(p, last,
-                         " AND (i.number ILIKE $%ui"
-                         " OR i.stripe_invoice_id ILIKE $%ui"
-                         " OR t.name ILIKE $%ui"
-                         " OR i.customer_email ILIKE $%ui"
-                         " OR i.customer_name ILIKE $%ui)",
-                         n, n, n, n, n);
+                         " AND (invoices_search_text(i.number,"
+                         " i.stripe_invoice_id, i.customer_email,"
+                         " i.customer_name) ILIKE $%ui"
+                         " OR i.team_id = ANY (ARRAY(SELECT id FROM teams"
+                         " WHERE name ILIKE $%ui)))",
+                         n, n);
     }
 
 #undef param
 
-    if (p == last) {
+    if (p == last || g == glast) {
         return NGX_ERROR;                /* cannot happen: 2 kB is plenty */
     }
 
     *p = '\0';
     filter->where.len = p - filter->where.data;
+
+    *g = '\0';
+    filter->groups.len = counted ? (size_t) (g - filter->groups.data) : 0;
 
     return NGX_OK;
 }

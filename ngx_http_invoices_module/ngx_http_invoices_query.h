@@ -19,15 +19,16 @@
 
 
 /*
- * The filters of a query as " AND ..." conditions on "invoices i" (and,
- * when "teams" is set, "teams t" joined on i.team_id), with their
- * parameters numbered from "first" on.
+ * The filters of a query as " AND ..." conditions on "invoices i", with
+ * their parameters numbered from "first" on; and, when they are only
+ * equalities (status, team, customer, currency), the same conditions on
+ * the kept counts "invoices_group_count g" (migration 0006).
  */
 typedef struct {
     ngx_str_t     where;                 /* NUL-ended; "" when none */
+    ngx_str_t     groups;                /* NUL-ended; empty: count rows */
     const char   *values[NGX_HTTP_INVOICES_FILTER_PARAMS];
     ngx_uint_t    nvalues;
-    ngx_uint_t    teams;                 /* q reads the team's name */
 } ngx_http_invoices_filter_t;
 
 

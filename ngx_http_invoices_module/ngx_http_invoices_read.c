@@ -293,13 +293,21 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
             return NGX_ERROR;
         }
 
-        last = ngx_slprintf((u_char *) count,
-                            (u_char *) count + filter.where.len + 255,
-                            "SELECT count(*) AS n FROM invoices i%s"
-                            " WHERE true%V",
-                            filter.teams ? " LEFT JOIN teams t"
-                                           " ON t.id = i.team_id" : "",
-                            &filter.where);
+        if (filter.groups.len) {
+            /* equalities only: the kept counts per group (migration 0006) */
+            last = ngx_slprintf((u_char *) count,
+                                (u_char *) count + filter.where.len + 255,
+                                "SELECT coalesce(sum(g.n), 0) AS n"
+                                " FROM invoices_group_count g WHERE true%V",
+                                &filter.groups);
+
+        } else {
+            last = ngx_slprintf((u_char *) count,
+                                (u_char *) count + filter.where.len + 255,
+                                "SELECT count(*) AS n FROM invoices i"
+                                " WHERE true%V", &filter.where);
+        }
+
         *last = '\0';
 
     } else {
@@ -412,10 +420,8 @@ ngx_http_invoices_summary_statement(ngx_http_request_t *r,
     }
 
     last = ngx_slprintf(sql, sql + size - 1,
-                        NGX_HTTP_INVOICES_SUMMARY_COLUMNS "%s WHERE true%V"
+                        NGX_HTTP_INVOICES_SUMMARY_COLUMNS " WHERE true%V"
                         NGX_HTTP_INVOICES_SUMMARY_ORDER,
-                        filter.teams ? " LEFT JOIN teams t"
-                                       " ON t.id = i.team_id" : "",
                         &filter.where);
     *last = '\0';
 

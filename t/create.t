@@ -347,6 +347,10 @@ run_blocks(default_headers => $DEFAULTS, blocks => \@key_blocks);
 is(sql_value("SELECT count(*) FROM idempotency_keys WHERE key = ''"), 0,
    'no request ran with an empty key');
 
+my @off = kept_counts_off();
+is(scalar @off, 0, 'the kept counts (total, per group) agree with the rows')
+    or diag join "\n", @off;
+
 done_testing();
 
 __DATA__

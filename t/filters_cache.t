@@ -107,4 +107,8 @@ ok($okB && !$stB, 'node B quits gracefully');
 my @badB = grep { /\[(?:alert|crit|emerg)\]/ } split /\n/, nginx_log($B);
 ok(!@badB, 'node B: no [alert], [crit] or [emerg]') or diag join "\n", @badB;
 
+my @off = kept_counts_off();
+is(scalar @off, 0, 'the kept counts (total, per group) agree with the rows')
+    or diag join "\n", @off;
+
 done_testing();

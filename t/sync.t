@@ -298,6 +298,10 @@ is(sql_value('SELECT count(*) FROM invoices WHERE team_id = ' . quote($late->{id
     sync_is(sync(), { seen => $n, unchanged => $n }, "paging: again, all $n unchanged");
 }
 
+my @off = kept_counts_off();
+is(scalar @off, 0, 'the kept counts (total, per group) agree with the rows')
+    or diag join "\n", @off;
+
 done_testing();
 
 __DATA__

@@ -510,4 +510,8 @@ for my $log (qw(error.log access.log)) {
        "no webhook secret in nginx's $log");
 }
 
+my @off = kept_counts_off();
+is(scalar @off, 0, 'the kept counts (total, per group) agree with the rows')
+    or diag join "\n", @off;
+
 done_testing();

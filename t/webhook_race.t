@@ -347,4 +347,8 @@ my %FIGURES;    # label => "N of M", for the summary at the end
 note sprintf 'figures: %s; %.1f s', join('; ', map { "$_: $FIGURES{$_}" } sort keys %FIGURES),
     time - $T0;
 
+my @off = kept_counts_off();
+is(scalar @off, 0, 'the kept counts (total, per group) agree with the rows')
+    or diag join "\n", @off;
+
 done_testing();

@@ -68,7 +68,7 @@ package Invoices::Test;
 # The code, by concern (each module says what it owns):
 #   Invoices::Test::Env       environment, run modes, time_factor,
 #                             wait_until, run_cmd, file helpers
-#   Invoices::Test::DB        psql, sql*, quote, insert_*, db_invoice,
+#   Invoices::Test::DB        psql, sql*, quote, insert_*, db_invoice, kept_counts_off,
 #                             db_fingerprint, the database of the file,
 #                             pg_stop / pg_start
 #   Invoices::Test::Nginx     config_text, nginx_config_test, prefixes,
@@ -112,7 +112,7 @@ our @EXPORT = qw(
     fake_url fake_control fake_config fake_requests fake_reset
     fake_stripe stripe_secret linked_customer
     create_body create_invoice stripe_invoices_of
-    db_invoice fake_posts create_request listed_invoice
+    db_invoice kept_counts_off fake_posts create_request listed_invoice
     worker_pids worker_processes wait_workers
 );
 
