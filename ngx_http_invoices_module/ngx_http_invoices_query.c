@@ -140,15 +140,12 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         n = param(v);
         counted = 0;
 
-        /* the trigram index of migration 0006; the team's name in teams */
+        /* the trigram index of migration 0006, the team's name included */
 
         p = ngx_slprintf(p, last,
-                         " AND (invoices_search_text(i.number,"
-                         " i.stripe_invoice_id, i.customer_email,"
-                         " i.customer_name) ILIKE $%ui"
-                         " OR i.team_id = ANY (ARRAY(SELECT id FROM teams"
-                         " WHERE name ILIKE $%ui)))",
-                         n, n);
+                         " AND invoices_search_text(i.number,"
+                         " i.stripe_invoice_id, i.team_name, i.customer_email,"
+                         " i.customer_name) ILIKE $%ui", n);
     }
 
 #undef param

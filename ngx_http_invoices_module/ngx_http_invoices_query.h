@@ -22,7 +22,8 @@
  * The filters of a query as " AND ..." conditions on "invoices i", with
  * their parameters numbered from "first" on; and, when they are only
  * equalities (status, team, customer, currency), the same conditions on
- * the kept counts "invoices_group_count g" (migration 0006).
+ * the kept counts "g" (invoices_group_count, or invoices_team_count when
+ * no customer is named: migration 0006).
  */
 typedef struct {
     ngx_str_t     where;                 /* NUL-ended; "" when none */

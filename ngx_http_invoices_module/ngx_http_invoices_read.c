@@ -294,11 +294,16 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
         }
 
         if (filter.groups.len) {
-            /* equalities only: the kept counts per group (migration 0006) */
+            /*
+             * equalities only: the kept counts (migration 0006), per
+             * customer's group when a customer is named, else per team
+             */
             last = ngx_slprintf((u_char *) count,
                                 (u_char *) count + filter.where.len + 255,
                                 "SELECT coalesce(sum(g.n), 0) AS n"
-                                " FROM invoices_group_count g WHERE true%V",
+                                " FROM %s g WHERE true%V",
+                                q->customer[0] ? "invoices_group_count"
+                                               : "invoices_team_count",
                                 &filter.groups);
 
         } else {

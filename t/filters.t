@@ -165,6 +165,22 @@ for my $c (@cases) {
     next unless $f;
     list_is($q, $f, "?$q");
 }
+# q follows a team's name: renamed, its invoices are found by the new name
+# at once, no longer by the old; a team deleted takes its name with it
+sql_do("UPDATE teams SET name = 'Renamed Widgets' WHERE id = " . quote($A->{id}));
+$_->{team_name} = 'Renamed Widgets' for grep { ($_->{team_id} // '') eq $A->{id} } @model;
+list_is('q=widgets', { q => 'widgets' }, '?q=widgets after the rename');
+list_is('q=acme', { q => 'acme' }, '?q=acme after the rename');
+my $gone = insert_team(name => 'Ephemeral Team', stripe_customer_id => 'cus_Ephemeral');
+insert_invoice(id => object_id(), stripe_invoice_id => 'in_1TransientInvoice0000001',
+               team_id => $gone->{id}, stripe_created_at => '2020-01-01T00:00:00.000Z');
+is(api_request(GET => '/admin/api/invoices?q=ephemeral')->json_or_undef->{count}, 1,
+   "?q=ephemeral: the team's invoice");
+sql_do('DELETE FROM teams WHERE id = ' . quote($gone->{id}));
+is(api_request(GET => '/admin/api/invoices?q=ephemeral')->json_or_undef->{count}, 0,
+   '?q=ephemeral after the team is deleted: none');
+sql_do("DELETE FROM invoices WHERE stripe_invoice_id = 'in_1TransientInvoice0000001'");
+
 # the _id tiebreak: the model orders ties by _id descending, as the list
 my @ties = grep { $_->{created_ms} == $model[1]{created_ms} } @model;
 ok(@ties >= 2, 'the data set has invoices created at the same moment');
