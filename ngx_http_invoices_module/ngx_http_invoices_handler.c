@@ -12,6 +12,7 @@
 #include "ngx_http_invoices_request.h"
 #include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_read.h"
+#include "ngx_http_invoices_export.h"
 #include "ngx_http_invoices_create.h"
 #include "ngx_http_invoices_sync.h"
 #include "ngx_http_invoices_metrics.h"
@@ -142,6 +143,11 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     if (id.len == 0) {
         ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_LIST);
         return ngx_http_invoices_list(r, ilcf);
+    }
+
+    if (id.len == 6 && ngx_strncmp(id.data, "export", 6) == 0) {
+        ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_EXPORT);
+        return ngx_http_invoices_export(r, ilcf);
     }
 
     if (id.len == 7 && ngx_strncmp(id.data, "summary", 7) == 0) {

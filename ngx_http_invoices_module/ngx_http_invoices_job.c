@@ -81,8 +81,39 @@ ngx_http_invoices_job_create(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_invoices_job_run(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
 {
+    ngx_int_t  rc;
+
+    rc = ngx_http_invoices_job_post(r, job);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "api_error", "thread_pool_full",
+                                            "the server is busy, retry later",
+                                            NULL);
+    }
+
+    return rc;
+}
+
+
+/*
+ * The same, for a job posted again while its answer is already going out
+ * (an export's next rows): NGX_DONE, or NGX_DECLINED with nothing sent
+ * when the pool's queue is full, or NGX_ERROR.
+ */
+
+ngx_int_t
+ngx_http_invoices_job_post(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
+{
     ngx_thread_task_t        *task;
     ngx_http_invoices_ctx_t  *ctx;
+
+    /* before posting: once posted, the request must be held */
+
+    ctx = ngx_http_invoices_ctx(r);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
 
     task = job->task;
     task->handler = ngx_http_invoices_job_thread;
@@ -91,21 +122,13 @@ ngx_http_invoices_job_run(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
 
     if (ngx_thread_task_post(job->thread_pool, task) != NGX_OK) {
         ngx_http_invoices_metrics_queue_full();
-        return ngx_http_invoices_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                            "api_error", "thread_pool_full",
-                                            "the server is busy, retry later",
-                                            NULL);
+        return NGX_DECLINED;
     }
 
     ngx_http_invoices_metrics_job_posted();
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "invoices job: posted, status so far %ui", job->status);
-
-    ctx = ngx_http_invoices_ctx(r);
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 
     ctx->job = job;
 

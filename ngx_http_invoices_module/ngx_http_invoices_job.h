@@ -68,6 +68,8 @@ ngx_http_invoices_job_t *ngx_http_invoices_job_create(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf);
 ngx_int_t ngx_http_invoices_job_run(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
+ngx_int_t ngx_http_invoices_job_post(ngx_http_request_t *r,
+    ngx_http_invoices_job_t *job);
 ngx_int_t ngx_http_invoices_job_send(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 

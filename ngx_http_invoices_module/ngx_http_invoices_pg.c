@@ -276,12 +276,15 @@ prepared:
 }
 
 
+/*
+ * A new connection to the job's database (NULL: noted for the log).  The
+ * thread's own connections are opened here, and an export's.
+ */
+
 static PGconn *
-ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_pg_conn_t **pcp)
+ngx_http_invoices_pg_new(ngx_http_invoices_job_t *job)
 {
-    PGconn                       *conn;
-    ngx_http_invoices_pg_conn_t  *pc;
+    PGconn  *conn;
 
     /*
      * conninfo given later overrides these: "dbname" is expanded as a
@@ -309,6 +312,30 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
         "3", "UTF8", "ngx_http_invoices", "1", "30", "10", "3", "60000",
         "disable", job->conninfo, NULL
     };
+
+    conn = PQconnectdbParams(keys, values, 1);
+
+    if (conn == NULL) {
+        ngx_http_invoices_pg_note(job, "connect failed", "out of memory");
+        return NULL;
+    }
+
+    if (PQstatus(conn) != CONNECTION_OK) {
+        ngx_http_invoices_pg_note(job, "connect failed", PQerrorMessage(conn));
+        PQfinish(conn);
+        return NULL;
+    }
+
+    return conn;
+}
+
+
+static PGconn *
+ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
+    ngx_http_invoices_pg_conn_t **pcp)
+{
+    PGconn                       *conn;
+    ngx_http_invoices_pg_conn_t  *pc;
 
     for (pc = ngx_http_invoices_pg_mine; pc != NULL; pc = pc->next) {
         /* conninfo strings live in the configuration: compare pointers */
@@ -343,16 +370,8 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
         pc->conn = NULL;
     }
 
-    conn = PQconnectdbParams(keys, values, 1);
-
+    conn = ngx_http_invoices_pg_new(job);
     if (conn == NULL) {
-        ngx_http_invoices_pg_note(job, "connect failed", "out of memory");
-        return NULL;
-    }
-
-    if (PQstatus(conn) != CONNECTION_OK) {
-        ngx_http_invoices_pg_note(job, "connect failed", PQerrorMessage(conn));
-        PQfinish(conn);
         return NULL;
     }
 
@@ -360,6 +379,93 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
     pc->nprepared = 0;
 
     return conn;
+}
+
+
+/*
+ * A connection of the job's own, not the thread's (an export holds one for
+ * its transaction from job to job): NULL with the job failed (503).
+ */
+
+PGconn *
+ngx_http_invoices_pg_open(ngx_http_invoices_job_t *job)
+{
+    PGconn  *conn;
+
+    conn = ngx_http_invoices_pg_new(job);
+
+    if (conn == NULL) {
+        job->metrics.pg_error = 1;
+        ngx_http_invoices_job_fail(job, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "api_error", "database_unavailable",
+                                   "the database is unavailable, retry later");
+    }
+
+    return conn;
+}
+
+
+/*
+ * One statement on such a connection, unprepared and never repeated (it
+ * runs inside a transaction): NULL with the job failed, 503 when the
+ * connection is lost or PostgreSQL is busy, else 500.
+ */
+
+PGresult *
+ngx_http_invoices_pg_query_on(ngx_http_invoices_job_t *job, PGconn *conn,
+    const char *sql, int nparams, const char *const *values)
+{
+    PGresult        *res;
+    ExecStatusType   st;
+
+    res = PQexecParams(conn, sql, nparams, NULL, values, NULL, NULL, 0);
+    st = PQresultStatus(res);
+
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        return res;
+    }
+
+    job->metrics.pg_error = 1;
+
+    if (PQstatus(conn) == CONNECTION_BAD) {
+        ngx_http_invoices_pg_note(job, "connection lost", PQerrorMessage(conn));
+        PQclear(res);
+        ngx_http_invoices_job_fail(job, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "api_error", "database_unavailable",
+                                   "the database is unavailable, retry later");
+        return NULL;
+    }
+
+    ngx_http_invoices_pg_note(job, "statement failed",
+                              PQresultErrorMessage(res));
+
+    if (ngx_http_invoices_pg_transient(res)) {
+        PQclear(res);
+        ngx_http_invoices_job_fail(job, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "api_error", "database_busy",
+                                   "the database is busy, retry later");
+        return NULL;
+    }
+
+    PQclear(res);
+    ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                               "api_error", "internal_error",
+                               "internal error");
+    return NULL;
+}
+
+
+/*
+ * Closes a connection on the event loop without waiting: libpq's goodbye
+ * is sent only if the socket takes it at once.  PostgreSQL ends the
+ * session, its transaction and its cursor when the socket closes.
+ */
+
+void
+ngx_http_invoices_pg_close_now(PGconn *conn)
+{
+    (void) PQsetnonblocking(conn, 1);
+    PQfinish(conn);
 }
 
 

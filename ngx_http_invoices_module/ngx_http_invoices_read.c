@@ -19,6 +19,7 @@
 #include "ngx_http_invoices_local.h"
 #include "ngx_http_invoices_parse.h"
 #include "ngx_http_invoices_query.h"
+#include "ngx_http_invoices_row.h"
 #include "ngx_http_invoices_metrics.h"
 
 
@@ -61,9 +62,6 @@ static ngx_int_t ngx_http_invoices_read_send(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job, ngx_str_t *etag, u_char *body, size_t len);
 static void ngx_http_invoices_list_run(ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_get_run(ngx_http_invoices_job_t *job);
-static json_t *ngx_http_invoices_row_json(PGresult *res, int row, int col);
-static json_t *ngx_http_invoices_column(PGresult *res, int row, int col,
-    ngx_uint_t integer);
 static void ngx_http_invoices_read_done(ngx_http_invoices_job_t *job,
     json_t *json);
 static ngx_int_t ngx_http_invoices_read_finish(ngx_http_request_t *r,
@@ -74,27 +72,6 @@ static ngx_str_t  ngx_http_invoices_hit = ngx_string("HIT");
 static ngx_str_t  ngx_http_invoices_miss = ngx_string("MISS");
 static ngx_str_t  ngx_http_invoices_bypass = ngx_string("BYPASS");
 
-
-#define NGX_HTTP_INVOICES_TIME(col)                                           \
-    "to_char(" col " AT TIME ZONE 'UTC', "                                    \
-    "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-
-/* the columns of one invoice, in the order ngx_http_invoices_row_json reads */
-#define NGX_HTTP_INVOICES_COLUMNS                                             \
-    "i.id AS id, i.stripe_invoice_id, t.id AS team_id, t.name AS team_name, " \
-    "i.status, i.amount, i.currency, i.invoice_pdf, "                         \
-    NGX_HTTP_INVOICES_TIME("i.stripe_created_at") " AS created, "             \
-    NGX_HTTP_INVOICES_TIME("i.updated_at") " AS updated, "                    \
-    "i.number, i.stripe_customer_id, i.customer_email, i.customer_name, "     \
-    "i.amount_due, i.amount_paid, i.amount_remaining, "                       \
-    "i.hosted_invoice_url, "                                                  \
-    NGX_HTTP_INVOICES_TIME("i.due_date") " AS due_date, "                     \
-    NGX_HTTP_INVOICES_TIME("i.paid_at") " AS paid_at, "                       \
-    NGX_HTTP_INVOICES_TIME("i.finalized_at") " AS finalized_at, "             \
-    NGX_HTTP_INVOICES_TIME("i.voided_at") " AS voided_at "
-
-#define NGX_HTTP_INVOICES_FROM                                                \
-    "FROM invoices i LEFT JOIN teams t ON t.id = i.team_id "
 
 /*
  * count and page in one statement, one snapshot; count comes even for an
@@ -771,80 +748,6 @@ ngx_http_invoices_get_run(ngx_http_invoices_job_t *job)
 
     ngx_http_invoices_read_done(job, ngx_http_invoices_row_json(res, 0, 0));
     PQclear(res);
-}
-
-
-/*
- * One invoice as docs/openapi.yaml shapes it; NULL when out of memory or
- * bad UTF-8.
- */
-
-static json_t *
-ngx_http_invoices_row_json(PGresult *res, int row, int col)
-{
-    json_t  *user;
-
-#define v(n)  PQgetvalue(res, row, col + (n))
-#define null(n)  PQgetisnull(res, row, col + (n))
-
-    if (null(2)) {
-        user = json_null();
-
-    } else {
-        user = json_pack("{s:s,s:s}", "_id", v(2), "name", v(3));
-    }
-
-#define text(n)  ngx_http_invoices_column(res, row, col + (n), 0)
-#define integer(n)  ngx_http_invoices_column(res, row, col + (n), 1)
-
-    return json_pack("{s:s,s:s,s:o,s:s,s:I,s:s,s:s?,s:s,s:s,"
-                     "s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}",
-                     "_id", v(0),
-                     "invoiceId", v(1),
-                     "user", user,
-                     "status", v(4),
-                     "amount", (json_int_t) strtoll(v(5), NULL, 10),
-                     "currency", v(6),
-                     "invoicePdf", null(7) ? NULL : v(7),
-                     "createdAt", v(8),
-                     "updatedAt", v(9),
-                     "number", text(10),
-                     "customer", text(11),
-                     "customerEmail", text(12),
-                     "customerName", text(13),
-                     "amountDue", integer(14),
-                     "amountPaid", integer(15),
-                     "amountRemaining", integer(16),
-                     "hostedInvoiceUrl", text(17),
-                     "dueDate", text(18),
-                     "paidAt", text(19),
-                     "finalizedAt", text(20),
-                     "voidedAt", text(21));
-#undef v
-#undef null
-#undef text
-#undef integer
-}
-
-
-/*
- * A column that may be NULL: json null, a string or (integer) a number;
- * NULL (the pack fails) when a string is not UTF-8 or memory ran out.
- */
-
-static json_t *
-ngx_http_invoices_column(PGresult *res, int row, int col, ngx_uint_t integer)
-{
-    if (PQgetisnull(res, row, col)) {
-        return json_null();
-    }
-
-    if (integer) {
-        return json_integer(strtoll(PQgetvalue(res, row, col), NULL, 10));
-    }
-
-    return json_stringn(PQgetvalue(res, row, col),
-                        PQgetlength(res, row, col));
 }
 
 
