@@ -132,7 +132,7 @@ ngx_http_invoices_export(ngx_http_request_t *r,
         ex->values[ex->nvalues++] = filter.values[i];
     }
 
-    size = sizeof(ngx_http_invoices_row_select) + filter.where.len + 256;
+    size = ngx_strlen(ngx_http_invoices_row_select) + filter.where.len + 256;
 
     ex->declare = ngx_pnalloc(r->pool, size);
     if (ex->declare == NULL) {
