@@ -26,6 +26,9 @@ static const char *ngx_http_invoices_query_int64(ngx_pool_t *pool,
 static const char *ngx_http_invoices_query_like(ngx_pool_t *pool,
     const char *text);
 
+/* exactly one status bit */
+#define ngx_http_invoices_one_status(s)  ((s) != 0 && ((s) & ((s) - 1)) == 0)
+
 
 ngx_int_t
 ngx_http_invoices_query_filter(ngx_pool_t *pool,
@@ -37,6 +40,12 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     const char  *v, *op;
 
     ngx_memzero(filter, sizeof(ngx_http_invoices_filter_t));
+
+    filter->leading = query->customer[0] ? "i.stripe_customer_id"
+                      : query->team[0] ? "i.team_id"
+                      : query->currency[0] ? "i.currency"
+                      : ngx_http_invoices_one_status(query->statuses)
+                        ? "i.status" : "";
 
     filter->where.data = ngx_pnalloc(pool, 2 * NGX_HTTP_INVOICES_WHERE_MAX);
     if (filter->where.data == NULL) {
@@ -142,10 +151,7 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
 
         /* the trigram index of migration 0006, the team's name included */
 
-        p = ngx_slprintf(p, last,
-                         " AND invoices_search_text(i.number,"
-                         " i.stripe_invoice_id, i.team_name, i.customer_email,"
-                         " i.customer_name) ILIKE $%ui", n);
+        p = ngx_slprintf(p, last, " AND i.search_text ILIKE $%ui", n);
     }
 
 #undef param
@@ -179,7 +185,7 @@ ngx_http_invoices_query_key(ngx_pool_t *pool, const char *prefix,
     size_t       size;
     ngx_uint_t   i;
 
-    size = 512 + ngx_strlen(prefix) + sizeof(query->q)
+    size = 1024 + ngx_strlen(prefix) + sizeof(query->q)
            + sizeof(query->cursor);
 
     key->data = ngx_pnalloc(pool, size);

@@ -56,6 +56,8 @@ static ngx_int_t ngx_http_invoices_list_statement(ngx_http_request_t *r,
 static ngx_int_t ngx_http_invoices_summary_statement(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd);
 static void ngx_http_invoices_summary_run(ngx_http_invoices_job_t *job);
+static PGresult *ngx_http_invoices_read_statement(
+    ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
     ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value, ngx_msec_t left);
 static ngx_int_t ngx_http_invoices_read_send(ngx_http_request_t *r,
@@ -103,7 +105,7 @@ static const char  ngx_http_invoices_list_built_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
     NGX_HTTP_INVOICES_FROM
     "WHERE true%V%s "
-    "ORDER BY i.stripe_created_at %s, i.id %s "
+    "ORDER BY %s%s i.stripe_created_at %s, i.id %s "
     "LIMIT $1 OFFSET $2) p ON true "
     "ORDER BY p.sort_at DESC, p.id DESC";
 
@@ -134,7 +136,7 @@ ngx_http_invoices_summary(ngx_http_request_t *r,
 
 /*
  * The list and the summary: the same filters, the same caches (the
- * summary's key starts with "summary"), each its own statement.
+ * summary's key starts with ":summary"), each its own statement.
  */
 
 static ngx_int_t
@@ -183,7 +185,7 @@ ngx_http_invoices_read_many(ngx_http_request_t *r, ngx_uint_t summary)
     rd->x_cache = &ngx_http_invoices_bypass;
 
     if (ngx_http_invoices_cache_enabled()) {
-        if (ngx_http_invoices_query_key(r->pool, summary ? "summary" : "",
+        if (ngx_http_invoices_query_key(r->pool, summary ? ":summary" : "",
                                         &rd->query, &rd->page_key)
             != NGX_OK)
         {
@@ -329,10 +331,14 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
         *last = '\0';
     }
 
+    /* a leading column goes against the others: the index's own order */
+
     last = ngx_slprintf(sql, sql + size - 1, ngx_http_invoices_list_built_sql,
                         cte, count,
                         cursor ? ", (SELECT count(*) FROM cur) AS found" : "",
-                        &filter.where, after,
+                        &filter.where, after, filter.leading,
+                        filter.leading[0] ? (q->before ? " DESC," : " ASC,")
+                                          : "",
                         q->before ? "ASC" : "DESC",
                         q->before ? "ASC" : "DESC");
     *last = '\0';
@@ -571,6 +577,22 @@ ngx_http_invoices_get(ngx_http_request_t *r,
 }
 
 
+/* the list's or the summary's statement: prepared, or built for this one */
+
+static PGresult *
+ngx_http_invoices_read_statement(ngx_http_invoices_job_t *job)
+{
+    ngx_http_invoices_read_t  *rd = job->data;
+
+    if (rd->built) {
+        return ngx_http_invoices_pg_query_built(job, rd->sql, rd->nvalues,
+                                                rd->values);
+    }
+
+    return ngx_http_invoices_pg_query(job, rd->sql, rd->nvalues, rd->values);
+}
+
+
 static void
 ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
 {
@@ -579,11 +601,7 @@ ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
     PGresult                  *res;
     ngx_http_invoices_read_t  *rd = job->data;
 
-    res = rd->built
-          ? ngx_http_invoices_pg_query_built(job, rd->sql, rd->nvalues,
-                                             rd->values)
-          : ngx_http_invoices_pg_query(job, rd->sql, rd->nvalues,
-                                       rd->values);
+    res = ngx_http_invoices_read_statement(job);
     if (res == NULL) {
         return;
     }
@@ -658,17 +676,12 @@ ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
 static void
 ngx_http_invoices_summary_run(ngx_http_invoices_job_t *job)
 {
-    int                        row, rows, col;
-    json_t                    *totals, *t;
-    PGresult                  *res;
-    long long                  v[5], count;
-    ngx_http_invoices_read_t  *rd = job->data;
+    int         row, rows, col;
+    json_t     *totals, *t;
+    PGresult   *res;
+    long long   v[5], count;
 
-    res = rd->built
-          ? ngx_http_invoices_pg_query_built(job, rd->sql, rd->nvalues,
-                                             rd->values)
-          : ngx_http_invoices_pg_query(job, rd->sql, rd->nvalues,
-                                       rd->values);
+    res = ngx_http_invoices_read_statement(job);
     if (res == NULL) {
         return;
     }

@@ -29,15 +29,6 @@ my $PORT = server_port();
 
 sub ids { my ($res) = @_; return [map { $_->{_id} } @{ ($res->json_or_undef // {})->{invoices} || [] }] }
 
-# list_is($res, $xcache, $name): a 200 list with that X-Cache
-sub list_is {
-    my ($res, $xcache, $name) = @_;
-    my $ok = is($res->status, 200, "$name: 200");
-    $ok &&= is($res->header('X-Cache'), $xcache, "$name: X-Cache $xcache");
-    diag $res->describe unless $ok;
-    return $ok;
-}
-
 #----------------------------------------------------------------------
 # seed: a team linked to a customer of the fake Stripe, 12 old invoices
 

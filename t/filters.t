@@ -84,9 +84,9 @@ sub expected {
 sub ids_of { my ($res) = @_;
              return [map { $_->{_id} } @{ ($res->json_or_undef // {})->{invoices} || [] }] }
 
-# list_is($query, \%model_filters, $name): page 1 with limit 100, and
+# filtered_is($query, \%model_filters, $name): page 1 with limit 100, and
 # page 1 with limit 3 (count and has_more)
-sub list_is {
+sub filtered_is {
     my ($q, $f, $name) = @_;
     my @want = expected(%$f);
     my $res = api_request(GET => "/admin/api/invoices?limit=100&$q");
@@ -163,14 +163,14 @@ my @cases = (
 for my $c (@cases) {
     my ($q, $f) = @$c;
     next unless $f;
-    list_is($q, $f, "?$q");
+    filtered_is($q, $f, "?$q");
 }
 # q follows a team's name: renamed, its invoices are found by the new name
 # at once, no longer by the old; a team deleted takes its name with it
 sql_do("UPDATE teams SET name = 'Renamed Widgets' WHERE id = " . quote($A->{id}));
 $_->{team_name} = 'Renamed Widgets' for grep { ($_->{team_id} // '') eq $A->{id} } @model;
-list_is('q=widgets', { q => 'widgets' }, '?q=widgets after the rename');
-list_is('q=acme', { q => 'acme' }, '?q=acme after the rename');
+filtered_is('q=widgets', { q => 'widgets' }, '?q=widgets after the rename');
+filtered_is('q=acme', { q => 'acme' }, '?q=acme after the rename');
 my $gone = insert_team(name => 'Ephemeral Team', stripe_customer_id => 'cus_Ephemeral');
 insert_invoice(id => object_id(), stripe_invoice_id => 'in_1TransientInvoice0000001',
                team_id => $gone->{id}, stripe_created_at => '2020-01-01T00:00:00.000Z');

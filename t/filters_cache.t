@@ -27,14 +27,6 @@ my $B = start_nginx(workers => 2,
 
 sub ids { my ($res) = @_; return [map { $_->{invoiceId} } @{ ($res->json_or_undef // {})->{invoices} || [] }] }
 
-sub list_is {
-    my ($res, $xcache, $name) = @_;
-    my $ok = is($res->status, 200, "$name: 200");
-    $ok &&= is($res->header('X-Cache'), $xcache, "$name: X-Cache $xcache");
-    diag $res->describe unless $ok;
-    return $ok;
-}
-
 my $cus = 'cus_FilterCache01';
 my @inv = map {
     my $s = stripe_invoice(customer => $cus, status => 'open', total => 1000 * $_,

@@ -244,6 +244,37 @@ for my $p (qw(limit page)) {
 }
 
 #----------------------------------------------------------------------
+# the filters, on the list, the summary and the export
+
+for my $route ('', '/summary', '/export') {
+    for my $pv (['status', "paid'%20OR%20'1'%3D'1"], ['status', 'paid%00'],
+                ['team', "$ID'--"], ['customer', 'cus_x%3BDROP%20TABLE%20invoices'],
+                ['currency', '%C0%AF%C0%AF%C0%AF'], ['q', '%00'], ['q', 'x' x 101],
+                ['q', '%ED%A0%80'], ['q', '%FF%FE'], ['q', 'a%0D%0Ab'],
+                ['created[gte]', "2026-01-01T00:00:00Z'%3B--"], ['amount[lt]', '1e400'],
+                ['dueDate[gt]', '9' x 20], ['created%5Blte%5D', '%7B%7D'])
+    {
+        my ($p, $v) = @$pv;
+        (my $param = $p) =~ s/%5B/[/;
+        $param =~ s/%5D/]/;
+        case("filters$route: $p=" . (length $v > 40 ? substr($v, 0, 20) . '...' : $v),
+             method => 'GET', path => "$L$route?$p=$v",
+             status => 400, code => 'parameter_invalid', param => $param);
+    }
+    case("filters$route: a misspelt name", method => 'GET', path => "$L$route?stauts=paid",
+         status => 400, code => 'parameter_unknown', param => 'stauts');
+    case("filters$route: status twice", method => 'GET',
+         path => "$L$route?status=paid&status=open",
+         status => 400, code => 'parameter_invalid', param => 'status');
+}
+case('list: a cursor that does not exist', method => 'GET',
+     path => "$L?starting_after=000000000000000000000000",
+     status => 400, code => 'resource_missing', param => 'starting_after');
+case('list: both cursors', method => 'GET',
+     path => "$L?starting_after=$ID&ending_before=$ID",
+     status => 400, code => 'parameter_invalid', param => 'ending_before');
+
+#----------------------------------------------------------------------
 # GET /admin/api/invoices/{id}
 
 for my $id ("in_x'%20OR%20'1'%3D'1", '1%20OR%201%3D1', "$ID'--",

@@ -98,6 +98,14 @@ for my $round (1, 2) {
               "round $round, PG down: one invoice by _id is 503");
     check_503(api_request(GET => '/admin/api/invoices/in_outage2'),
               "round $round, PG down: one invoice by Stripe id is 503");
+    check_503(api_request(GET => '/admin/api/invoices?status=paid&q=outage'),
+              "round $round, PG down: a filtered list is 503");
+    check_503(api_request(GET => "/admin/api/invoices?starting_after=$inv[0]{id}"),
+              "round $round, PG down: a cursor page is 503");
+    check_503(api_request(GET => '/admin/api/invoices/summary'),
+              "round $round, PG down: the summary is 503");
+    check_503(api_request(GET => '/admin/api/invoices/export'),
+              "round $round, PG down: the export is 503 (nothing sent yet)");
 
     my $head = api_request(HEAD => '/admin/api/invoices');
     is($head->status, 503, "round $round, PG down: HEAD is 503");
@@ -119,6 +127,8 @@ for my $round (1, 2) {
               "round $round, PG back: the next request is 200", "count = 3\ninvoices.# = 3");
     check_200(api_request(GET => "/admin/api/invoices/$inv[0]{id}"),
               "round $round, PG back: one invoice is 200", qq(_id = "$inv[0]{id}"));
+    check_200(api_request(GET => '/admin/api/invoices/summary'),
+              "round $round, PG back: the summary is 200", "count = 3");
     my @up = concurrent(2 * $THREADS, GET => '/admin/api/invoices?limit=1');
     is(scalar(grep { $_->status == 200 } @up), 2 * $THREADS,
        "round $round, PG back: concurrent requests (every thread) all 200")

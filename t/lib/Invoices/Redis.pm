@@ -44,7 +44,7 @@ our @EXPORT = qw(
     cache_http_config free_port write_conf_file
     start_proxy proxy_mode proxy_held stop_proxy
     start_nginx stop_nginx nginx_log
-    list_on list get_on
+    list_on list get_on list_is
     webhook_location sign_event deliver_event invoice_event stripe_invoice
     new_stripe_id
 );
@@ -501,6 +501,16 @@ sub get_on {
     my ($port, $path, @h) = @_;
     return Invoices::Test::HTTP::request($port, GET => $path,
         [['Api-Key', API_KEY], @h], undef, timeout => 10 * time_factor());
+}
+
+# list_is($res, $xcache, $name): a 200 list with that X-Cache (HIT, MISS,
+# BYPASS); the response described when not.
+sub list_is {
+    my ($res, $xcache, $name) = @_;
+    my $ok = Test::More::is($res->status, 200, "$name: 200");
+    $ok &&= Test::More::is($res->header('X-Cache'), $xcache, "$name: X-Cache $xcache");
+    Test::More::diag($res->describe) unless $ok;
+    return $ok;
 }
 
 # list($query, @headers): list_on this file's server.
