@@ -143,9 +143,8 @@ ngx_http_invoices_export(ngx_http_request_t *r,
     last = ngx_slprintf(p, p + size - 1,
                         "DECLARE ngx_invoices_export NO SCROLL CURSOR FOR "
                         "%sWHERE true%V "
-                        "ORDER BY %s%s i.stripe_created_at DESC, i.id DESC",
-                        ngx_http_invoices_row_select, &filter.where,
-                        filter.leading, filter.leading[0] ? " ASC," : "");
+                        "ORDER BY i.stripe_created_at DESC, i.id DESC",
+                        ngx_http_invoices_row_select, &filter.where);
     *last = '\0';
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,

@@ -26,9 +26,6 @@ static const char *ngx_http_invoices_query_int64(ngx_pool_t *pool,
 static const char *ngx_http_invoices_query_like(ngx_pool_t *pool,
     const char *text);
 
-/* exactly one status bit */
-#define ngx_http_invoices_one_status(s)  ((s) != 0 && ((s) & ((s) - 1)) == 0)
-
 
 ngx_int_t
 ngx_http_invoices_query_filter(ngx_pool_t *pool,
@@ -40,12 +37,6 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     const char  *v, *op;
 
     ngx_memzero(filter, sizeof(ngx_http_invoices_filter_t));
-
-    filter->leading = query->customer[0] ? "i.stripe_customer_id"
-                      : query->team[0] ? "i.team_id"
-                      : query->currency[0] ? "i.currency"
-                      : ngx_http_invoices_one_status(query->statuses)
-                        ? "i.status" : "";
 
     filter->where.data = ngx_pnalloc(pool, 2 * NGX_HTTP_INVOICES_WHERE_MAX);
     if (filter->where.data == NULL) {

@@ -30,15 +30,6 @@ typedef struct {
     ngx_str_t     groups;                /* NUL-ended; empty: count rows */
     const char   *values[NGX_HTTP_INVOICES_FILTER_PARAMS];
     ngx_uint_t    nvalues;
-
-    /*
-     * a column that one value filters, "" if none: the list's ORDER BY
-     * names it first (a constant, so the order is the same), and so
-     * steers PostgreSQL to the index in the list's order that starts
-     * with it (migration 0006) instead of walking the list's own index
-     * in the hope that matches come soon
-     */
-    const char   *leading;
 } ngx_http_invoices_filter_t;
 
 

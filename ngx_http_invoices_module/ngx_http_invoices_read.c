@@ -105,7 +105,7 @@ static const char  ngx_http_invoices_list_built_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
     NGX_HTTP_INVOICES_FROM
     "WHERE true%V%s "
-    "ORDER BY %s%s i.stripe_created_at %s, i.id %s "
+    "ORDER BY i.stripe_created_at %s, i.id %s "
     "LIMIT $1 OFFSET $2) p ON true "
     "ORDER BY p.sort_at DESC, p.id DESC";
 
@@ -331,14 +331,10 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
         *last = '\0';
     }
 
-    /* a leading column goes against the others: the index's own order */
-
     last = ngx_slprintf(sql, sql + size - 1, ngx_http_invoices_list_built_sql,
                         cte, count,
                         cursor ? ", (SELECT count(*) FROM cur) AS found" : "",
-                        &filter.where, after, filter.leading,
-                        filter.leading[0] ? (q->before ? " DESC," : " ASC,")
-                                          : "",
+                        &filter.where, after,
                         q->before ? "ASC" : "DESC",
                         q->before ? "ASC" : "DESC");
     *last = '\0';
