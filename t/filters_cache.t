@@ -91,7 +91,10 @@ my $paid4 = stripe_invoice(id => $inv[3]{id}, customer => $cus, status => 'paid'
                            total => 4000, created => $inv[3]{created});
 is(deliver_event($B->{port}, invoice_event('invoice.paid', $paid4), $WHSEC)->status, 200,
    'invoice 4 paid, through node B');
-is_deeply(ids(list($open)), [map { $_->{id} } @inv[1, 0]], 'node A: open of the customer at once');
+my $openA = list($open);
+is_deeply(ids($openA), [map { $_->{id} } @inv[1, 0]], 'node A: open of the customer at once')
+    or diag $openA->describe, "node B's log:\n", join "\n",
+            grep { /redis|\[(?:warn|error)\]/i } split /\n/, nginx_log($B);
 is((list($paid)->json_or_undef // {})->{count}, 3, 'node A: status=paid counts 3 at once');
 
 my ($okB, $stB) = stop_nginx($B);
