@@ -122,7 +122,8 @@ ngx_http_invoices_export(ngx_http_request_t *r,
         return ngx_http_invoices_export_header(r, ex);
     }
 
-    if (ngx_http_invoices_query_filter(r->pool, &ex->query, 1, &filter)
+    if (ngx_http_invoices_query_filter(r->pool, &ex->query, 1,
+                                       NGX_HTTP_INVOICES_FILTER_ROWS, &filter)
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -21,6 +21,21 @@ static const char  *ngx_http_invoices_range_columns[] = {
 #define NGX_HTTP_INVOICES_WHERE_MAX  2048
 
 
+/* the equalities that can lead a page, in the order they are chosen */
+typedef enum {
+    NGX_HTTP_INVOICES_LEAD_NONE = 0,
+    NGX_HTTP_INVOICES_LEAD_CUSTOMER,
+    NGX_HTTP_INVOICES_LEAD_TEAM,
+    NGX_HTTP_INVOICES_LEAD_CURRENCY,
+    NGX_HTTP_INVOICES_LEAD_STATUS
+} ngx_http_invoices_lead_e;
+
+
+static ngx_http_invoices_lead_e ngx_http_invoices_query_lead(
+    ngx_http_invoices_list_query_t *query);
+static u_char *ngx_http_invoices_query_equal(u_char *p, u_char *last,
+    const char *column, ngx_uint_t k, const char *cast, ngx_uint_t lead,
+    ngx_http_invoices_filter_t *filter);
 static const char *ngx_http_invoices_query_int64(ngx_pool_t *pool,
     int64_t v);
 static const char *ngx_http_invoices_query_like(ngx_pool_t *pool,
@@ -30,11 +45,12 @@ static const char *ngx_http_invoices_query_like(ngx_pool_t *pool,
 ngx_int_t
 ngx_http_invoices_query_filter(ngx_pool_t *pool,
     ngx_http_invoices_list_query_t *query, ngx_uint_t first,
-    ngx_http_invoices_filter_t *filter)
+    ngx_uint_t what, ngx_http_invoices_filter_t *filter)
 {
-    u_char      *p, *last, *a, *alast, *g, *glast;
-    ngx_uint_t   i, n, k, counted;
-    const char  *v, *op;
+    u_char                    *p, *last, *a, *alast, *g, *glast;
+    ngx_uint_t                 i, n, k, on, counted;
+    const char                *v, *op;
+    ngx_http_invoices_lead_e   lead;
 
     ngx_memzero(filter, sizeof(ngx_http_invoices_filter_t));
 
@@ -54,7 +70,20 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     (filter->values[filter->nvalues] = (value),                               \
      first + filter->nvalues++)
 
-    if (query->statuses) {
+    lead = (what == NGX_HTTP_INVOICES_FILTER_PAGE)
+           ? ngx_http_invoices_query_lead(query) : NGX_HTTP_INVOICES_LEAD_NONE;
+
+    if (lead == NGX_HTTP_INVOICES_LEAD_STATUS) {
+        /* one status: its name, compared as the other equalities are */
+
+        for (i = 0; !(query->statuses & (1U << i)); i++) { /* void */ }
+
+        k = param(ngx_http_invoices_statuses[i]);
+        p = ngx_http_invoices_query_equal(p, last, "i.status", k, "", 1,
+                                          filter);
+        g = ngx_slprintf(g, glast, " AND g.status = $%ui", k);
+
+    } else if (query->statuses) {
         /* a PostgreSQL array literal of the statuses: "{open,paid}" */
 
         a = ngx_pnalloc(pool, 64);
@@ -83,19 +112,26 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
 
     if (query->team[0]) {
         k = param(query->team);
-        p = ngx_slprintf(p, last, " AND i.team_id = $%ui::bpchar", k);
+        p = ngx_http_invoices_query_equal(p, last, "i.team_id", k,
+                                          "::bpchar",
+                                          lead == NGX_HTTP_INVOICES_LEAD_TEAM,
+                                          filter);
         g = ngx_slprintf(g, glast, " AND g.team_key = $%ui::bpchar", k);
     }
 
     if (query->customer[0]) {
         k = param(query->customer);
-        p = ngx_slprintf(p, last, " AND i.stripe_customer_id = $%ui", k);
+        on = (lead == NGX_HTTP_INVOICES_LEAD_CUSTOMER);
+        p = ngx_http_invoices_query_equal(p, last, "i.stripe_customer_id", k,
+                                          "", on, filter);
         g = ngx_slprintf(g, glast, " AND g.customer_key = $%ui", k);
     }
 
     if (query->currency[0]) {
         k = param(query->currency);
-        p = ngx_slprintf(p, last, " AND i.currency = $%ui", k);
+        on = (lead == NGX_HTTP_INVOICES_LEAD_CURRENCY);
+        p = ngx_http_invoices_query_equal(p, last, "i.currency", k, "", on,
+                                          filter);
         g = ngx_slprintf(g, glast, " AND g.currency = $%ui", k);
     }
 
@@ -158,6 +194,79 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     filter->groups.len = counted ? (size_t) (g - filter->groups.data) : 0;
 
     return NGX_OK;
+}
+
+
+/*
+ * The lead of a page of equalities only: the page walks the index of one
+ * equality (migration 0006: the column, then (createdAt, _id), all
+ * descending) and stops after limit + 1 rows.  Left to itself PostgreSQL
+ * may walk the list's own index instead and filter, as it believes the
+ * matches spread evenly over time; when the newest rows hold none (a
+ * month of one currency) that reads every one of them.  So the lead's
+ * equality is written as a closed range (>= and <= the value), which the
+ * planner does not fold into a constant, and the lead goes first in the
+ * ORDER BY: only its own index gives that order.  The fewest rows first:
+ * a customer's, a team's, a currency's, one status's.  With a range or q
+ * the planner chooses: the lead's index would not stop early there.
+ */
+
+static ngx_http_invoices_lead_e
+ngx_http_invoices_query_lead(ngx_http_invoices_list_query_t *query)
+{
+    ngx_uint_t  i;
+
+    if (query->q[0]) {
+        return NGX_HTTP_INVOICES_LEAD_NONE;
+    }
+
+    for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
+        if (query->has_lower[i] || query->has_upper[i]) {
+            return NGX_HTTP_INVOICES_LEAD_NONE;
+        }
+    }
+
+    if (query->customer[0]) {
+        return NGX_HTTP_INVOICES_LEAD_CUSTOMER;
+    }
+
+    if (query->team[0]) {
+        return NGX_HTTP_INVOICES_LEAD_TEAM;
+    }
+
+    if (query->currency[0]) {
+        return NGX_HTTP_INVOICES_LEAD_CURRENCY;
+    }
+
+    if (query->statuses && (query->statuses & (query->statuses - 1)) == 0) {
+        return NGX_HTTP_INVOICES_LEAD_STATUS;
+    }
+
+    return NGX_HTTP_INVOICES_LEAD_NONE;
+}
+
+
+/* "column = $k", or for the lead the closed range, and the lead noted */
+
+static u_char *
+ngx_http_invoices_query_equal(u_char *p, u_char *last, const char *column,
+    ngx_uint_t k, const char *cast, ngx_uint_t lead,
+    ngx_http_invoices_filter_t *filter)
+{
+    u_char  *v;
+
+    if (!lead) {
+        return ngx_slprintf(p, last, " AND %s = $%ui%s", column, k, cast);
+    }
+
+    filter->lead = column;
+    v = ngx_slprintf(filter->lead_value,
+                     filter->lead_value + sizeof(filter->lead_value) - 1,
+                     "$%ui%s", k, cast);
+    *v = '\0';
+
+    return ngx_slprintf(p, last, " AND %s >= $%ui%s AND %s <= $%ui%s",
+                        column, k, cast, column, k, cast);
 }
 
 

@@ -94,10 +94,12 @@ static const char  ngx_http_invoices_list_sql[] =
     "ORDER BY p.sort_at DESC, p.id DESC";
 
 /*
- * The same with filters and a cursor, built per request: %s the count,
- * the cursor's CTE, its "found" column, the conditions and the order.
- * The cursor's position is two scalars, so that the row comparison with
- * (stripe_created_at, id) can walk the list's index.
+ * The same with filters and a cursor, built per request: %s the cursor's
+ * CTE, the count, its "found" column, the conditions, the cursor's
+ * condition and the order (the lead's column first when there is one:
+ * ngx_http_invoices_query.c).  The cursor's position is two scalars, so
+ * that the row comparison with (stripe_created_at, id) can walk the
+ * index.
  */
 static const char  ngx_http_invoices_list_built_sql[] =
     "WITH %sc AS (%s) "
@@ -105,7 +107,7 @@ static const char  ngx_http_invoices_list_built_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
     NGX_HTTP_INVOICES_FROM
     "WHERE true%V%s "
-    "ORDER BY i.stripe_created_at %s, i.id %s "
+    "ORDER BY %s i.stripe_created_at %s, i.id %s "
     "LIMIT $1 OFFSET $2) p ON true "
     "ORDER BY p.sort_at DESC, p.id DESC";
 
@@ -231,7 +233,8 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     size_t                           size;
     ngx_uint_t                       i, filtered, cursor;
     const char                      *count;
-    u_char                           cte[128], after[128];
+    u_char                           cte[128], after[192], lead[64];
+    const char                      *dir;
     ngx_http_invoices_filter_t       filter;
     ngx_http_invoices_list_query_t  *q;
 
@@ -253,7 +256,10 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    if (ngx_http_invoices_query_filter(r->pool, q, 3, &filter) != NGX_OK) {
+    if (ngx_http_invoices_query_filter(r->pool, q, 3,
+                                       NGX_HTTP_INVOICES_FILTER_PAGE, &filter)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -324,19 +330,37 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
                             rd->nvalues);
         *last = '\0';
 
-        last = ngx_slprintf(after, after + sizeof(after) - 1,
-                            " AND (i.stripe_created_at, i.id) %s"
-                            " ((SELECT at FROM cur), (SELECT id FROM cur))",
-                            q->before ? ">" : "<");
+        if (filter.lead) {
+            last = ngx_slprintf(after, after + sizeof(after) - 1,
+                                " AND (%s, i.stripe_created_at, i.id) %s"
+                                " (%s, (SELECT at FROM cur),"
+                                " (SELECT id FROM cur))",
+                                filter.lead, q->before ? ">" : "<",
+                                filter.lead_value);
+
+        } else {
+            last = ngx_slprintf(after, after + sizeof(after) - 1,
+                                " AND (i.stripe_created_at, i.id) %s"
+                                " ((SELECT at FROM cur), (SELECT id FROM cur))",
+                                q->before ? ">" : "<");
+        }
+
+        *last = '\0';
+    }
+
+    dir = q->before ? "ASC" : "DESC";
+    lead[0] = '\0';
+
+    if (filter.lead) {
+        last = ngx_slprintf(lead, lead + sizeof(lead) - 1, "%s %s,",
+                            filter.lead, dir);
         *last = '\0';
     }
 
     last = ngx_slprintf(sql, sql + size - 1, ngx_http_invoices_list_built_sql,
                         cte, count,
                         cursor ? ", (SELECT count(*) FROM cur) AS found" : "",
-                        &filter.where, after,
-                        q->before ? "ASC" : "DESC",
-                        q->before ? "ASC" : "DESC");
+                        &filter.where, after, lead, dir, dir);
     *last = '\0';
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -386,7 +410,8 @@ ngx_http_invoices_summary_statement(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    if (ngx_http_invoices_query_filter(r->pool, &rd->query, 1, &filter)
+    if (ngx_http_invoices_query_filter(r->pool, &rd->query, 1,
+                                       NGX_HTTP_INVOICES_FILTER_ROWS, &filter)
         != NGX_OK)
     {
         return NGX_ERROR;

@@ -4,7 +4,9 @@
 -- Page 1 of a filter walks an index in the list's order, (createdAt, _id)
 -- descending, that starts with the filtered column, and stops after limit
 -- + 1 rows: one index per equality filter (status, team, customer,
--- currency).  The ranges of amount and dueDate have plain indexes, for
+-- currency).  All its columns descend, so that the page's ORDER BY (the
+-- filtered column first: ngx_http_invoices_query.c says why) and the
+-- cursor's row comparison on the three columns both follow it.  The ranges of amount and dueDate have plain indexes, for
 -- when they select few rows; otherwise the list's own index with the
 -- range as a filter is the faster way, and the planner picks.
 --
@@ -28,13 +30,13 @@ DROP INDEX invoices_team;
 DROP INDEX invoices_customer;
 
 CREATE INDEX invoices_status_order
-    ON invoices (status, stripe_created_at DESC, id DESC);
+    ON invoices (status DESC, stripe_created_at DESC, id DESC);
 CREATE INDEX invoices_team_order
-    ON invoices (team_id, stripe_created_at DESC, id DESC);
+    ON invoices (team_id DESC, stripe_created_at DESC, id DESC);
 CREATE INDEX invoices_customer_order
-    ON invoices (stripe_customer_id, stripe_created_at DESC, id DESC);
+    ON invoices (stripe_customer_id DESC, stripe_created_at DESC, id DESC);
 CREATE INDEX invoices_currency_order
-    ON invoices (currency, stripe_created_at DESC, id DESC);
+    ON invoices (currency DESC, stripe_created_at DESC, id DESC);
 CREATE INDEX invoices_amount ON invoices (amount);
 CREATE INDEX invoices_due_date ON invoices (due_date);
 
