@@ -63,6 +63,8 @@ static ngx_int_t ngx_http_invoices_export_csv_row(
     ngx_http_invoices_export_t *ex, PGresult *res, int row);
 static ngx_int_t ngx_http_invoices_export_append(
     ngx_http_invoices_export_t *ex, const char *s, size_t len);
+static ngx_int_t ngx_http_invoices_export_room(ngx_http_invoices_export_t *ex,
+    size_t len);
 static ngx_int_t ngx_http_invoices_export_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 static ngx_int_t ngx_http_invoices_export_send(ngx_http_request_t *r,
@@ -352,9 +354,7 @@ static ngx_int_t
 ngx_http_invoices_export_rows(ngx_http_invoices_export_t *ex, PGresult *res)
 {
     int      row, rows;
-    char    *s;
-    size_t   len;
-    json_t  *obj;
+    u_char  *p;
 
     rows = PQntuples(res);
 
@@ -368,28 +368,22 @@ ngx_http_invoices_export_rows(ngx_http_invoices_export_t *ex, PGresult *res)
             continue;
         }
 
-        obj = ngx_http_invoices_row_json(res, row, 0);
-        if (obj == NULL) {
-            return NGX_ERROR;
-        }
-
-        s = json_dumps(obj, JSON_COMPACT|JSON_PRESERVE_ORDER);
-        json_decref(obj);
-
-        if (s == NULL) {
-            return NGX_ERROR;
-        }
-
-        len = ngx_strlen(s);
-
-        if (ngx_http_invoices_export_append(ex, s, len) != NGX_OK
-            || ngx_http_invoices_export_append(ex, "\n", 1) != NGX_OK)
+        if (ngx_http_invoices_export_room(ex,
+                                          ngx_http_invoices_row_size(res, row,
+                                                                     0) + 1)
+            != NGX_OK)
         {
-            free(s);
             return NGX_ERROR;
         }
 
-        free(s);
+        p = ngx_http_invoices_row_write((u_char *) ex->chunk + ex->len, res,
+                                        row, 0);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        *p++ = '\n';
+        ex->len = p - (u_char *) ex->chunk;
     }
 
     return NGX_OK;
@@ -468,20 +462,8 @@ static ngx_int_t
 ngx_http_invoices_export_append(ngx_http_invoices_export_t *ex,
     const char *s, size_t len)
 {
-    char    *p;
-    size_t   size;
-
-    if (ex->len + len > ex->size) {
-        size = ngx_max(2 * ex->size, ex->len + len);
-        size = ngx_max(size, 256 * 1024);
-
-        p = realloc(ex->chunk, size);
-        if (p == NULL) {
-            return NGX_ERROR;
-        }
-
-        ex->chunk = p;
-        ex->size = size;
+    if (ngx_http_invoices_export_room(ex, len) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     if (len == 1) {
@@ -491,6 +473,33 @@ ngx_http_invoices_export_append(ngx_http_invoices_export_t *ex,
 
     ngx_memcpy(ex->chunk + ex->len, s, len);
     ex->len += len;
+
+    return NGX_OK;
+}
+
+
+/* room for len more bytes in the chunk */
+
+static ngx_int_t
+ngx_http_invoices_export_room(ngx_http_invoices_export_t *ex, size_t len)
+{
+    char    *p;
+    size_t   size;
+
+    if (ex->len + len <= ex->size) {
+        return NGX_OK;
+    }
+
+    size = ngx_max(2 * ex->size, ex->len + len);
+    size = ngx_max(size, 256 * 1024);
+
+    p = realloc(ex->chunk, size);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ex->chunk = p;
+    ex->size = size;
 
     return NGX_OK;
 }

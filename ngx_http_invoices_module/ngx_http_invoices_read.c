@@ -62,10 +62,13 @@ static void ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
     ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value, ngx_msec_t left);
 static ngx_int_t ngx_http_invoices_read_send(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job, ngx_str_t *etag, u_char *body, size_t len);
+static const char *ngx_http_invoices_list_first_sql(ngx_int_t limit);
 static void ngx_http_invoices_list_run(ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_get_run(ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_read_done(ngx_http_invoices_job_t *job,
     json_t *json);
+static void ngx_http_invoices_read_body(ngx_http_invoices_job_t *job,
+    u_char *body, u_char *last);
 static ngx_int_t ngx_http_invoices_read_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 
@@ -84,14 +87,29 @@ static ngx_str_t  ngx_http_invoices_bypass = ngx_string("BYPASS");
 #define NGX_HTTP_INVOICES_KEPT_COUNT                                          \
     "SELECT coalesce(sum(n), 0) AS n FROM invoices_count"
 
-static const char  ngx_http_invoices_list_sql[] =
-    "WITH c AS (" NGX_HTTP_INVOICES_KEPT_COUNT ") "
-    "SELECT c.n, p.* FROM c LEFT JOIN LATERAL ("
-    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
-    NGX_HTTP_INVOICES_FROM
+#define NGX_HTTP_INVOICES_LIST_HEAD                                           \
+    "WITH c AS (" NGX_HTTP_INVOICES_KEPT_COUNT ") "                           \
+    "SELECT c.n, p.* FROM c LEFT JOIN LATERAL ("                              \
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "   \
+    NGX_HTTP_INVOICES_FROM                                                    \
     "ORDER BY i.stripe_created_at DESC, i.id DESC "
-    "LIMIT $1 OFFSET $2) p ON true "
-    "ORDER BY p.sort_at DESC, p.id DESC";
+
+#define NGX_HTTP_INVOICES_LIST_TAIL                                           \
+    ") p ON true ORDER BY p.sort_at DESC, p.id DESC"
+
+static const char  ngx_http_invoices_list_sql[] =
+    NGX_HTTP_INVOICES_LIST_HEAD "LIMIT $1 OFFSET $2" NGX_HTTP_INVOICES_LIST_TAIL;
+
+/*
+ * Page 1 of the plain list, one text per limit with its LIMIT written in,
+ * made the first time it is asked for.  With "LIMIT $1" PostgreSQL plans
+ * the prepared statement anew on every run: a parameter in LIMIT makes it
+ * assume 10% of the rows are wanted, so the plan it would keep never looks
+ * cheaper than a fresh one, and the planning cost more than the run
+ * (docs/benchmarks.md).  Without parameters the plan is made once per
+ * connection.  Other pages keep the parameters: their offsets vary.
+ */
+static char  *ngx_http_invoices_list_first[NGX_HTTP_INVOICES_LIMIT_MAX + 1];
 
 /*
  * The same with filters and a cursor, built per request: %s the cursor's
@@ -221,7 +239,41 @@ ngx_http_invoices_read_many(ngx_http_request_t *r, ngx_uint_t summary)
 
 
 /*
- * The list's statement and its parameters: the prepared one for the plain
+ * Page 1's text for this limit (see ngx_http_invoices_list_first): made
+ * in the event loop, the first time, and kept for the worker's life.
+ */
+
+static const char *
+ngx_http_invoices_list_first_sql(ngx_int_t limit)
+{
+    u_char  *sql, *last;
+    size_t   size;
+
+    if (ngx_http_invoices_list_first[limit]) {
+        return ngx_http_invoices_list_first[limit];
+    }
+
+    size = sizeof(NGX_HTTP_INVOICES_LIST_HEAD NGX_HTTP_INVOICES_LIST_TAIL)
+           + sizeof("LIMIT ") + NGX_INT_T_LEN;
+
+    sql = ngx_pnalloc(ngx_cycle->pool, size);
+    if (sql == NULL) {
+        return NULL;
+    }
+
+    last = ngx_slprintf(sql, sql + size - 1, "%s LIMIT %i%s",
+                        NGX_HTTP_INVOICES_LIST_HEAD, limit + 1,
+                        NGX_HTTP_INVOICES_LIST_TAIL);
+    *last = '\0';
+
+    ngx_http_invoices_list_first[limit] = (char *) sql;
+
+    return (const char *) sql;
+}
+
+
+/*
+ * The list's statement and its parameters: a prepared one for the plain
  * list, or one built for the filters and the cursor.
  */
 
@@ -253,6 +305,16 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
 
         rd->sql = ngx_http_invoices_list_sql;
         rd->col = 1;
+
+        if (q->page == 1 && q->limit <= NGX_HTTP_INVOICES_LIMIT_MAX) {
+            rd->sql = ngx_http_invoices_list_first_sql(q->limit);
+            rd->nvalues = 0;
+
+            if (rd->sql == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
         return NGX_OK;
     }
 
@@ -341,7 +403,8 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
         } else {
             last = ngx_slprintf(after, after + sizeof(after) - 1,
                                 " AND (i.stripe_created_at, i.id) %s"
-                                " ((SELECT at FROM cur), (SELECT id FROM cur))",
+                                " ((SELECT at FROM cur),"
+                                " (SELECT id FROM cur))",
                                 q->before ? ">" : "<");
         }
 
@@ -618,7 +681,8 @@ static void
 ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
 {
     int                        row, rows, first, last, col;
-    json_t                    *list, *inv;
+    u_char                    *body, *p;
+    size_t                     size;
     PGresult                  *res;
     ngx_http_invoices_read_t  *rd = job->data;
 
@@ -667,24 +731,57 @@ ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
         }
     }
 
-    list = json_array();
+    /*
+     * {"invoices":[...],"count":N,"has_more":B}, written in one pass into
+     * one buffer: the count is a bigint as PostgreSQL writes it
+     */
 
-    for (row = first; list != NULL && row < last; row++) {
-        inv = ngx_http_invoices_row_json(res, row, col);
+    size = sizeof("{\"invoices\":[],\"count\":,\"has_more\":false}")
+           + NGX_INT64_LEN;
 
-        if (json_array_append_new(list, inv) != 0) {
-            json_decref(list);
-            list = NULL;
-        }
+    for (row = first; row < last; row++) {
+        size += ngx_http_invoices_row_size(res, row, col) + 1;
     }
 
-    ngx_http_invoices_read_done(job,
-        json_pack("{s:o,s:I,s:b}", "invoices", list, "count",
-                  (json_int_t) (PQntuples(res)
-                                ? strtoll(PQgetvalue(res, 0, 0), NULL, 10)
-                                : 0),
-                  "has_more", rows > rd->query.limit));
+    body = malloc(size);
+    if (body == NULL) {
+        PQclear(res);
+        ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "api_error", "internal_error",
+                                   "out of memory");
+        return;
+    }
+
+    p = ngx_cpymem(body, "{\"invoices\":[", sizeof("{\"invoices\":[") - 1);
+
+    for (row = first; p != NULL && row < last; row++) {
+        if (row > first) {
+            *p++ = ',';
+        }
+
+        p = ngx_http_invoices_row_write(p, res, row, col);
+    }
+
+    if (p != NULL) {
+        p = ngx_cpymem(p, "],\"count\":", sizeof("],\"count\":") - 1);
+
+        if (PQntuples(res)) {
+            p = ngx_cpymem(p, PQgetvalue(res, 0, 0),
+                           ngx_min((size_t) PQgetlength(res, 0, 0),
+                                   NGX_INT64_LEN));
+        } else {
+            *p++ = '0';
+        }
+
+        p = (rows > rd->query.limit)
+            ? ngx_cpymem(p, ",\"has_more\":true}",
+                         sizeof(",\"has_more\":true}") - 1)
+            : ngx_cpymem(p, ",\"has_more\":false}",
+                         sizeof(",\"has_more\":false}") - 1);
+    }
+
     PQclear(res);
+    ngx_http_invoices_read_body(job, body, p);
 }
 
 
@@ -754,6 +851,7 @@ ngx_http_invoices_summary_run(ngx_http_invoices_job_t *job)
 static void
 ngx_http_invoices_get_run(ngx_http_invoices_job_t *job)
 {
+    u_char                    *body, *p;
     PGresult                  *res;
     const char                *values[1];
     ngx_http_invoices_read_t  *rd = job->data;
@@ -780,27 +878,63 @@ ngx_http_invoices_get_run(ngx_http_invoices_job_t *job)
         return;
     }
 
-    ngx_http_invoices_read_done(job, ngx_http_invoices_row_json(res, 0, 0));
+    body = malloc(ngx_http_invoices_row_size(res, 0, 0));
+    if (body == NULL) {
+        PQclear(res);
+        ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "api_error", "internal_error",
+                                   "out of memory");
+        return;
+    }
+
+    p = ngx_http_invoices_row_write(body, res, 0, 0);
     PQclear(res);
+    ngx_http_invoices_read_body(job, body, p);
 }
 
 
-/* a 200 body and its ETag: FNV-1a over the bytes sent */
+/* a 200 body of jansson's (the summary) */
 
 static void
 ngx_http_invoices_read_done(ngx_http_invoices_job_t *job, json_t *json)
+{
+    char    *s;
+    size_t   len;
+
+    s = ngx_http_invoices_json_dump(json, &len);
+    json_decref(json);
+
+    ngx_http_invoices_read_body(job, (u_char *) s,
+                                s ? (u_char *) s + len : NULL);
+}
+
+
+/*
+ * A 200 body written from "body" (malloc'ed) to "last", and its ETag:
+ * FNV-1a over the bytes sent.  "last" NULL: the writing failed (a text
+ * not UTF-8, or no memory), and the answer is an internal error.
+ */
+
+static void
+ngx_http_invoices_read_body(ngx_http_invoices_job_t *job, u_char *body,
+    u_char *last)
 {
     size_t                     i;
     uint64_t                   h;
     u_char                    *p;
     ngx_http_invoices_read_t  *rd = job->data;
 
-    job->body = ngx_http_invoices_json_dump(json, &job->len);
-    json_decref(json);
-
-    if (job->body == NULL) {
+    if (body == NULL || last == NULL) {
+        free(body);
+        ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "api_error", "internal_error",
+                                   "the invoice could not be written as JSON");
         return;
     }
+
+    free(job->body);
+    job->body = (char *) body;
+    job->len = last - body;
 
     h = 0xcbf29ce484222325ULL;
 

@@ -1,7 +1,7 @@
 
 /*
  * An invoice row (see ngx_http_invoices_row.c): the columns every read
- * selects, in the order ngx_http_invoices_row_json reads them.
+ * selects, in the order ngx_http_invoices_row_write reads them.
  */
 
 
@@ -19,7 +19,7 @@
     "to_char(" col " AT TIME ZONE 'UTC', "                                    \
     "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 
-/* the columns of one invoice, in the order ngx_http_invoices_row_json reads */
+/* the columns of one invoice, in ngx_http_invoices_row_write's order */
 #define NGX_HTTP_INVOICES_COLUMNS                                             \
     "i.id AS id, i.stripe_invoice_id, t.id AS team_id, t.name AS team_name, " \
     "i.status, i.amount, i.currency, i.invoice_pdf, "                         \
@@ -42,7 +42,9 @@
 
 extern const char  ngx_http_invoices_row_select[];
 
-json_t *ngx_http_invoices_row_json(PGresult *res, int row, int col);
+size_t ngx_http_invoices_row_size(PGresult *res, int row, int col);
+u_char *ngx_http_invoices_row_write(u_char *p, PGresult *res, int row,
+    int col);
 
 
 #endif /* _NGX_HTTP_INVOICES_ROW_H_INCLUDED_ */
