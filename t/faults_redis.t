@@ -82,8 +82,11 @@ ok(kill('STOP', $pid), 'Redis stopped (SIGSTOP)');
 my $t_stop = time;
 # the workers' own copies go out of use once the 200 ms PING times out
 # (invoices_redis_timeout later): HITs from them are allowed until then,
-# so the hang lasts until 40 answers came after that window
-my $window = (0.2 + $TIMEOUT_MS / 1000) * time_factor() + 0.1;
+# so the hang lasts until 40 answers came after that window.  The slack
+# is for the scheduler: two cores shared by this test's six clients,
+# nginx and PostgreSQL can hold a worker off its timers for a while
+# (a HIT at 0.50 s was seen once in a full run)
+my $window = (0.2 + $TIMEOUT_MS / 1000) * time_factor() + 0.25;
 my $during = wait_until(sub { load_count($load, since => $t_stop + $window) >= 40 }, 15);
 ok($during, 'load: 40 answers while Redis is hung');
 kill 'CONT', $pid;
