@@ -18,12 +18,14 @@
 #include "ngx_http_invoices_pg.h"
 
 
-/* more statements than this run unprepared */
+/* more statements than this run unprepared, per connection */
 #define NGX_HTTP_INVOICES_PREPARED  32
+#define NGX_HTTP_INVOICES_SHAPED    32
 
 /* ngx_http_invoices_pg_exec's flags */
 #define NGX_HTTP_INVOICES_PG_FAIL   1     /* a failure fails the job */
 #define NGX_HTTP_INVOICES_PG_BUILT  2     /* text built per request */
+#define NGX_HTTP_INVOICES_PG_SHAPED 4     /* ... from a few shapes */
 
 
 typedef struct ngx_http_invoices_pg_conn_s  ngx_http_invoices_pg_conn_t;
@@ -37,6 +39,10 @@ struct ngx_http_invoices_pg_conn_s {
     /* statements prepared on conn, by their text's address */
     const char                   *prepared[NGX_HTTP_INVOICES_PREPARED];
     ngx_uint_t                    nprepared;
+
+    /* and texts built per request, by their text (copies, malloc'ed) */
+    char                         *shaped[NGX_HTTP_INVOICES_SHAPED];
+    ngx_uint_t                    nshaped;
 };
 
 
@@ -46,6 +52,10 @@ static PGresult *ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job,
 static PGresult *ngx_http_invoices_pg_run(ngx_http_invoices_pg_conn_t *pc,
     const char *sql, int nparams, const char *const *values,
     ngx_uint_t flags);
+static PGresult *ngx_http_invoices_pg_run_shaped(
+    ngx_http_invoices_pg_conn_t *pc, const char *sql, int nparams,
+    const char *const *values);
+static void ngx_http_invoices_pg_forget(ngx_http_invoices_pg_conn_t *pc);
 static ngx_uint_t ngx_http_invoices_pg_transient(PGresult *res);
 static PGconn *ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
     ngx_http_invoices_pg_conn_t **pc);
@@ -91,6 +101,23 @@ ngx_http_invoices_pg_query_built(ngx_http_invoices_job_t *job,
 }
 
 
+/*
+ * The same for a text built per request from a few shapes, where the
+ * values are all parameters and the plan does not depend on them (a list
+ * page of equalities only, with its LIMIT written in): prepared once per
+ * connection and text, so PostgreSQL keeps one plan for it.
+ */
+
+PGresult *
+ngx_http_invoices_pg_query_shaped(ngx_http_invoices_job_t *job,
+    const char *sql, int nparams, const char *const *values)
+{
+    return ngx_http_invoices_pg_exec(job, sql, nparams, values,
+                                     NGX_HTTP_INVOICES_PG_FAIL
+                                     |NGX_HTTP_INVOICES_PG_SHAPED);
+}
+
+
 /* the same, but a failure is only noted for the log: for cleanups */
 
 PGresult *
@@ -128,7 +155,7 @@ ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job, const char *sql,
         }
 
         if (PQstatus(conn) != CONNECTION_BAD && attempt == 0
-            && pc->nprepared
+            && (pc->nprepared || pc->nshaped)
             && ngx_strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE) ?
                           PQresultErrorField(res, PG_DIAG_SQLSTATE) : "",
                           "0A000")
@@ -140,7 +167,7 @@ ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job, const char *sql,
              */
             PQclear(res);
             PQclear(PQexec(conn, "DEALLOCATE ALL"));
-            pc->nprepared = 0;
+            ngx_http_invoices_pg_forget(pc);
             continue;
         }
 
@@ -175,7 +202,7 @@ ngx_http_invoices_pg_exec(ngx_http_invoices_job_t *job, const char *sql,
         PQclear(res);
         PQfinish(conn);
         pc->conn = NULL;
-        pc->nprepared = 0;
+        ngx_http_invoices_pg_forget(pc);
     }
 
     if (fail) {
@@ -237,6 +264,10 @@ ngx_http_invoices_pg_run(ngx_http_invoices_pg_conn_t *pc, const char *sql,
                             0);
     }
 
+    if (flags & NGX_HTTP_INVOICES_PG_SHAPED) {
+        return ngx_http_invoices_pg_run_shaped(pc, sql, nparams, values);
+    }
+
     for (i = 0; i < pc->nprepared; i++) {
         if (pc->prepared[i] == sql) {
             goto prepared;
@@ -273,6 +304,87 @@ prepared:
     (void) ngx_http_invoices_sprint(name, "ngxinv_%ui", i);
 
     return PQexecPrepared(pc->conn, name, nparams, values, NULL, NULL, 0);
+}
+
+
+/*
+ * A shaped text: found among this connection's by comparing texts (a few
+ * dozen at most, told apart within their first kilobyte or two), else
+ * prepared under a name of its own, with a copy of the text kept.
+ */
+
+static PGresult *
+ngx_http_invoices_pg_run_shaped(ngx_http_invoices_pg_conn_t *pc,
+    const char *sql, int nparams, const char *const *values)
+{
+    char        name[NGX_INT_T_LEN + 8], *copy;
+    size_t      len;
+    PGresult   *res;
+    ngx_uint_t  i;
+
+    for (i = 0; i < pc->nshaped; i++) {
+        if (ngx_strcmp(pc->shaped[i], sql) == 0) {
+            goto prepared;
+        }
+    }
+
+    if (i == NGX_HTTP_INVOICES_SHAPED) {
+        return PQexecParams(pc->conn, sql, nparams, NULL, values, NULL, NULL,
+                            0);
+    }
+
+    len = ngx_strlen(sql) + 1;
+
+    copy = malloc(len);
+    if (copy == NULL) {
+        return PQexecParams(pc->conn, sql, nparams, NULL, values, NULL, NULL,
+                            0);
+    }
+
+    ngx_memcpy(copy, sql, len);
+
+    (void) ngx_http_invoices_sprint(name, "ngxinvs_%ui", i);
+
+    res = PQprepare(pc->conn, name, sql, nparams, NULL);
+
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        PQclear(res);
+        free(copy);
+
+        if (PQstatus(pc->conn) == CONNECTION_BAD) {
+            return NULL;
+        }
+
+        return PQexecParams(pc->conn, sql, nparams, NULL, values, NULL, NULL,
+                            0);
+    }
+
+    PQclear(res);
+
+    pc->shaped[i] = copy;
+    pc->nshaped++;
+
+prepared:
+
+    (void) ngx_http_invoices_sprint(name, "ngxinvs_%ui", i);
+
+    return PQexecPrepared(pc->conn, name, nparams, values, NULL, NULL, 0);
+}
+
+
+/* the connection's prepared statements are gone (or going with it) */
+
+static void
+ngx_http_invoices_pg_forget(ngx_http_invoices_pg_conn_t *pc)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < pc->nshaped; i++) {
+        free(pc->shaped[i]);
+    }
+
+    pc->nshaped = 0;
+    pc->nprepared = 0;
 }
 
 
@@ -376,7 +488,7 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
     }
 
     pc->conn = conn;
-    pc->nprepared = 0;
+    ngx_http_invoices_pg_forget(pc);
 
     return conn;
 }
@@ -480,6 +592,7 @@ ngx_http_invoices_pg_conn_close(ngx_http_invoices_thread_handle_t *h)
         PQfinish(pc->conn);
     }
 
+    ngx_http_invoices_pg_forget(pc);
     free(pc);
 }
 

@@ -22,6 +22,8 @@ PGresult *ngx_http_invoices_pg_query(ngx_http_invoices_job_t *job,
     const char *sql, int nparams, const char *const *values);
 PGresult *ngx_http_invoices_pg_query_built(ngx_http_invoices_job_t *job,
     const char *sql, int nparams, const char *const *values);
+PGresult *ngx_http_invoices_pg_query_shaped(ngx_http_invoices_job_t *job,
+    const char *sql, int nparams, const char *const *values);
 PGconn *ngx_http_invoices_pg_open(ngx_http_invoices_job_t *job);
 PGresult *ngx_http_invoices_pg_query_on(ngx_http_invoices_job_t *job,
     PGconn *conn, const char *sql, int nparams, const char *const *values);

@@ -214,16 +214,8 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
 static ngx_http_invoices_lead_e
 ngx_http_invoices_query_lead(ngx_http_invoices_list_query_t *query)
 {
-    ngx_uint_t  i;
-
-    if (query->q[0]) {
+    if (!ngx_http_invoices_query_equalities(query)) {
         return NGX_HTTP_INVOICES_LEAD_NONE;
-    }
-
-    for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
-        if (query->has_lower[i] || query->has_upper[i]) {
-            return NGX_HTTP_INVOICES_LEAD_NONE;
-        }
     }
 
     if (query->customer[0]) {
@@ -243,6 +235,27 @@ ngx_http_invoices_query_lead(ngx_http_invoices_list_query_t *query)
     }
 
     return NGX_HTTP_INVOICES_LEAD_NONE;
+}
+
+
+/* no range and no q: the filters given, if any, are equalities */
+
+ngx_uint_t
+ngx_http_invoices_query_equalities(ngx_http_invoices_list_query_t *query)
+{
+    ngx_uint_t  i;
+
+    if (query->q[0]) {
+        return 0;
+    }
+
+    for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
+        if (query->has_lower[i] || query->has_upper[i]) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

@@ -30,6 +30,8 @@ typedef struct {
     ngx_http_invoices_list_query_t   query;
     const char  *sql;                /* the list's statement */
     ngx_uint_t   built;              /* sql was built for this request */
+#define NGX_HTTP_INVOICES_READ_BUILT   1  /* ... its plan for its values */
+#define NGX_HTTP_INVOICES_READ_SHAPED  2  /* ... its plan kept: see below */
     ngx_uint_t   summary;            /* the summary, not the list */
     ngx_uint_t   col;                /* its first invoice column */
     const char  *values[NGX_HTTP_INVOICES_LIST_PARAMS];
@@ -62,7 +64,6 @@ static void ngx_http_invoices_list_cached(ngx_http_request_t *r, void *data,
     ngx_int_t outcome, ngx_str_t *gen, ngx_str_t *value, ngx_msec_t left);
 static ngx_int_t ngx_http_invoices_read_send(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job, ngx_str_t *etag, u_char *body, size_t len);
-static const char *ngx_http_invoices_list_first_sql(ngx_int_t limit);
 static void ngx_http_invoices_list_run(ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_get_run(ngx_http_invoices_job_t *job);
 static void ngx_http_invoices_read_done(ngx_http_invoices_job_t *job,
@@ -87,37 +88,31 @@ static ngx_str_t  ngx_http_invoices_bypass = ngx_string("BYPASS");
 #define NGX_HTTP_INVOICES_KEPT_COUNT                                          \
     "SELECT coalesce(sum(n), 0) AS n FROM invoices_count"
 
-#define NGX_HTTP_INVOICES_LIST_HEAD                                           \
-    "WITH c AS (" NGX_HTTP_INVOICES_KEPT_COUNT ") "                           \
-    "SELECT c.n, p.* FROM c LEFT JOIN LATERAL ("                              \
-    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "   \
-    NGX_HTTP_INVOICES_FROM                                                    \
-    "ORDER BY i.stripe_created_at DESC, i.id DESC "
-
-#define NGX_HTTP_INVOICES_LIST_TAIL                                           \
-    ") p ON true ORDER BY p.sort_at DESC, p.id DESC"
-
 static const char  ngx_http_invoices_list_sql[] =
-    NGX_HTTP_INVOICES_LIST_HEAD "LIMIT $1 OFFSET $2" NGX_HTTP_INVOICES_LIST_TAIL;
+    "WITH c AS (" NGX_HTTP_INVOICES_KEPT_COUNT ") "
+    "SELECT c.n, p.* FROM c LEFT JOIN LATERAL ("
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
+    NGX_HTTP_INVOICES_FROM
+    "ORDER BY i.stripe_created_at DESC, i.id DESC "
+    "LIMIT $1 OFFSET $2) p ON true "
+    "ORDER BY p.sort_at DESC, p.id DESC";
 
 /*
- * Page 1 of the plain list, one text per limit with its LIMIT written in,
- * made the first time it is asked for.  With "LIMIT $1" PostgreSQL plans
- * the prepared statement anew on every run: a parameter in LIMIT makes it
- * assume 10% of the rows are wanted, so the plan it would keep never looks
- * cheaper than a fresh one, and the planning cost more than the run
- * (docs/benchmarks.md).  Without parameters the plan is made once per
- * connection.  Other pages keep the parameters: their offsets vary.
- */
-static char  *ngx_http_invoices_list_first[NGX_HTTP_INVOICES_LIMIT_MAX + 1];
-
-/*
- * The same with filters and a cursor, built per request: %s the cursor's
- * CTE, the count, its "found" column, the conditions, the cursor's
- * condition and the order (the lead's column first when there is one:
- * ngx_http_invoices_query.c).  The cursor's position is two scalars, so
- * that the row comparison with (stripe_created_at, id) can walk the
- * index.
+ * The same built per request: %s the cursor's CTE, the count, its "found"
+ * column, the conditions, the cursor's condition, the order (the lead's
+ * column first when there is one: ngx_http_invoices_query.c) and the
+ * LIMIT.  The cursor's position is two scalars, so that the row
+ * comparison with (stripe_created_at, id) can walk the index.
+ *
+ * Page 1 of equalities only (and of no filter) has its LIMIT written in
+ * and runs prepared, once per text and connection (a "shaped" statement,
+ * ngx_http_invoices_pg.c): its text depends only on which filters are
+ * given, and its plan not on their values.  With "LIMIT $1" PostgreSQL
+ * would plan it on every run (a parameter in LIMIT makes it assume 10% of
+ * the rows are wanted, so the plan it would keep never looks cheaper than
+ * a fresh one), and the planning costs more than the run
+ * (docs/benchmarks.md).  Other pages, ranges and q keep "LIMIT $1 OFFSET
+ * $2" and a plan made for their values.
  */
 static const char  ngx_http_invoices_list_built_sql[] =
     "WITH %sc AS (%s) "
@@ -126,7 +121,7 @@ static const char  ngx_http_invoices_list_built_sql[] =
     NGX_HTTP_INVOICES_FROM
     "WHERE true%V%s "
     "ORDER BY %s i.stripe_created_at %s, i.id %s "
-    "LIMIT $1 OFFSET $2) p ON true "
+    "%s) p ON true "
     "ORDER BY p.sort_at DESC, p.id DESC";
 
 static const char  ngx_http_invoices_get_sql[] =
@@ -239,42 +234,8 @@ ngx_http_invoices_read_many(ngx_http_request_t *r, ngx_uint_t summary)
 
 
 /*
- * Page 1's text for this limit (see ngx_http_invoices_list_first): made
- * in the event loop, the first time, and kept for the worker's life.
- */
-
-static const char *
-ngx_http_invoices_list_first_sql(ngx_int_t limit)
-{
-    u_char  *sql, *last;
-    size_t   size;
-
-    if (ngx_http_invoices_list_first[limit]) {
-        return ngx_http_invoices_list_first[limit];
-    }
-
-    size = sizeof(NGX_HTTP_INVOICES_LIST_HEAD NGX_HTTP_INVOICES_LIST_TAIL)
-           + sizeof("LIMIT ") + NGX_INT_T_LEN;
-
-    sql = ngx_pnalloc(ngx_cycle->pool, size);
-    if (sql == NULL) {
-        return NULL;
-    }
-
-    last = ngx_slprintf(sql, sql + size - 1, "%s LIMIT %i%s",
-                        NGX_HTTP_INVOICES_LIST_HEAD, limit + 1,
-                        NGX_HTTP_INVOICES_LIST_TAIL);
-    *last = '\0';
-
-    ngx_http_invoices_list_first[limit] = (char *) sql;
-
-    return (const char *) sql;
-}
-
-
-/*
- * The list's statement and its parameters: a prepared one for the plain
- * list, or one built for the filters and the cursor.
+ * The list's statement and its parameters: the prepared one for the plain
+ * list's later pages, or one built for this page (see above).
  */
 
 static ngx_int_t
@@ -283,9 +244,10 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
 {
     u_char                          *sql, *last;
     size_t                           size;
-    ngx_uint_t                       i, filtered, cursor;
+    ngx_uint_t                       i, filtered, cursor, shaped;
     const char                      *count;
     u_char                           cte[128], after[192], lead[64];
+    u_char                           limit[NGX_INT_T_LEN + 8];
     const char                      *dir;
     ngx_http_invoices_filter_t       filter;
     ngx_http_invoices_list_query_t  *q;
@@ -298,27 +260,31 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
 
     filtered = ngx_http_invoices_list_filtered(q);
     cursor = (q->cursor[0] != '\0');
+    shaped = (q->page == 1 && ngx_http_invoices_query_equalities(q));
 
-    if (!filtered && !cursor) {
+    if (!filtered && !cursor && !shaped) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "invoices list: plain, the prepared statement");
 
         rd->sql = ngx_http_invoices_list_sql;
         rd->col = 1;
-
-        if (q->page == 1 && q->limit <= NGX_HTTP_INVOICES_LIMIT_MAX) {
-            rd->sql = ngx_http_invoices_list_first_sql(q->limit);
-            rd->nvalues = 0;
-
-            if (rd->sql == NULL) {
-                return NGX_ERROR;
-            }
-        }
-
         return NGX_OK;
     }
 
-    if (ngx_http_invoices_query_filter(r->pool, q, 3,
+    if (shaped) {
+        /* the LIMIT in the text, no OFFSET: the parameters start at $1 */
+        rd->nvalues = 0;
+        last = ngx_slprintf(limit, limit + sizeof(limit) - 1, "LIMIT %i",
+                            q->limit + 1);
+
+    } else {
+        last = ngx_cpymem(limit, "LIMIT $1 OFFSET $2",
+                          sizeof("LIMIT $1 OFFSET $2") - 1);
+    }
+
+    *last = '\0';
+
+    if (ngx_http_invoices_query_filter(r->pool, q, rd->nvalues + 1,
                                        NGX_HTTP_INVOICES_FILTER_PAGE, &filter)
         != NGX_OK)
     {
@@ -423,15 +389,16 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     last = ngx_slprintf(sql, sql + size - 1, ngx_http_invoices_list_built_sql,
                         cte, count,
                         cursor ? ", (SELECT count(*) FROM cur) AS found" : "",
-                        &filter.where, after, lead, dir, dir);
+                        &filter.where, after, lead, dir, dir, limit);
     *last = '\0';
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "invoices list: %s, %i parameters: %s",
-                   filtered ? "filtered" : "a cursor", rd->nvalues, sql);
+                   shaped ? "shaped" : "built", rd->nvalues, sql);
 
     rd->sql = (const char *) sql;
-    rd->built = 1;
+    rd->built = shaped ? NGX_HTTP_INVOICES_READ_SHAPED
+                       : NGX_HTTP_INVOICES_READ_BUILT;
     rd->col = cursor ? 2 : 1;
 
     return NGX_OK;
@@ -501,7 +468,7 @@ ngx_http_invoices_summary_statement(ngx_http_request_t *r,
                    "invoices summary: %i parameters: %s", rd->nvalues, sql);
 
     rd->sql = (const char *) sql;
-    rd->built = 1;
+    rd->built = NGX_HTTP_INVOICES_READ_BUILT;
 
     return NGX_OK;
 }
@@ -667,6 +634,11 @@ static PGresult *
 ngx_http_invoices_read_statement(ngx_http_invoices_job_t *job)
 {
     ngx_http_invoices_read_t  *rd = job->data;
+
+    if (rd->built == NGX_HTTP_INVOICES_READ_SHAPED) {
+        return ngx_http_invoices_pg_query_shaped(job, rd->sql, rd->nvalues,
+                                                 rd->values);
+    }
 
     if (rd->built) {
         return ngx_http_invoices_pg_query_built(job, rd->sql, rd->nvalues,

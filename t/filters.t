@@ -314,6 +314,30 @@ ok(api_request(GET => '/admin/api/invoices?limit=2')->json_or_undef->{has_more},
 ok(!api_request(GET => '/admin/api/invoices?limit=20&page=4')->json_or_undef->{has_more},
    'the plain list: has_more false on its last page');
 
+# Page 1 of equalities runs prepared, one statement per text and
+# connection (its LIMIT written in: ngx_http_invoices_read.c), up to 32 of
+# them per connection, then unprepared: 200 texts here, more than the pool
+# threads' connections keep.  Every answer right either way.
+{
+    my @bad;
+    for my $f (['status=open' => { status => 'open' }],
+               ["team=$A->{id}&status=paid,void" => { team => $A->{id}, status => 'paid,void' }]) {
+        my ($q, $m) = @$f;
+        my @want = map { $_->{id} } expected(%$m);
+        for my $limit (1 .. 100) {
+            my $r = api_request(GET => "/admin/api/invoices?limit=$limit&$q");
+            my @w = @want > $limit ? @want[0 .. $limit - 1] : @want;
+            my $doc = $r->json_or_undef // {};
+            push @bad, "?limit=$limit&$q" unless $r->status == 200
+                && join(',', @{ ids_of($r) }) eq join(',', @w)
+                && ($doc->{count} // -1) == @want
+                && !!$doc->{has_more} == (@want > $limit);
+        }
+    }
+    is(scalar @bad, 0, 'page 1 of two filters at each limit from 1 to 100: the right page, count and has_more')
+        or diag join "\n", @bad[0 .. ($#bad > 9 ? 9 : $#bad)];
+}
+
 for my $e (["starting_after=$model[1]{id}&page=2" => 'page'],
            ["ending_before=$model[1]{id}&page=3" => 'page'],
            ["starting_after=$model[1]{id}&ending_before=$model[5]{id}" => 'ending_before'],
