@@ -157,7 +157,6 @@ ngx_http_invoices_summary(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_invoices_read_many(ngx_http_request_t *r, ngx_uint_t summary)
 {
-    ngx_int_t                     rc;
     ngx_str_t                     etag, body;
     ngx_http_invoices_read_t     *rd;
     ngx_http_invoices_invalid_t   invalid;
@@ -182,19 +181,6 @@ ngx_http_invoices_read_many(ngx_http_request_t *r, ngx_uint_t summary)
         return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
                    "invalid_request_error", invalid.code, invalid.message,
                    invalid.has_param ? invalid.param : NULL);
-    }
-
-    (void) ngx_http_invoices_sprint(rd->limit_text, "%i",
-                                    rd->query.limit + 1);
-    (void) ngx_http_invoices_sprint(rd->offset_text, "%L",
-                                    (int64_t) (rd->query.page - 1)
-                                    * rd->query.limit);
-
-    rc = summary ? ngx_http_invoices_summary_statement(r, rd)
-                 : ngx_http_invoices_list_statement(r, rd);
-
-    if (rc != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     rd->x_cache = &ngx_http_invoices_bypass;
@@ -478,8 +464,24 @@ static ngx_int_t
 ngx_http_invoices_list_query(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd)
 {
+    ngx_int_t                      rc;
     ngx_http_invoices_job_t       *job;
     ngx_http_invoices_loc_conf_t  *ilcf;
+
+    /* the statement only now: an answer from a cache needs none */
+
+    (void) ngx_http_invoices_sprint(rd->limit_text, "%i",
+                                    rd->query.limit + 1);
+    (void) ngx_http_invoices_sprint(rd->offset_text, "%L",
+                                    (int64_t) (rd->query.page - 1)
+                                    * rd->query.limit);
+
+    rc = rd->summary ? ngx_http_invoices_summary_statement(r, rd)
+                     : ngx_http_invoices_list_statement(r, rd);
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
 
