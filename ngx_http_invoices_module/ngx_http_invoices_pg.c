@@ -55,6 +55,9 @@ static PGresult *ngx_http_invoices_pg_run(ngx_http_invoices_pg_conn_t *pc,
 static PGresult *ngx_http_invoices_pg_run_shaped(
     ngx_http_invoices_pg_conn_t *pc, const char *sql, int nparams,
     const char *const *values);
+static ngx_int_t ngx_http_invoices_pg_prepare(
+    ngx_http_invoices_pg_conn_t *pc, const char *name, const char *sql,
+    int nparams);
 static void ngx_http_invoices_pg_forget(ngx_http_invoices_pg_conn_t *pc);
 static ngx_uint_t ngx_http_invoices_pg_transient(PGresult *res);
 static PGconn *ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
@@ -256,7 +259,6 @@ ngx_http_invoices_pg_run(ngx_http_invoices_pg_conn_t *pc, const char *sql,
     int nparams, const char *const *values, ngx_uint_t flags)
 {
     char        name[NGX_INT_T_LEN + 8];
-    PGresult   *res;
     ngx_uint_t  i;
 
     if (flags & NGX_HTTP_INVOICES_PG_BUILT) {
@@ -281,20 +283,11 @@ ngx_http_invoices_pg_run(ngx_http_invoices_pg_conn_t *pc, const char *sql,
 
     (void) ngx_http_invoices_sprint(name, "ngxinv_%ui", i);
 
-    res = PQprepare(pc->conn, name, sql, nparams, NULL);
-
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        PQclear(res);
-
-        if (PQstatus(pc->conn) == CONNECTION_BAD) {
-            return NULL;
-        }
-
-        return PQexecParams(pc->conn, sql, nparams, NULL, values, NULL, NULL,
-                            0);
+    if (ngx_http_invoices_pg_prepare(pc, name, sql, nparams) != NGX_OK) {
+        return (PQstatus(pc->conn) == CONNECTION_BAD) ? NULL
+               : PQexecParams(pc->conn, sql, nparams, NULL, values, NULL,
+                              NULL, 0);
     }
-
-    PQclear(res);
 
     pc->prepared[i] = sql;
     pc->nprepared++;
@@ -319,7 +312,6 @@ ngx_http_invoices_pg_run_shaped(ngx_http_invoices_pg_conn_t *pc,
 {
     char        name[NGX_INT_T_LEN + 8], *copy;
     size_t      len;
-    PGresult   *res;
     ngx_uint_t  i;
 
     for (i = 0; i < pc->nshaped; i++) {
@@ -345,21 +337,13 @@ ngx_http_invoices_pg_run_shaped(ngx_http_invoices_pg_conn_t *pc,
 
     (void) ngx_http_invoices_sprint(name, "ngxinvs_%ui", i);
 
-    res = PQprepare(pc->conn, name, sql, nparams, NULL);
-
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        PQclear(res);
+    if (ngx_http_invoices_pg_prepare(pc, name, sql, nparams) != NGX_OK) {
         free(copy);
 
-        if (PQstatus(pc->conn) == CONNECTION_BAD) {
-            return NULL;
-        }
-
-        return PQexecParams(pc->conn, sql, nparams, NULL, values, NULL, NULL,
-                            0);
+        return (PQstatus(pc->conn) == CONNECTION_BAD) ? NULL
+               : PQexecParams(pc->conn, sql, nparams, NULL, values, NULL,
+                              NULL, 0);
     }
-
-    PQclear(res);
 
     pc->shaped[i] = copy;
     pc->nshaped++;
@@ -369,6 +353,27 @@ prepared:
     (void) ngx_http_invoices_sprint(name, "ngxinvs_%ui", i);
 
     return PQexecPrepared(pc->conn, name, nparams, values, NULL, NULL, 0);
+}
+
+
+/*
+ * PREPARE: NGX_ERROR when PostgreSQL refuses it (the caller runs the
+ * statement unprepared, which gives PostgreSQL's error for it) or the
+ * connection broke
+ */
+
+static ngx_int_t
+ngx_http_invoices_pg_prepare(ngx_http_invoices_pg_conn_t *pc,
+    const char *name, const char *sql, int nparams)
+{
+    PGresult   *res;
+    ngx_int_t   rc;
+
+    res = PQprepare(pc->conn, name, sql, nparams, NULL);
+    rc = (PQresultStatus(res) == PGRES_COMMAND_OK) ? NGX_OK : NGX_ERROR;
+    PQclear(res);
+
+    return rc;
 }
 
 

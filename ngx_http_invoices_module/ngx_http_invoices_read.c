@@ -718,15 +718,11 @@ ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
     }
 
     body = malloc(size);
-    if (body == NULL) {
-        PQclear(res);
-        ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                   "api_error", "internal_error",
-                                   "out of memory");
-        return;
-    }
+    p = body;
 
-    p = ngx_cpymem(body, "{\"invoices\":[", sizeof("{\"invoices\":[") - 1);
+    if (p != NULL) {
+        p = ngx_cpymem(p, "{\"invoices\":[", sizeof("{\"invoices\":[") - 1);
+    }
 
     for (row = first; p != NULL && row < last; row++) {
         if (row > first) {
@@ -853,15 +849,7 @@ ngx_http_invoices_get_run(ngx_http_invoices_job_t *job)
     }
 
     body = malloc(ngx_http_invoices_row_size(res, 0, 0));
-    if (body == NULL) {
-        PQclear(res);
-        ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                   "api_error", "internal_error",
-                                   "out of memory");
-        return;
-    }
-
-    p = ngx_http_invoices_row_write(body, res, 0, 0);
+    p = body ? ngx_http_invoices_row_write(body, res, 0, 0) : NULL;
     PQclear(res);
     ngx_http_invoices_read_body(job, body, p);
 }
@@ -885,8 +873,8 @@ ngx_http_invoices_read_done(ngx_http_invoices_job_t *job, json_t *json)
 
 /*
  * A 200 body written from "body" (malloc'ed) to "last", and its ETag:
- * FNV-1a over the bytes sent.  "last" NULL: the writing failed (a text
- * not UTF-8, or no memory), and the answer is an internal error.
+ * FNV-1a over the bytes sent.  "body" or "last" NULL: no memory, or the
+ * writing failed (a text not UTF-8), and the answer is an internal error.
  */
 
 static void
