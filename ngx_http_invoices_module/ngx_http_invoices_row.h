@@ -11,7 +11,6 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
-#include <jansson.h>
 #include <libpq-fe.h>
 
 
