@@ -21,21 +21,23 @@ static const char  *ngx_http_invoices_range_columns[] = {
 #define NGX_HTTP_INVOICES_WHERE_MAX  2048
 
 
-/* the equalities that can lead a page, in the order they are chosen */
+/* the equality whose index a page of equalities walks, if any */
 typedef enum {
     NGX_HTTP_INVOICES_LEAD_NONE = 0,
     NGX_HTTP_INVOICES_LEAD_CUSTOMER,
     NGX_HTTP_INVOICES_LEAD_TEAM,
-    NGX_HTTP_INVOICES_LEAD_CURRENCY,
-    NGX_HTTP_INVOICES_LEAD_STATUS
+    NGX_HTTP_INVOICES_LEAD_CURRENCY
 } ngx_http_invoices_lead_e;
 
 
 static ngx_http_invoices_lead_e ngx_http_invoices_query_lead(
-    ngx_http_invoices_list_query_t *query);
+    ngx_http_invoices_list_query_t *query, ngx_uint_t *per_status);
 static u_char *ngx_http_invoices_query_equal(u_char *p, u_char *last,
     const char *column, ngx_uint_t k, const char *cast, ngx_uint_t lead,
-    ngx_http_invoices_filter_t *filter);
+    u_char *value, size_t size);
+static ngx_int_t ngx_http_invoices_query_branch(
+    ngx_http_invoices_filter_t *filter, const char *column,
+    const u_char *value, ngx_uint_t status, const char *dir);
 static const char *ngx_http_invoices_query_int64(ngx_pool_t *pool,
     int64_t v);
 static const char *ngx_http_invoices_query_like(ngx_pool_t *pool,
@@ -48,9 +50,10 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     ngx_uint_t what, ngx_http_invoices_filter_t *filter)
 {
     u_char                    *p, *last, *a, *alast, *g, *glast;
-    ngx_uint_t                 i, n, k, on, counted;
-    const char                *v, *op;
+    ngx_uint_t                 i, n, k, counted, per_status;
+    const char                *v, *op, *column, *dir;
     ngx_http_invoices_lead_e   lead;
+    u_char                     value[24];
 
     ngx_memzero(filter, sizeof(ngx_http_invoices_filter_t));
 
@@ -65,25 +68,20 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     glast = g + NGX_HTTP_INVOICES_WHERE_MAX - 1;
     filter->groups.data = g;
     counted = 1;
+    per_status = 0;
+    column = NULL;
+    value[0] = '\0';
+    dir = query->before ? "ASC" : "DESC";
 
 #define param(value)                                                          \
     (filter->values[filter->nvalues] = (value),                               \
      first + filter->nvalues++)
 
     lead = (what == NGX_HTTP_INVOICES_FILTER_PAGE)
-           ? ngx_http_invoices_query_lead(query) : NGX_HTTP_INVOICES_LEAD_NONE;
+           ? ngx_http_invoices_query_lead(query, &per_status)
+           : NGX_HTTP_INVOICES_LEAD_NONE;
 
-    if (lead == NGX_HTTP_INVOICES_LEAD_STATUS) {
-        /* one status: its name, compared as the other equalities are */
-
-        for (i = 0; !(query->statuses & (1U << i)); i++) { /* void */ }
-
-        k = param(ngx_http_invoices_statuses[i]);
-        p = ngx_http_invoices_query_equal(p, last, "i.status", k, "", 1,
-                                          filter);
-        g = ngx_slprintf(g, glast, " AND g.status = $%ui", k);
-
-    } else if (query->statuses) {
+    if (query->statuses) {
         /* a PostgreSQL array literal of the statuses: "{open,paid}" */
 
         a = ngx_pnalloc(pool, 64);
@@ -106,8 +104,12 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         *a = '\0';
 
         k = param(v);
-        p = ngx_slprintf(p, last, " AND i.status = ANY($%ui::text[])", k);
         g = ngx_slprintf(g, glast, " AND g.status = ANY($%ui::text[])", k);
+
+        if (!per_status) {
+            p = ngx_slprintf(p, last, " AND i.status = ANY($%ui::text[])",
+                             k);
+        }
     }
 
     if (query->team[0]) {
@@ -115,24 +117,62 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         p = ngx_http_invoices_query_equal(p, last, "i.team_id", k,
                                           "::bpchar",
                                           lead == NGX_HTTP_INVOICES_LEAD_TEAM,
-                                          filter);
+                                          value, sizeof(value));
         g = ngx_slprintf(g, glast, " AND g.team_key = $%ui::bpchar", k);
     }
 
     if (query->customer[0]) {
         k = param(query->customer);
-        on = (lead == NGX_HTTP_INVOICES_LEAD_CUSTOMER);
         p = ngx_http_invoices_query_equal(p, last, "i.stripe_customer_id", k,
-                                          "", on, filter);
+                                   "", lead == NGX_HTTP_INVOICES_LEAD_CUSTOMER,
+                                   value, sizeof(value));
         g = ngx_slprintf(g, glast, " AND g.customer_key = $%ui", k);
     }
 
     if (query->currency[0]) {
         k = param(query->currency);
-        on = (lead == NGX_HTTP_INVOICES_LEAD_CURRENCY);
-        p = ngx_http_invoices_query_equal(p, last, "i.currency", k, "", on,
-                                          filter);
+        p = ngx_http_invoices_query_equal(p, last, "i.currency", k, "",
+                                   lead == NGX_HTTP_INVOICES_LEAD_CURRENCY,
+                                   value, sizeof(value));
         g = ngx_slprintf(g, glast, " AND g.currency = $%ui", k);
+    }
+
+    switch (lead) {
+    case NGX_HTTP_INVOICES_LEAD_CUSTOMER:
+        column = "i.stripe_customer_id";
+        break;
+    case NGX_HTTP_INVOICES_LEAD_TEAM:
+        column = "i.team_id";
+        break;
+    case NGX_HTTP_INVOICES_LEAD_CURRENCY:
+        column = "i.currency";
+        break;
+    default:
+        break;
+    }
+
+    if (per_status) {
+        /* a branch per status, each with the status's name as its own $k */
+
+        for (i = 0; ngx_http_invoices_statuses[i]; i++) {
+            if (!(query->statuses & (1U << i))) {
+                continue;
+            }
+
+            if (ngx_http_invoices_query_branch(filter, column, value,
+                        param(ngx_http_invoices_statuses[i]), dir)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+    } else if (column) {
+        if (ngx_http_invoices_query_branch(filter, column, value, 0, dir)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
     }
 
     for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
@@ -198,22 +238,36 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
 
 
 /*
- * The lead of a page of equalities only: the page walks the index of one
- * equality (migration 0006: the column, then (createdAt, _id), all
- * descending) and stops after limit + 1 rows.  Left to itself PostgreSQL
- * may walk the list's own index instead and filter, as it believes the
- * matches spread evenly over time; when the newest rows hold none (a
- * month of one currency) that reads every one of them.  So the lead's
- * equality is written as a closed range (>= and <= the value), which the
- * planner does not fold into a constant, and the lead goes first in the
- * ORDER BY: only its own index gives that order.  The fewest rows first:
- * a customer's, a team's, a currency's, one status's.  With a range or q
- * the planner chooses: the lead's index would not stop early there.
+ * How a page of equalities only walks: the index of one equality
+ * (migration 0006: the column, then (createdAt, _id), all descending),
+ * stopping after limit + 1 rows.  Left to itself PostgreSQL may walk the
+ * list's own index instead and filter, as it believes the matches spread
+ * evenly over time; when the newest rows hold none (a month of one
+ * currency) that reads every one of them.  So the lead's equality is
+ * written as a closed range (>= and <= the value), which the planner does
+ * not fold into a constant, and the lead goes first in the ORDER BY: only
+ * its own index gives that order.  The fewest rows first: a customer's
+ * (the statuses filtered on the way), else a team's, else a currency's.
+ *
+ * Statuses are walked one by one ("per_status"): a branch per status
+ * named, each with its own LIMIT, merged by the page (no index gives one
+ * order for two values).  With a team, each branch walks (team, status)
+ * (migration 0007): a team whose newest invoices are all open would
+ * otherwise be read through to its paid ones.  Without one, each walks
+ * the status's index, the currency filtered on the way; except one
+ * status with a currency: the currency leads, as few currencies mix.
+ * With a range or q the planner chooses: no index of ours stops early
+ * there.
  */
 
 static ngx_http_invoices_lead_e
-ngx_http_invoices_query_lead(ngx_http_invoices_list_query_t *query)
+ngx_http_invoices_query_lead(ngx_http_invoices_list_query_t *query,
+    ngx_uint_t *per_status)
 {
+    ngx_uint_t  several;
+
+    *per_status = 0;
+
     if (!ngx_http_invoices_query_equalities(query)) {
         return NGX_HTTP_INVOICES_LEAD_NONE;
     }
@@ -223,16 +277,17 @@ ngx_http_invoices_query_lead(ngx_http_invoices_list_query_t *query)
     }
 
     if (query->team[0]) {
+        *per_status = (query->statuses != 0);
         return NGX_HTTP_INVOICES_LEAD_TEAM;
     }
 
-    if (query->currency[0]) {
+    several = (query->statuses & (query->statuses - 1)) != 0;
+
+    if (query->currency[0] && !several) {
         return NGX_HTTP_INVOICES_LEAD_CURRENCY;
     }
 
-    if (query->statuses && (query->statuses & (query->statuses - 1)) == 0) {
-        return NGX_HTTP_INVOICES_LEAD_STATUS;
-    }
+    *per_status = (query->statuses != 0);
 
     return NGX_HTTP_INVOICES_LEAD_NONE;
 }
@@ -259,12 +314,12 @@ ngx_http_invoices_query_equalities(ngx_http_invoices_list_query_t *query)
 }
 
 
-/* "column = $k", or for the lead the closed range, and the lead noted */
+/* "column = $k", or for the lead the closed range and its "$k" */
 
 static u_char *
 ngx_http_invoices_query_equal(u_char *p, u_char *last, const char *column,
-    ngx_uint_t k, const char *cast, ngx_uint_t lead,
-    ngx_http_invoices_filter_t *filter)
+    ngx_uint_t k, const char *cast, ngx_uint_t lead, u_char *value,
+    size_t size)
 {
     u_char  *v;
 
@@ -272,14 +327,65 @@ ngx_http_invoices_query_equal(u_char *p, u_char *last, const char *column,
         return ngx_slprintf(p, last, " AND %s = $%ui%s", column, k, cast);
     }
 
-    filter->lead = column;
-    v = ngx_slprintf(filter->lead_value,
-                     filter->lead_value + sizeof(filter->lead_value) - 1,
-                     "$%ui%s", k, cast);
+    v = ngx_slprintf(value, value + size - 1, "$%ui%s", k, cast);
     *v = '\0';
 
     return ngx_slprintf(p, last, " AND %s >= $%ui%s AND %s <= $%ui%s",
                         column, k, cast, column, k, cast);
+}
+
+
+/*
+ * a branch: the lead's column (or none), then the status $k (or none), in
+ * the direction the page reads (ending_before reads upwards)
+ */
+
+static ngx_int_t
+ngx_http_invoices_query_branch(ngx_http_invoices_filter_t *filter,
+    const char *column, const u_char *value, ngx_uint_t status,
+    const char *dir)
+{
+    u_char                      *c, *o, *l, *v;
+    ngx_http_invoices_branch_t  *b;
+
+    b = &filter->branches[filter->nbranches++];
+
+#define end(field)  (b->field + sizeof(b->field) - 1)
+
+    c = b->cond;
+    o = b->order;
+    l = b->columns;
+    v = b->values;
+
+    if (column) {
+        o = ngx_slprintf(o, end(order), "%s %s, ", column, dir);
+        l = ngx_slprintf(l, end(columns), "%s, ", column);
+        v = ngx_slprintf(v, end(values), "%s, ", value);
+    }
+
+    if (status) {
+        c = ngx_slprintf(c, end(cond),
+                         " AND i.status >= $%ui AND i.status <= $%ui",
+                         status, status);
+        o = ngx_slprintf(o, end(order), "i.status %s, ", dir);
+        l = ngx_slprintf(l, end(columns), "i.status, ");
+        v = ngx_slprintf(v, end(values), "$%ui, ", status);
+    }
+
+    if (c == end(cond) || o == end(order) || l == end(columns)
+        || v == end(values))
+    {
+        return NGX_ERROR;                /* cannot happen: sized for both */
+    }
+
+#undef end
+
+    *c = '\0';
+    *o = '\0';
+    *l = '\0';
+    *v = '\0';
+
+    return NGX_OK;
 }
 
 

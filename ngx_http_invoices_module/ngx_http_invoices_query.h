@@ -14,12 +14,35 @@
 #include "ngx_http_invoices_parse.h"
 
 
-/* the most statement parameters the filters take */
-#define NGX_HTTP_INVOICES_FILTER_PARAMS  (5 + 2 * NGX_HTTP_INVOICES_RANGES)
+/* the statuses a filter may name (ngx_http_invoices_statuses) */
+#define NGX_HTTP_INVOICES_STATUSES       5
+
+/*
+ * the most statement parameters the filters take: the statuses as one
+ * array and each on its own (a page's branches), team, customer,
+ * currency, q and the ranges' bounds
+ */
+#define NGX_HTTP_INVOICES_FILTER_PARAMS                                       \
+    (1 + NGX_HTTP_INVOICES_STATUSES + 4 + 2 * NGX_HTTP_INVOICES_RANGES)
 
 /* what ngx_http_invoices_query_filter() is asked for */
 #define NGX_HTTP_INVOICES_FILTER_ROWS    0    /* conditions only */
-#define NGX_HTTP_INVOICES_FILTER_PAGE    1    /* and a lead for the page */
+#define NGX_HTTP_INVOICES_FILTER_PAGE    1    /* and the page's branches */
+
+
+/*
+ * One walk of an index for a page of equalities only: its own condition
+ * (" AND i.status >= $5 AND i.status <= $5", or ""), and the columns it
+ * leads with, which go first in its ORDER BY ("i.team_id DESC, i.status
+ * DESC, ") and in the cursor's row comparison ("i.team_id, i.status, "
+ * against "$3::bpchar, $5, ").
+ */
+typedef struct {
+    u_char        cond[96];
+    u_char        order[64];
+    u_char        columns[48];
+    u_char        values[48];
+} ngx_http_invoices_branch_t;
 
 
 /*
@@ -28,16 +51,16 @@
  * equalities (status, team, customer, currency), the same conditions on
  * the kept counts "g" (invoices_group_count, or invoices_team_count when
  * no customer is named: migration 0006).  For a page of equalities only,
- * the lead: the column whose index the page walks, and its value, to put
- * first in the ORDER BY and in the cursor's row comparison.
+ * its branches: one walk of one index, or one per status named, merged
+ * (ngx_http_invoices_query.c says which); none when the planner chooses.
  */
 typedef struct {
     ngx_str_t     where;                 /* NUL-ended; "" when none */
     ngx_str_t     groups;                /* NUL-ended; empty: count rows */
     const char   *values[NGX_HTTP_INVOICES_FILTER_PARAMS];
     ngx_uint_t    nvalues;
-    const char   *lead;                  /* "i.currency", or NULL */
-    u_char        lead_value[32];        /* "$3", "$4::bpchar" */
+    ngx_uint_t    nbranches;
+    ngx_http_invoices_branch_t  branches[NGX_HTTP_INVOICES_STATUSES];
 } ngx_http_invoices_filter_t;
 
 

@@ -116,13 +116,27 @@ static const char  ngx_http_invoices_list_sql[] =
  */
 static const char  ngx_http_invoices_list_built_sql[] =
     "WITH %sc AS (%s) "
-    "SELECT c.n%s, p.* FROM c LEFT JOIN LATERAL ("
+    "SELECT c.n%s, p.* FROM c LEFT JOIN LATERAL (%s) p ON true "
+    "ORDER BY p.sort_at DESC, p.id DESC";
+
+/*
+ * A walk: the conditions, the branch's, the cursor's, the order (the
+ * branch's columns first) and the LIMIT
+ */
+static const char  ngx_http_invoices_list_walk_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
     NGX_HTTP_INVOICES_FROM
-    "WHERE true%V%s "
-    "ORDER BY %s i.stripe_created_at %s, i.id %s "
-    "%s) p ON true "
-    "ORDER BY p.sort_at DESC, p.id DESC";
+    "WHERE true%V%s%s "
+    "ORDER BY %s i.stripe_created_at %s, i.id %s %s";
+
+/*
+ * Walks merged (one per status: ngx_http_invoices_query.c): each takes
+ * as many rows as the page could need from it, and the page the first
+ * of all of them; %s the walks joined by " UNION ALL ", the order, the
+ * LIMIT
+ */
+static const char  ngx_http_invoices_list_merge_sql[] =
+    "SELECT * FROM (%s) w ORDER BY w.sort_at %s, w.id %s %s";
 
 static const char  ngx_http_invoices_get_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS NGX_HTTP_INVOICES_FROM
@@ -228,14 +242,15 @@ static ngx_int_t
 ngx_http_invoices_list_statement(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd)
 {
-    u_char                          *sql, *last;
+    u_char                          *sql, *last, *walks, *merged, *p, *a;
     size_t                           size;
-    ngx_uint_t                       i, filtered, cursor, shaped;
+    ngx_uint_t                       i, n, filtered, cursor, shaped;
     const char                      *count;
-    u_char                           cte[128], after[192], lead[64];
+    u_char                           cte[128], after[256];
     u_char                           limit[NGX_INT_T_LEN + 8];
-    const char                      *dir;
+    const char                      *dir, *each;
     ngx_http_invoices_filter_t       filter;
+    ngx_http_invoices_branch_t      *b, none;
     ngx_http_invoices_list_query_t  *q;
 
     q = &rd->query;
@@ -283,8 +298,11 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
 
     /* the count of the filters (not of the cursor); the kept one if none */
 
-    size = sizeof(ngx_http_invoices_list_built_sql) + 3 * filter.where.len
-           + 1024;
+    size = sizeof(ngx_http_invoices_list_built_sql)
+           + NGX_HTTP_INVOICES_STATUSES
+             * (sizeof(ngx_http_invoices_list_walk_sql) + filter.where.len
+                + sizeof(ngx_http_invoices_branch_t) + 256)
+           + 2 * filter.where.len + 1024;
 
     if (filtered) {
         count = ngx_pnalloc(r->pool, filter.where.len + 256);
@@ -318,11 +336,6 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
         count = NGX_HTTP_INVOICES_KEPT_COUNT;
     }
 
-    sql = ngx_pnalloc(r->pool, size);
-    if (sql == NULL) {
-        return NGX_ERROR;
-    }
-
     /*
      * The cursor: its invoice's position, found by _id or Stripe id; the
      * page lies after it in the direction read (ending_before reads
@@ -330,7 +343,6 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
      */
 
     cte[0] = '\0';
-    after[0] = '\0';
 
     if (cursor) {
         rd->values[rd->nvalues++] = q->cursor;
@@ -343,39 +355,84 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
                             ? "id" : "stripe_invoice_id",
                             rd->nvalues);
         *last = '\0';
-
-        if (filter.lead) {
-            last = ngx_slprintf(after, after + sizeof(after) - 1,
-                                " AND (%s, i.stripe_created_at, i.id) %s"
-                                " (%s, (SELECT at FROM cur),"
-                                " (SELECT id FROM cur))",
-                                filter.lead, q->before ? ">" : "<",
-                                filter.lead_value);
-
-        } else {
-            last = ngx_slprintf(after, after + sizeof(after) - 1,
-                                " AND (i.stripe_created_at, i.id) %s"
-                                " ((SELECT at FROM cur),"
-                                " (SELECT id FROM cur))",
-                                q->before ? ">" : "<");
-        }
-
-        *last = '\0';
     }
 
     dir = q->before ? "ASC" : "DESC";
-    lead[0] = '\0';
+    ngx_memzero(&none, sizeof(ngx_http_invoices_branch_t));
 
-    if (filter.lead) {
-        last = ngx_slprintf(lead, lead + sizeof(lead) - 1, "%s %s,",
-                            filter.lead, dir);
+    /* each of several walks may give the whole page, offset included */
+    each = (filter.nbranches > 1 && !shaped)
+           ? "LIMIT $1::bigint + $2::bigint" : (const char *) limit;
+
+    walks = ngx_pnalloc(r->pool, size);
+    if (walks == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = walks;
+    last = walks + size - 1;
+    n = ngx_max(filter.nbranches, 1);
+
+    for (i = 0; i < n; i++) {
+        b = filter.nbranches ? &filter.branches[i] : &none;
+
+        after[0] = '\0';
+
+        if (cursor) {
+            a = ngx_slprintf(after, after + sizeof(after) - 1,
+                             " AND (%s i.stripe_created_at, i.id) %s"
+                             " (%s (SELECT at FROM cur),"
+                             " (SELECT id FROM cur))",
+                             b->columns, q->before ? ">" : "<", b->values);
+            *a = '\0';
+        }
+
+        if (n > 1) {
+            p = ngx_slprintf(p, last, "%s(", i ? " UNION ALL " : "");
+        }
+
+        p = ngx_slprintf(p, last, ngx_http_invoices_list_walk_sql,
+                         &filter.where, b->cond, after, b->order, dir, dir,
+                         each);
+
+        if (n > 1) {
+            p = ngx_slprintf(p, last, ")");
+        }
+    }
+
+    if (p == last) {
+        return NGX_ERROR;                /* cannot happen: sized for it */
+    }
+
+    *p = '\0';
+
+    sql = ngx_pnalloc(r->pool, size);
+    if (sql == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (n > 1) {
+        merged = ngx_pnalloc(r->pool, size);
+        if (merged == NULL) {
+            return NGX_ERROR;
+        }
+
+        last = ngx_slprintf(merged, merged + size - 1,
+                            ngx_http_invoices_list_merge_sql,
+                            walks, dir, dir, limit);
         *last = '\0';
+        walks = merged;
     }
 
     last = ngx_slprintf(sql, sql + size - 1, ngx_http_invoices_list_built_sql,
                         cte, count,
                         cursor ? ", (SELECT count(*) FROM cur) AS found" : "",
-                        &filter.where, after, lead, dir, dir, limit);
+                        walks);
+
+    if (last == sql + size - 1) {
+        return NGX_ERROR;                /* cannot happen: sized for it */
+    }
+
     *last = '\0';
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,

@@ -99,6 +99,10 @@ sub filtered_is {
     $doc = $res->json_or_undef // {};
     is($doc->{count}, scalar @want, "$name, limit=3: the same count");
     is(!!$doc->{has_more}, @want > 3, "$name, limit=3: has_more " . (@want > 3 ? 'true' : 'false'));
+    # a later page: its offset taken from the rows of every walk merged
+    $res = api_request(GET => "/admin/api/invoices?limit=3&page=2&$q");
+    is_deeply(ids_of($res), [map { $_->{id} } @want[3 .. ($#want < 5 ? $#want : 5)]],
+              "$name, limit=3&page=2: the next three");
 }
 
 my ($A, $B) = @teams;
@@ -115,6 +119,10 @@ my @cases = (
     ['currency=usd'                         => { currency => 'usd' }],
     ['currency=jpy'                         => { currency => 'jpy' }],
     ["status=paid&team=$A->{id}"            => { status => 'paid', team => $A->{id} }],
+    ["status=paid,uncollectible&team=$A->{id}" => { status => 'paid,uncollectible', team => $A->{id} }],
+    ['status=open,void&currency=usd'        => { status => 'open,void', currency => 'usd' }],
+    ["status=draft,open,paid,void&team=$B->{id}&currency=eur"
+        => { status => 'draft,open,paid,void', team => $B->{id}, currency => 'eur' }],
     ["currency=eur&customer=$B->{stripe_customer_id}&status=open,void"
         => { currency => 'eur', customer => $B->{stripe_customer_id}, status => 'open,void' }],
     ['amount[gte]=2000'                     => { amin => 2000 }],
@@ -276,6 +284,11 @@ for my $w (['' => {}], ['status=open,paid' => { status => 'open,paid' }],
            ["customer=$B->{stripe_customer_id}" => { customer => $B->{stripe_customer_id} }],
            ["team=$A->{id}&currency=eur" => { team => $A->{id}, currency => 'eur' }],
            ["status=paid&currency=eur" => { status => 'paid', currency => 'eur' }],
+           # one walk per status, merged (with a team: on (team, status))
+           ["status=paid,uncollectible&team=$A->{id}"
+               => { status => 'paid,uncollectible', team => $A->{id} }],
+           ["status=open&team=$A->{id}" => { status => 'open', team => $A->{id} }],
+           ['status=draft,open,void' => { status => 'draft,open,void' }],
            ['q=customer' => { q => 'customer' }]) {
     my ($q, $f) = @$w;
     my @want = map { $_->{id} } expected(%$f);
