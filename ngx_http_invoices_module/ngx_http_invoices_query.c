@@ -53,7 +53,8 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     ngx_uint_t                 i, n, k, counted, per_status;
     const char                *v, *op, *column, *dir;
     ngx_http_invoices_lead_e   lead;
-    u_char                     value[24];
+    u_char                     value[24], *c;
+    ngx_uint_t                 bound[2];
 
     ngx_memzero(filter, sizeof(ngx_http_invoices_filter_t));
 
@@ -69,6 +70,8 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     filter->groups.data = g;
     counted = 1;
     per_status = 0;
+    bound[0] = 0;
+    bound[1] = 0;
     column = NULL;
     value[0] = '\0';
     dir = query->before ? "ASC" : "DESC";
@@ -191,21 +194,25 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
 
             op = (n == 0) ? ">=" : "<";
             counted = 0;
+            k = param(v);
 
             if (i == NGX_HTTP_INVOICES_RANGE_AMOUNT) {
                 p = ngx_slprintf(p, last, " AND %s %s $%ui::bigint",
-                                 ngx_http_invoices_range_columns[i], op,
-                                 param(v));
+                                 ngx_http_invoices_range_columns[i], op, k);
+                continue;
+            }
 
-            } else {
-                p = ngx_slprintf(p, last,
-                                 " AND %s %s timestamptz 'epoch'"
-                                 " + $%ui::bigint * interval '1 millisecond'",
-                                 ngx_http_invoices_range_columns[i], op,
-                                 param(v));
+            p = ngx_slprintf(p, last,
+                             " AND %s %s timestamptz 'epoch'"
+                             " + $%ui::bigint * interval '1 millisecond'",
+                             ngx_http_invoices_range_columns[i], op, k);
+
+            if (i == NGX_HTTP_INVOICES_RANGE_CREATED) {
+                bound[n] = k;
             }
         }
     }
+
 
     if (query->q[0]) {
         v = ngx_http_invoices_query_like(pool, query->q);
@@ -219,6 +226,37 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         /* the trigram index of migration 0006, the team's name included */
 
         p = ngx_slprintf(p, last, " AND i.search_text ILIKE $%ui", n);
+    }
+
+    if ((bound[0] || bound[1])
+        && filter->nvalues == (ngx_uint_t) (!!bound[0] + !!bound[1]))
+    {
+        /* a createdAt range and nothing else: counted from buckets */
+
+        c = ngx_slprintf(filter->created,
+                         filter->created + sizeof(filter->created) - 1,
+                         "SELECT invoices_created_count(");
+
+        for (n = 0; n < 2; n++) {
+            if (bound[n]) {
+                c = ngx_slprintf(c, filter->created + sizeof(filter->created)
+                                    - 1,
+                                 "timestamptz 'epoch' + $%ui::bigint"
+                                 " * interval '1 millisecond'%s",
+                                 bound[n], n ? ") AS n" : ", ");
+
+            } else {
+                c = ngx_slprintf(c, filter->created + sizeof(filter->created)
+                                    - 1,
+                                 "NULL%s", n ? ") AS n" : ", ");
+            }
+        }
+
+        if (c == filter->created + sizeof(filter->created) - 1) {
+            return NGX_ERROR;            /* cannot happen: sized for it */
+        }
+
+        *c = '\0';
     }
 
 #undef param

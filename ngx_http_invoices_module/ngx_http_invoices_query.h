@@ -50,13 +50,17 @@ typedef struct {
  * their parameters numbered from "first" on; and, when they are only
  * equalities (status, team, customer, currency), the same conditions on
  * the kept counts "g" (invoices_group_count, or invoices_team_count when
- * no customer is named: migration 0006).  For a page of equalities only,
+ * no customer is named: migration 0006); for a createdAt range and no
+ * other filter, the kept count's expression.  For a page of equalities only,
  * its branches: one walk of one index, or one per status named, merged
  * (ngx_http_invoices_query.c says which); none when the planner chooses.
  */
 typedef struct {
     ngx_str_t     where;                 /* NUL-ended; "" when none */
     ngx_str_t     groups;                /* NUL-ended; empty: count rows */
+    u_char        created[192];          /* a createdAt range alone: its
+                                            kept count (migration 0008);
+                                            "" otherwise */
     const char   *values[NGX_HTTP_INVOICES_FILTER_PARAMS];
     ngx_uint_t    nvalues;
     ngx_uint_t    nbranches;

@@ -310,7 +310,12 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
             return NGX_ERROR;
         }
 
-        if (filter.groups.len) {
+        if (filter.created[0]) {
+            /* a createdAt range alone: its kept counts (migration 0008) */
+            last = ngx_cpymem((u_char *) count, filter.created,
+                              ngx_strlen(filter.created));
+
+        } else if (filter.groups.len) {
             /*
              * equalities only: the kept counts (migration 0006), per
              * customer's group when a customer is named, else per team

@@ -364,6 +364,66 @@ for my $e (["starting_after=$model[1]{id}&page=2" => 'page'],
     is($err->{code}, $code // 'parameter_invalid', "?$q: code " . ($code // 'parameter_invalid'));
 }
 
+#----------------------------------------------------------------------
+# a createdAt range alone is counted from kept counts per day, hour and
+# minute plus the rows of its partial minutes (migration 0008): invoices
+# on and near those bounds, ranges on them, off them by a millisecond and
+# open on either side; then moved and deleted, as a write may
+
+{
+    my $day0 = int($base / 86400) * 86400 + 86400 * 60;      # a UTC midnight
+    my @at = map { $day0 * 1000 + $_ }
+             (0, 1, -1, 59_999, 60_000, 3_599_999, 3_600_000, 3_600_001,
+              86_399_999, 86_400_000, 86_400_000 + 61_500, 2 * 86_400_000 + 7,
+              (map { 1000 * (17 * $_ ** 2) } 1 .. 40));
+    my $k = 0;
+    for my $ms (@at) {
+        my %inv = (id => object_id($base + 1000 + $k),
+                   stripe_invoice_id => sprintf('in_1Bucket%04d%s', $k++, 'z' x 12),
+                   stripe_customer_id => 'cus_Bucket', status => 'open', amount => 1,
+                   currency => 'eur', stripe_created_at => iso($ms));
+        insert_invoice(%inv);
+        push @model, { %inv, created_ms => $ms, team_name => undef };
+    }
+    @model = sort { $b->{created_ms} <=> $a->{created_ms} || $b->{id} cmp $a->{id} } @model;
+
+    my @marks = ($day0 * 1000, $day0 * 1000 + 60_000, $day0 * 1000 + 3_600_000,
+                 ($day0 + 86400) * 1000, ($day0 + 2 * 86400) * 1000,
+                 map { $_ + 1000 * int rand 30 } @at[12 .. $#at]);
+    my @bounds = map { ($_ - 1, $_, $_ + 1) } @marks;
+    srand(15);
+    my @ranges = ([undef, $day0 * 1000 + 60_000], [$day0 * 1000 - 1, undef],
+                  [$base * 1000, ($day0 + 3 * 86400) * 1000]);
+    push @ranges, [sort { $a <=> $b } map { $bounds[rand @bounds] } 1 .. 2] for 1 .. 40;
+    for my $r (@ranges) {
+        my ($lo, $hi) = @$r;
+        my $q = join '&', (defined $lo ? 'created[gte]=' . iso($lo) : ()),
+                          (defined $hi ? 'created[lt]=' . iso($hi) : ());
+        my $want = () = expected(defined $lo ? (cmin => $lo) : (),
+                                 defined $hi ? (cmax => $hi) : ());
+        my $doc = api_request(GET => "/admin/api/invoices?limit=1&$q")->json_or_undef // {};
+        is($doc->{count}, $want, "?$q: count $want");
+    }
+
+    # moved across a day, an hour and a minute, then deleted
+    my $moved = (grep { $_->{stripe_invoice_id} =~ /^in_1Bucket0005/ } @model)[0];
+    sql_do('UPDATE invoices SET stripe_created_at = ' . quote(iso(($day0 - 86400) * 1000 + 61_000))
+           . ' WHERE id = ' . quote($moved->{id}));
+    $moved->{created_ms} = ($day0 - 86400) * 1000 + 61_000;
+    sql_do("DELETE FROM invoices WHERE stripe_invoice_id LIKE 'in!_1Bucket001%' ESCAPE '!'");
+    @model = sort { $b->{created_ms} <=> $a->{created_ms} || $b->{id} cmp $a->{id} }
+             grep { $_->{stripe_invoice_id} !~ /^in_1Bucket001/ } @model;
+    for my $r ([($day0 - 86400) * 1000, $day0 * 1000], [$day0 * 1000, ($day0 + 86400) * 1000],
+               [undef, undef]) {
+        my ($lo, $hi) = @$r;
+        my $q = defined $lo ? 'created[gte]=' . iso($lo) . '&created[lt]=' . iso($hi)
+                            : 'created[gte]=1970-01-01T00:00:00Z';
+        my $want = () = expected(defined $lo ? (cmin => $lo, cmax => $hi) : (cmin => 0));
+        my $doc = api_request(GET => "/admin/api/invoices?limit=1&$q")->json_or_undef // {};
+        is($doc->{count}, $want, "after a move and deletes, ?$q: count $want");
+    }
+}
+
 # stable while invoices arrive: newer ones, and one in the middle of the
 # list (created between two pages), never duplicate or skip an old one
 {
