@@ -228,14 +228,30 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         p = ngx_slprintf(p, last, " AND i.search_text ILIKE $%ui", n);
     }
 
+    if (what == NGX_HTTP_INVOICES_FILTER_PAGE && !query->q[0]) {
+        for (i = NGX_HTTP_INVOICES_RANGE_AMOUNT;
+             i < NGX_HTTP_INVOICES_RANGES;
+             i++)
+        {
+            if (query->has_lower[i] || query->has_upper[i]) {
+                filter->collect = 1;
+            }
+        }
+    }
+
     if ((bound[0] || bound[1])
         && filter->nvalues == (ngx_uint_t) (!!bound[0] + !!bound[1]))
     {
-        /* a createdAt range and nothing else: counted from buckets */
+        /*
+         * a createdAt range and nothing else: counted from buckets, by a
+         * function in FROM, so that it runs once (an expression in the
+         * count's SELECT list would be pulled up into the page's join and
+         * run for every row of the page)
+         */
 
         c = ngx_slprintf(filter->created,
                          filter->created + sizeof(filter->created) - 1,
-                         "SELECT invoices_created_count(");
+                         "SELECT n FROM invoices_created_count(");
 
         for (n = 0; n < 2; n++) {
             if (bound[n]) {

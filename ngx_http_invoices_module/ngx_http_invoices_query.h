@@ -63,6 +63,9 @@ typedef struct {
                                             "" otherwise */
     const char   *values[NGX_HTTP_INVOICES_FILTER_PARAMS];
     ngx_uint_t    nvalues;
+    ngx_uint_t    collect;               /* a page of an amount or dueDate
+                                            range: walk or collect, by the
+                                            count (_read.c) */
     ngx_uint_t    nbranches;
     ngx_http_invoices_branch_t  branches[NGX_HTTP_INVOICES_STATUSES];
 } ngx_http_invoices_filter_t;

@@ -120,23 +120,53 @@ static const char  ngx_http_invoices_list_built_sql[] =
     "ORDER BY p.sort_at DESC, p.id DESC";
 
 /*
- * A walk: the conditions, the branch's, the cursor's, the order (the
- * branch's columns first) and the LIMIT
+ * A walk: the columns, the conditions, the branch's, the cursor's, the
+ * order (the branch's columns first) and the LIMIT
  */
 static const char  ngx_http_invoices_list_walk_sql[] =
-    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
-    NGX_HTTP_INVOICES_FROM
-    "WHERE true%V%s%s "
+    "SELECT %s WHERE true%V%s%s "
     "ORDER BY %s i.stripe_created_at %s, i.id %s %s";
+
+#define NGX_HTTP_INVOICES_WALK_ROWS                                           \
+    NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "             \
+    NGX_HTTP_INVOICES_FROM
+
+/* when merged, a walk takes only what orders it, from its index alone */
+#define NGX_HTTP_INVOICES_WALK_KEYS                                           \
+    "i.stripe_created_at AS sort_at, i.id FROM invoices i"
+
+/*
+ * A range of amount or dueDate (ngx_http_invoices_query.c): the list's
+ * own index is walked, filtering, when many invoices match (the count,
+ * c.n, is known first: over a twentieth of all), else the matches are
+ * collected from the range's own index (migration 0009: it holds
+ * createdAt and _id) and sorted, and only the page's rows read in full.
+ * Walking finds a page of many matches fast when they spread over time,
+ * but reads everything newer than the first match when they do not (due
+ * dates follow creation dates); collecting costs in proportion to the
+ * count, which the count has read already.  The ORDER BY of an
+ * expression keeps the planner from walking the list's index there.
+ */
+#define NGX_HTTP_INVOICES_MANY                                                \
+    "c.n * 20 > (" NGX_HTTP_INVOICES_KEPT_COUNT ")"
+
+static const char  ngx_http_invoices_list_collect_sql[] =
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
+    "FROM (SELECT i.stripe_created_at AS sort_at, i.id FROM invoices i "
+    "WHERE true%V%s AND NOT " NGX_HTTP_INVOICES_MANY " "
+    "ORDER BY i.stripe_created_at + interval '0 s' %s, i.id %s %s) k "
+    "JOIN invoices i ON i.id = k.id LEFT JOIN teams t ON t.id = i.team_id";
 
 /*
  * Walks merged (one per status: ngx_http_invoices_query.c): each takes
- * as many rows as the page could need from it, and the page the first
- * of all of them; %s the walks joined by " UNION ALL ", the order, the
- * LIMIT
+ * as many rows as the page could need from it, the page the first of all
+ * of them, and only those are read in full; %s the walks joined by
+ * " UNION ALL ", the order, the LIMIT
  */
 static const char  ngx_http_invoices_list_merge_sql[] =
-    "SELECT * FROM (%s) w ORDER BY w.sort_at %s, w.id %s %s";
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
+    "FROM (SELECT * FROM (%s) w ORDER BY w.sort_at %s, w.id %s %s) k "
+    "JOIN invoices i ON i.id = k.id LEFT JOIN teams t ON t.id = i.team_id";
 
 static const char  ngx_http_invoices_get_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS NGX_HTTP_INVOICES_FROM
@@ -299,8 +329,11 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     /* the count of the filters (not of the cursor); the kept one if none */
 
     size = sizeof(ngx_http_invoices_list_built_sql)
+           + sizeof(ngx_http_invoices_list_merge_sql)
+           + sizeof(ngx_http_invoices_list_collect_sql) + 2 * filter.where.len
            + NGX_HTTP_INVOICES_STATUSES
-             * (sizeof(ngx_http_invoices_list_walk_sql) + filter.where.len
+             * (sizeof(ngx_http_invoices_list_walk_sql)
+                + sizeof(NGX_HTTP_INVOICES_WALK_ROWS) + filter.where.len
                 + sizeof(ngx_http_invoices_branch_t) + 256)
            + 2 * filter.where.len + 1024;
 
@@ -396,11 +429,25 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
             p = ngx_slprintf(p, last, "%s(", i ? " UNION ALL " : "");
         }
 
-        p = ngx_slprintf(p, last, ngx_http_invoices_list_walk_sql,
-                         &filter.where, b->cond, after, b->order, dir, dir,
-                         each);
+        if (filter.collect) {
+            p = ngx_slprintf(p, last, "(");
+        }
 
-        if (n > 1) {
+        p = ngx_slprintf(p, last, ngx_http_invoices_list_walk_sql,
+                         n > 1 ? NGX_HTTP_INVOICES_WALK_KEYS
+                               : NGX_HTTP_INVOICES_WALK_ROWS,
+                         &filter.where,
+                         filter.collect ? " AND " NGX_HTTP_INVOICES_MANY
+                                        : (char *) b->cond,
+                         after, b->order, dir, dir, each);
+
+        if (filter.collect) {
+            p = ngx_slprintf(p, last, ") UNION ALL (");
+            p = ngx_slprintf(p, last, ngx_http_invoices_list_collect_sql,
+                             &filter.where, after, dir, dir, each);
+        }
+
+        if (n > 1 || filter.collect) {
             p = ngx_slprintf(p, last, ")");
         }
     }

@@ -289,6 +289,11 @@ for my $w (['' => {}], ['status=open,paid' => { status => 'open,paid' }],
                => { status => 'paid,uncollectible', team => $A->{id} }],
            ["status=open&team=$A->{id}" => { status => 'open', team => $A->{id} }],
            ['status=draft,open,void' => { status => 'draft,open,void' }],
+           # a range of amount or dueDate: few matches are collected from
+           # the range's index and sorted, many walk the list's index
+           ['amount[gte]=4700' => { amin => 4700 }],
+           ['amount[gte]=1000' => { amin => 1000 }],
+           ['dueDate[gte]=' . ($base + 86400 * 8) => { dmin => ($base + 86400 * 8) * 1000 }],
            ['q=customer' => { q => 'customer' }]) {
     my ($q, $f) = @$w;
     my @want = map { $_->{id} } expected(%$f);
