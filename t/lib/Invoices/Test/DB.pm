@@ -189,7 +189,7 @@ FROM (SELECT width, start, sum(n) AS n FROM invoices_time_count
       GROUP BY 1, 2 HAVING sum(n) <> 0) g
 FULL JOIN (SELECT w.width, invoices_time_floor(i.stripe_created_at, w.width) AS start,
                   count(*) AS n
-           FROM invoices i CROSS JOIN (VALUES (60), (3600), (86400)) w(width)
+           FROM invoices i CROSS JOIN invoices_time_widths w
            GROUP BY 1, 2) r
   ON (g.width, g.start) = (r.width, r.start)
 SQL
