@@ -43,6 +43,9 @@ struct ngx_http_invoices_pg_conn_s {
     /* and texts built per request, by their text (copies, malloc'ed) */
     char                         *shaped[NGX_HTTP_INVOICES_SHAPED];
     ngx_uint_t                    nshaped;
+
+    /* plan_cache_mode is force_generic_plan on conn: see pg_run */
+    ngx_uint_t                    generic;
 };
 
 
@@ -259,7 +262,34 @@ ngx_http_invoices_pg_run(ngx_http_invoices_pg_conn_t *pc, const char *sql,
     int nparams, const char *const *values, ngx_uint_t flags)
 {
     char        name[NGX_INT_T_LEN + 8];
-    ngx_uint_t  i;
+    PGresult   *res;
+    ngx_uint_t  i, generic;
+
+    /*
+     * A shaped statement runs with the plan PostgreSQL keeps for it (the
+     * "generic" plan), whatever its cost estimate says: left to choose,
+     * PostgreSQL planned a page led by a closed range (>= and <= one
+     * value: ngx_http_invoices_query.c) on every run, as the estimate of
+     * such a range makes the kept plan look dearer than a fresh one,
+     * though both walk the same index (docs/benchmarks.md).  Every other
+     * statement keeps the default, so that a built one gets a plan for
+     * its values; the setting is changed only when the kind changes.
+     */
+
+    generic = (flags & NGX_HTTP_INVOICES_PG_SHAPED) ? 1 : 0;
+
+    if (pc->generic != generic) {
+        res = PQexec(pc->conn, generic
+                               ? "SET plan_cache_mode = force_generic_plan"
+                               : "RESET plan_cache_mode");
+
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            return res;
+        }
+
+        PQclear(res);
+        pc->generic = generic;
+    }
 
     if (flags & NGX_HTTP_INVOICES_PG_BUILT) {
         return PQexecParams(pc->conn, sql, nparams, NULL, values, NULL, NULL,
@@ -493,6 +523,7 @@ ngx_http_invoices_pg_connect(ngx_http_invoices_job_t *job,
     }
 
     pc->conn = conn;
+    pc->generic = 0;                     /* a new session: the default */
     ngx_http_invoices_pg_forget(pc);
 
     return conn;

@@ -239,9 +239,7 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         }
     }
 
-    if ((bound[0] || bound[1])
-        && filter->nvalues == (ngx_uint_t) (!!bound[0] + !!bound[1]))
-    {
+    if (ngx_http_invoices_query_created_only(query)) {
         /*
          * a createdAt range and nothing else: counted from buckets, by a
          * function in FROM, so that it runs once (an expression in the
@@ -360,6 +358,31 @@ ngx_http_invoices_query_equalities(ngx_http_invoices_list_query_t *query)
 
     for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
         if (query->has_lower[i] || query->has_upper[i]) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/* a createdAt range and no other filter */
+
+ngx_uint_t
+ngx_http_invoices_query_created_only(ngx_http_invoices_list_query_t *query)
+{
+    ngx_uint_t  i;
+
+    if (query->statuses || query->team[0] || query->customer[0]
+        || query->currency[0] || query->q[0])
+    {
+        return 0;
+    }
+
+    for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
+        if ((query->has_lower[i] || query->has_upper[i])
+            != (i == NGX_HTTP_INVOICES_RANGE_CREATED))
+        {
             return 0;
         }
     }

@@ -76,6 +76,8 @@ ngx_int_t ngx_http_invoices_query_filter(ngx_pool_t *pool,
     ngx_uint_t what, ngx_http_invoices_filter_t *filter);
 ngx_uint_t ngx_http_invoices_query_equalities(
     ngx_http_invoices_list_query_t *query);
+ngx_uint_t ngx_http_invoices_query_created_only(
+    ngx_http_invoices_list_query_t *query);
 ngx_int_t ngx_http_invoices_query_key(ngx_pool_t *pool, const char *prefix,
     ngx_http_invoices_list_query_t *query, ngx_str_t *key);
 
