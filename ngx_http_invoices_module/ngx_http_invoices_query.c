@@ -228,16 +228,8 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         p = ngx_slprintf(p, last, " AND i.search_text ILIKE $%ui", n);
     }
 
-    if (what == NGX_HTTP_INVOICES_FILTER_PAGE && !query->q[0]) {
-        for (i = NGX_HTTP_INVOICES_RANGE_AMOUNT;
-             i < NGX_HTTP_INVOICES_RANGES;
-             i++)
-        {
-            if (query->has_lower[i] || query->has_upper[i]) {
-                filter->collect = 1;
-            }
-        }
-    }
+    filter->collect = (what == NGX_HTTP_INVOICES_FILTER_PAGE
+                       && ngx_http_invoices_query_collects(query));
 
     if (ngx_http_invoices_query_created_only(query)) {
         /*
@@ -388,6 +380,31 @@ ngx_http_invoices_query_created_only(ngx_http_invoices_list_query_t *query)
     }
 
     return 1;
+}
+
+
+/*
+ * a range of amount or dueDate and no q: the page is walked or collected
+ * by the count (ngx_http_invoices_read.c), whatever the bounds
+ */
+
+ngx_uint_t
+ngx_http_invoices_query_collects(ngx_http_invoices_list_query_t *query)
+{
+    ngx_uint_t  i;
+
+    if (query->q[0]) {
+        return 0;
+    }
+
+    for (i = NGX_HTTP_INVOICES_RANGE_AMOUNT; i < NGX_HTTP_INVOICES_RANGES; i++)
+    {
+        if (query->has_lower[i] || query->has_upper[i]) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

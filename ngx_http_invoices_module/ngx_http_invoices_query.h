@@ -78,6 +78,8 @@ ngx_uint_t ngx_http_invoices_query_equalities(
     ngx_http_invoices_list_query_t *query);
 ngx_uint_t ngx_http_invoices_query_created_only(
     ngx_http_invoices_list_query_t *query);
+ngx_uint_t ngx_http_invoices_query_collects(
+    ngx_http_invoices_list_query_t *query);
 ngx_int_t ngx_http_invoices_query_key(ngx_pool_t *pool, const char *prefix,
     ngx_http_invoices_list_query_t *query, ngx_str_t *key);
 

@@ -104,16 +104,17 @@ static const char  ngx_http_invoices_list_sql[] =
  * LIMIT.  The cursor's position is two scalars, so that the row
  * comparison with (stripe_created_at, id) can walk the index.
  *
- * Page 1 of equalities only (and of no filter, and of a createdAt range
- * alone: the list's own index, whatever the bounds) has its LIMIT written in
+ * Page 1 of equalities only (and of no filter; of a createdAt range
+ * alone: the list's own index, whatever the bounds; of an amount or
+ * dueDate range: walked or collected by the count) has its LIMIT written in
  * and runs prepared, once per text and connection (a "shaped" statement,
  * ngx_http_invoices_pg.c): its text depends only on which filters are
  * given, and its plan not on their values.  With "LIMIT $1" PostgreSQL
  * would plan it on every run (a parameter in LIMIT makes it assume 10% of
  * the rows are wanted, so the plan it would keep never looks cheaper than
  * a fresh one), and the planning costs more than the run
- * (docs/benchmarks.md).  Other pages, other ranges and q keep "LIMIT $1
- * OFFSET $2" and a plan made for their values.
+ * (docs/benchmarks.md).  Other pages, createdAt with other filters and q
+ * keep "LIMIT $1 OFFSET $2" and a plan made for their values.
  */
 static const char  ngx_http_invoices_list_built_sql[] =
     "WITH %sc AS (%s) "
@@ -294,7 +295,8 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     cursor = (q->cursor[0] != '\0');
     shaped = (q->page == 1
               && (ngx_http_invoices_query_equalities(q)
-                  || ngx_http_invoices_query_created_only(q)));
+                  || ngx_http_invoices_query_created_only(q)
+                  || ngx_http_invoices_query_collects(q)));
 
     if (!filtered && !cursor && !shaped) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
