@@ -4,8 +4,9 @@
  * the cursors) and GET .../{id}.
  *
  * The event loop validates the input and posts a job; the pool thread runs
- * one parameterised statement and builds the whole JSON body with jansson,
- * plus its ETag, so the event loop only sends bytes.  The plain list runs
+ * one parameterised statement and writes the whole JSON body
+ * (ngx_http_invoices_row.c; the summary's with jansson), plus its ETag, so
+ * the event loop only sends bytes.  The plain list runs
  * one prepared statement; a list with filters or a cursor runs a statement
  * built for it (ngx_http_invoices_query.c gives the conditions).
  */
@@ -99,10 +100,11 @@ static const char  ngx_http_invoices_list_sql[] =
 
 /*
  * The same built per request: %s the cursor's CTE, the count, its "found"
- * column, the conditions, the cursor's condition, the order (the lead's
- * column first when there is one: ngx_http_invoices_query.c) and the
- * LIMIT.  The cursor's position is two scalars, so that the row
- * comparison with (stripe_created_at, id) can walk the index.
+ * column, and the page: one walk of an index (below), several merged, or
+ * a walk or a collection chosen by the count.  The cursor's position is
+ * two scalars, so that the row comparison with the walk's columns (the
+ * lead's first when there is one: ngx_http_invoices_query.c) and
+ * (stripe_created_at, id) can walk the index.
  *
  * Page 1 of equalities only (and of no filter; of a createdAt range
  * alone: the list's own index, whatever the bounds; of an amount or
