@@ -213,7 +213,6 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         }
     }
 
-
     if (query->q[0]) {
         v = ngx_http_invoices_query_like(pool, query->q);
         if (v == NULL) {

@@ -41,8 +41,8 @@ $$;
 -- bucket touched, in key order (two writers lock the rows they share in
 -- the same order: they may wait, never deadlock).  An update that keeps
 -- createdAt nets to nothing and locks no row.  The transition tables are
--- read in place: passing them on in arrays cost a fifth of the webhook's
--- throughput (docs/benchmarks.md).
+-- read in place: passing them on in arrays cost about a third of the
+-- webhook's throughput in pgbench (docs/benchmarks.md).
 CREATE VIEW invoices_time_widths (width) AS VALUES (60), (3600), (86400);
 
 CREATE FUNCTION invoices_time_count_changed() RETURNS trigger
