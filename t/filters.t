@@ -392,11 +392,11 @@ for my $e (["starting_after=$model[1]{id}&page=2" => 'page'],
     }
     @model = sort { $b->{created_ms} <=> $a->{created_ms} || $b->{id} cmp $a->{id} } @model;
 
+    srand(15);                   # the same ranges on every run
     my @marks = ($day0 * 1000, $day0 * 1000 + 60_000, $day0 * 1000 + 3_600_000,
                  ($day0 + 86400) * 1000, ($day0 + 2 * 86400) * 1000,
                  map { $_ + 1000 * int rand 30 } @at[12 .. $#at]);
     my @bounds = map { ($_ - 1, $_, $_ + 1) } @marks;
-    srand(15);
     my @ranges = ([undef, $day0 * 1000 + 60_000], [$day0 * 1000 - 1, undef],
                   [$base * 1000, ($day0 + 3 * 86400) * 1000]);
     push @ranges, [sort { $a <=> $b } map { $bounds[rand @bounds] } 1 .. 2] for 1 .. 40;
