@@ -18,9 +18,10 @@
 #include "ngx_http_invoices_metrics.h"
 
 
-static const char *ngx_http_invoices_auth(ngx_http_request_t *r,
-    ngx_http_invoices_loc_conf_t *ilcf);
-static ngx_uint_t ngx_http_invoices_key_equal(ngx_str_t *given,
+static ngx_http_invoices_api_key_t *ngx_http_invoices_auth(
+    ngx_http_request_t *r, ngx_http_invoices_loc_conf_t *ilcf,
+    const char **denied);
+static uintptr_t ngx_http_invoices_key_equal(ngx_str_t *given,
     ngx_str_t *key);
 
 
@@ -31,6 +32,8 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     ngx_int_t                      rc;
     const char                    *denied;
     ngx_str_t                      rest, id;
+    ngx_http_invoices_ctx_t       *ctx;
+    ngx_http_invoices_api_key_t   *key;
     ngx_http_invoices_loc_conf_t  *ilcf;
 
     static ngx_str_t  allow = ngx_string("Allow");
@@ -40,8 +43,8 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
     ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
 
-    denied = ngx_http_invoices_auth(r, ilcf);
-    if (denied != NULL) {
+    key = ngx_http_invoices_auth(r, ilcf, &denied);
+    if (key == NULL) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "invoices: Api-Key refused: %s", denied);
 
@@ -54,6 +57,33 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
                    "authentication_error", denied,
                    "a valid Api-Key header is required", NULL);
     }
+
+    /*
+     * a read key reads: anything but GET and HEAD is refused, whatever the
+     * route, before any body is read
+     */
+
+    if (!key->write && !(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "invoices: the read key \"%V\" may not %V",
+                      &key->name, &r->method_name);
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_invoices_send_error(r, NGX_HTTP_FORBIDDEN,
+                   "permission_error", "api_key_read_only",
+                   "this Api-Key may only read (GET, HEAD)", NULL);
+    }
+
+    ctx = ngx_http_invoices_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->key = key;
 
     /* route: "" or "/" is the collection, "/{id}" one invoice */
 
@@ -174,44 +204,51 @@ no_route:
 }
 
 
-/* NULL when the Api-Key is one of ours, else the error code to answer */
+/*
+ * The caller's key when the Api-Key is one of ours, else NULL and the
+ * error code to answer.  Every key is compared, each in constant time;
+ * the match is taken without a branch on it.
+ */
 
-static const char *
+static ngx_http_invoices_api_key_t *
 ngx_http_invoices_auth(ngx_http_request_t *r,
-    ngx_http_invoices_loc_conf_t *ilcf)
+    ngx_http_invoices_loc_conf_t *ilcf, const char **denied)
 {
-    ngx_str_t   *keys, *given;
-    ngx_uint_t   i, n, found;
+    uintptr_t                     found, eq;
+    ngx_str_t                    *given;
+    ngx_uint_t                    i, n;
+    ngx_http_invoices_api_key_t  *keys;
 
     given = ngx_http_invoices_header(r, "Api-Key", &n);
 
     if (given == NULL || given->len == 0) {
-        return "api_key_missing";
+        *denied = "api_key_missing";
+        return NULL;
     }
 
     found = 0;
     keys = ilcf->api_keys->elts;
 
-    /* every key is compared, each in constant time */
-
     for (i = 0; i < ilcf->api_keys->nelts; i++) {
-        found |= ngx_http_invoices_key_equal(given, &keys[i]);
+        eq = ngx_http_invoices_key_equal(given, &keys[i].key);
+        found |= (uintptr_t) &keys[i] & (0 - eq);
     }
 
     if (n == 1 && found) {
-        return NULL;
+        return (ngx_http_invoices_api_key_t *) found;
     }
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "invoices: request with an invalid Api-Key");
 
-    return "api_key_invalid";
+    *denied = "api_key_invalid";
+    return NULL;
 }
 
 
 /* time depends on the configured key's length only, not on the given key */
 
-static ngx_uint_t
+static uintptr_t
 ngx_http_invoices_key_equal(ngx_str_t *given, ngx_str_t *key)
 {
     u_char      c;

@@ -572,8 +572,13 @@ ngx_http_invoices_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /*
  * The admin keys: one a line, blank lines and "#" comments skipped; two
- * can be valid at once during a rotation.  Read at configuration time, so
- * a reload picks up a new file.  A file others can read is refused.
+ * can be valid at once during a rotation.  A line is "<name> <scope>
+ * <key>" (scope "read": GET and HEAD only; "write": everything), or a key
+ * alone, a write key named "line-<n>" after its line, as files were before
+ * keys had names.  Names go into the error log and the audit trail, never
+ * the key; a name or a key given twice is refused, so that the audit
+ * always names one key.  Read at configuration time, so a reload picks up
+ * a new file.  A file others can read is refused.
  */
 
 static char *
@@ -582,8 +587,10 @@ ngx_http_invoices_api_keys_file(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_invoices_loc_conf_t *ilcf = conf;
 
-    u_char     *p, *end, *line, *last;
-    ngx_str_t  *value, *key, content;
+    u_char                        c, *p, *end, *line, *last, *name;
+    ngx_str_t                    *value, content, word[4];
+    ngx_uint_t                    n, nline, i;
+    ngx_http_invoices_api_key_t  *key, *keys;
 
     if (ilcf->api_keys != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
@@ -598,12 +605,14 @@ ngx_http_invoices_api_keys_file(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
-    ilcf->api_keys = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+    ilcf->api_keys = ngx_array_create(cf->pool, 2,
+                                      sizeof(ngx_http_invoices_api_key_t));
     if (ilcf->api_keys == NULL) {
         return NGX_CONF_ERROR;
     }
 
     end = content.data + content.len;
+    nline = 0;
 
     for (p = content.data; p < end; p = last + 1) {
         last = ngx_strlchr(p, end, '\n');
@@ -611,19 +620,46 @@ ngx_http_invoices_api_keys_file(ngx_conf_t *cf, ngx_command_t *cmd,
             last = end;
         }
 
+        nline++;
+
+        /* the line's words, at most 3 (a 4th is an error) */
+
+        n = 0;
         line = p;
-        p = last;
 
-        while (line < p && (*line == ' ' || *line == '\t')) {
-            line++;
+        while (line < last && n < 4) {
+            while (line < last
+                   && (*line == ' ' || *line == '\t' || *line == '\r'))
+            {
+                line++;
+            }
+
+            if (line == last || (n == 0 && *line == '#')) {
+                break;
+            }
+
+            word[n].data = line;
+
+            while (line < last
+                   && *line != ' ' && *line != '\t' && *line != '\r')
+            {
+                line++;
+            }
+
+            word[n].len = line - word[n].data;
+            n++;
         }
 
-        while (p > line && (p[-1] == ' ' || p[-1] == '\t' || p[-1] == '\r')) {
-            p--;
-        }
-
-        if (line == p || *line == '#') {
+        if (n == 0) {
             continue;
+        }
+
+        if (n != 1 && n != 3) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"invoices_api_keys_file\" \"%V\", line %ui:"
+                               " expected \"<name> <scope> <key>\" or a key"
+                               " alone", &ilcf->api_keys_file, nline);
+            return NGX_CONF_ERROR;
         }
 
         key = ngx_array_push(ilcf->api_keys);
@@ -631,8 +667,76 @@ ngx_http_invoices_api_keys_file(ngx_conf_t *cf, ngx_command_t *cmd,
             return NGX_CONF_ERROR;
         }
 
-        key->data = line;
-        key->len = p - line;
+        key->write = 1;
+
+        if (n == 1) {
+            key->key = word[0];
+
+            name = ngx_pnalloc(cf->pool, sizeof("line-") + NGX_INT_T_LEN);
+            if (name == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            key->name.data = name;
+            key->name.len = ngx_sprintf(name, "line-%ui", nline) - name;
+
+        } else {
+            key->name = word[0];
+            key->key = word[2];
+
+            if (word[1].len == 4 && ngx_strncmp(word[1].data, "read", 4) == 0)
+            {
+                key->write = 0;
+
+            } else if (word[1].len != 5
+                       || ngx_strncmp(word[1].data, "write", 5) != 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"invoices_api_keys_file\" \"%V\", line"
+                                   " %ui: the scope must be \"read\" or"
+                                   " \"write\"", &ilcf->api_keys_file, nline);
+                return NGX_CONF_ERROR;
+            }
+
+            for (i = 0; i < key->name.len; i++) {
+                c = key->name.data[i];
+
+                if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+                      || (c >= '0' && c <= '9')
+                      || c == '.' || c == '_' || c == '-'))
+                {
+                    break;
+                }
+            }
+
+            if (i < key->name.len || key->name.len > 64) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"invoices_api_keys_file\" \"%V\", line"
+                                   " %ui: a key's name is 1 to 64 letters,"
+                                   " digits, \".\", \"_\" or \"-\"",
+                                   &ilcf->api_keys_file, nline);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        keys = ilcf->api_keys->elts;
+
+        for (i = 0; i + 1 < ilcf->api_keys->nelts; i++) {
+            if ((keys[i].name.len == key->name.len
+                 && ngx_strncmp(keys[i].name.data, key->name.data,
+                                key->name.len) == 0)
+                || (keys[i].key.len == key->key.len
+                    && ngx_strncmp(keys[i].key.data, key->key.data,
+                                   key->key.len) == 0))
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"invoices_api_keys_file\" \"%V\", line"
+                                   " %ui: the name \"%V\" or its key is given"
+                                   " twice", &ilcf->api_keys_file, nline,
+                                   &key->name);
+                return NGX_CONF_ERROR;
+            }
+        }
     }
 
     if (ilcf->api_keys->nelts == 0) {

@@ -54,6 +54,14 @@ ngx_http_invoices_print(char *buf, size_t size, const char *fmt, ...)
 
 
 
+/* an admin key, from the keys file (ngx_http_invoices_module.c) */
+typedef struct {
+    ngx_str_t                  name;          /* for logs and the audit */
+    ngx_str_t                  key;
+    ngx_uint_t                 write;         /* else GET and HEAD only */
+} ngx_http_invoices_api_key_t;
+
+
 typedef struct {
     ngx_flag_t                 admin;
     ngx_flag_t                 webhook;
@@ -62,7 +70,7 @@ typedef struct {
     ngx_str_t                  database;        /* libpq conninfo, NUL-ended */
     ngx_str_t                  thread_pool_name;
     ngx_thread_pool_t         *thread_pool;
-    ngx_array_t               *api_keys;        /* of ngx_str_t */
+    ngx_array_t               *api_keys;  /* of ngx_http_invoices_api_key_t */
     ngx_str_t                  api_keys_file;
 
     ngx_str_t                  currency;
@@ -98,6 +106,7 @@ typedef struct {
     void                      *data;         /* the endpoint's, till the job */
     ngx_chain_t               *error_body;   /* replaces nginx's HTML page */
     ngx_uint_t                 endpoint;     /* for the metrics */
+    ngx_http_invoices_api_key_t  *key;       /* the caller's admin key */
 } ngx_http_invoices_ctx_t;
 
 

@@ -34,6 +34,9 @@ config_ok('invoices_thread_pool naming the pool',
           location_config => '            invoices_thread_pool invoices;');
 config_ok('keys file with mode 0400', keys_mode => 0400);
 config_ok('keys file with a single key', keys => "only-one-key\n");
+config_ok('keys file with named, scoped and bare keys',
+          keys => "# keys\nops write key-one-1\n\treader\tread  key-two-2 \r\n"
+                  . "key-three-3\n");
 config_ok('invoices_database at server level',
           database => undef,
           server_config => '        invoices_database "host=127.0.0.1 dbname=x";');
@@ -49,6 +52,30 @@ config_fails('keys file empty',
 config_fails('keys file with only comments and blank lines',
              $emerg->('invoices_api_keys_file'),
              keys => "# no keys here\n\n   \n# none\n");
+config_fails('keys file: a line of two words',
+             $emerg->('line 2: expected "<name> <scope> <key>"'),
+             keys => "test-key-1\nname test-key-2\n");
+config_fails('keys file: a line of four words',
+             $emerg->('line 1: expected'),
+             keys => "name write test-key-1 more\n");
+config_fails('keys file: a scope neither read nor write',
+             $emerg->('line 1: the scope must be "read" or "write"'),
+             keys => "name admin test-key-1\n");
+config_fails('keys file: a name with a character outside the set',
+             $emerg->("line 1: a key's name"),
+             keys => "n\@me read test-key-1\n");
+config_fails('keys file: a name over 64 characters',
+             $emerg->("line 1: a key's name"),
+             keys => ('n' x 65) . " read test-key-1\n");
+config_fails('keys file: a name given twice',
+             $emerg->('line 3: the name "ops" or its key is given twice'),
+             keys => "ops write test-key-1\n\nops read test-key-2\n");
+config_fails('keys file: a key given twice under two names',
+             $emerg->('line 2: the name "b" or its key is given twice'),
+             keys => "a write test-key-1\nb read test-key-1\n");
+config_fails('keys file: a name taken by a bare key\'s line name',
+             $emerg->('line 2: the name "line-1" or its key'),
+             keys => "test-key-1\nline-1 read test-key-2\n");
 config_fails('keys file world-readable (0644)',
              $emerg->('invoices_api_keys_file'), keys_mode => 0644);
 config_fails('keys file world-readable (0604)',

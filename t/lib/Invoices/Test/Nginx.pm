@@ -543,7 +543,9 @@ sub _final_checks {
             my $text = slurp($f) // next;
             $secret{$1} = 1 while $text =~ /\b((?:whsec|sk_test|sk_live|rk_test)_[A-Za-z0-9]{8,})/g;
             if ($f =~ m{/keys\z}) {
-                $key{$_} = 1 for grep { length >= 8 && !/^#/ } map { s/^\s+|\s+\z//gr } split /\n/, $text;
+                # a line's last word is its key ("<name> <scope> <key>")
+                $key{$_} = 1 for grep { length >= 8 } map { (split ' ')[-1] // '' }
+                                 grep { !/^\s*#/ } split /\n/, $text;
             }
         }
         my @found;
