@@ -36,6 +36,7 @@
 #include "ngx_http_invoices_create.h"
 #include "ngx_http_invoices_request.h"
 #include "ngx_http_invoices_parse.h"
+#include "ngx_http_invoices_history.h"
 
 
 /* the metadata key of a line: its index in the request's items */
@@ -50,6 +51,8 @@ typedef struct {
     u_char                           *body;
     size_t                            body_len;
     char                              key[256];
+    ngx_uint_t                        own_key;   /* "key" is the caller's */
+    ngx_http_invoices_audit_t         audit;
     const char                       *currency;
     char                              lease[NGX_INT_T_LEN + 1];  /* ms */
     ngx_http_invoices_stripe_conf_t   stripe;
@@ -64,6 +67,7 @@ typedef struct {
     ngx_uint_t                        held;      /* the lease is ours */
     ngx_uint_t                        forget;    /* release: drop the key */
     ngx_uint_t                        resumed;   /* a retry's draft */
+    ngx_uint_t                        attempted; /* went to Stripe */
 
     /* out */
     ngx_uint_t                        replayed;
@@ -177,6 +181,10 @@ ngx_http_invoices_create(ngx_http_request_t *r,
 
     if (rc != NGX_OK) {
         return rc;
+    }
+
+    if (ngx_http_invoices_audit_init(r, &cr->audit) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     cr->currency = (const char *) ilcf->currency.data;
@@ -351,6 +359,7 @@ ngx_http_invoices_idempotency_key(ngx_http_request_t *r,
     }
 
     *ngx_cpymem(cr->key, key->data, key->len) = '\0';
+    cr->own_key = 1;
 
     return NGX_OK;
 }
@@ -395,6 +404,7 @@ ngx_http_invoices_create_run(ngx_http_invoices_job_t *job)
     if (ngx_http_invoices_create_claim(job, cr) == NGX_OK
         && ngx_http_invoices_create_team(job, cr) == NGX_OK)
     {
+        cr->attempted = 1;
         ngx_http_invoices_create_sequence(job, cr);
     }
 
@@ -409,6 +419,19 @@ done:
     /* an invoice was stored (finalized, or a draft left by a failure) */
     if (!cr->replayed && cr->invoice_id[0]) {
         job->defer = ngx_http_invoices_cache_bump_for;
+    }
+
+    /*
+     * recorded: a create that went to Stripe, and a replay of one; bad
+     * input (a body, a customer, a key in use) changes nothing
+     */
+
+    if (cr->attempted || cr->replayed) {
+        ngx_http_invoices_audit_record(job, &cr->audit, "create",
+                                       cr->invoice_id[0] ? cr->invoice_id
+                                                         : NULL,
+                                       cr->own_key ? cr->key : NULL,
+                                       cr->replayed, job->status);
     }
 
     json_decref(cr->req);

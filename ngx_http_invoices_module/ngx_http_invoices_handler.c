@@ -15,6 +15,7 @@
 #include "ngx_http_invoices_export.h"
 #include "ngx_http_invoices_create.h"
 #include "ngx_http_invoices_sync.h"
+#include "ngx_http_invoices_history.h"
 #include "ngx_http_invoices_metrics.h"
 
 
@@ -28,10 +29,10 @@ static uintptr_t ngx_http_invoices_key_equal(ngx_str_t *given,
 ngx_int_t
 ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 {
-    u_char                        *p, *end;
+    u_char                        *p, *end, *slash;
     ngx_int_t                      rc;
     const char                    *denied;
-    ngx_str_t                      rest, id;
+    ngx_str_t                      rest, id, sub;
     ngx_http_invoices_ctx_t       *ctx;
     ngx_http_invoices_api_key_t   *key;
     ngx_http_invoices_loc_conf_t  *ilcf;
@@ -85,7 +86,10 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
     ctx->key = key;
 
-    /* route: "" or "/" is the collection, "/{id}" one invoice */
+    /*
+     * route: "" or "/" is the collection, "/{id}" one invoice, and
+     * "/{id}/events" its history
+     */
 
     if (r->uri.len < ilcf->prefix.len
         || ngx_strncmp(r->uri.data, ilcf->prefix.data, ilcf->prefix.len) != 0)
@@ -97,23 +101,67 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     rest.len = r->uri.len - ilcf->prefix.len;
 
     ngx_str_null(&id);
+    ngx_str_null(&sub);
 
     if (rest.len > 1) {
         p = rest.data;
         end = p + rest.len;
 
-        if (*p != '/' || ngx_strlchr(p + 1, end, '/') != NULL) {
+        if (*p != '/') {
             goto no_route;
         }
 
         id.data = p + 1;
-        id.len = rest.len - 1;
+        slash = ngx_strlchr(id.data, end, '/');
 
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "invoices: route one invoice \"%V\"", &id);
+        if (slash == NULL) {
+            id.len = end - id.data;
+
+        } else {
+            /* "/{id}/{sub}": one level below an invoice, no more */
+
+            id.len = slash - id.data;
+            sub.data = slash + 1;
+            sub.len = end - sub.data;
+
+            if (id.len == 0 || sub.len == 0
+                || ngx_strlchr(sub.data, end, '/') != NULL)
+            {
+                goto no_route;
+            }
+        }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "invoices: route one invoice \"%V\" \"%V\"",
+                       &id, &sub);
 
     } else if (rest.len == 1 && rest.data[0] != '/') {
         goto no_route;
+    }
+
+    if (sub.len) {
+        if (sub.len != 6 || ngx_strncmp(sub.data, "events", 6) != 0) {
+            goto no_route;
+        }
+
+        ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_EVENTS);
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+            if (ngx_http_invoices_set_header(r, &allow, &get_head) != NGX_OK) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                       "invalid_request_error", "method_not_allowed",
+                       "an invoice's events are read with GET", NULL);
+        }
+
+        return ngx_http_invoices_history(r, ilcf, &id);
     }
 
     /* creating needs Stripe: without a key the collection is read-only */

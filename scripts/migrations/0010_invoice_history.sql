@@ -1,0 +1,109 @@
+-- 0010: an invoice's history (API.md, "Acting on invoices": the audit
+-- trail and GET /admin/api/invoices/{id}/events; ngx_http_invoices_history.c).
+--
+-- Every admin create (and, with the actions, every action) is recorded
+-- with the name of the key that asked (never the key), the action, the
+-- Stripe invoice, the caller's Idempotency-Key and the HTTP status
+-- answered.  Webhook events now keep the Stripe invoice they were about and
+-- whether they changed our row; events received before this migration
+-- name no invoice and so appear in no history.  Both are read by Stripe
+-- invoice id, oldest first, through the two indexes below.
+
+CREATE TABLE invoice_actions (
+    id                 bigint       GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at                 timestamptz  NOT NULL DEFAULT clock_timestamp(),
+    key_name           text         NOT NULL,
+    action             text         NOT NULL
+                       CHECK (action IN ('create', 'finalize', 'pay', 'send',
+                                         'void', 'mark_uncollectible',
+                                         'delete')),
+    stripe_invoice_id  text,                      -- NULL: none made or found
+    idempotency_key    text,                      -- NULL: the caller gave none
+    replayed           boolean      NOT NULL DEFAULT false,
+    status             integer      NOT NULL      -- the HTTP status answered
+);
+
+CREATE INDEX invoice_actions_invoice
+    ON invoice_actions (stripe_invoice_id, at, id)
+    WHERE stripe_invoice_id IS NOT NULL;
+
+-- no default: adding the columns rewrites nothing
+ALTER TABLE webhook_events
+    ADD COLUMN stripe_invoice_id text,
+    ADD COLUMN changed boolean;
+
+CREATE INDEX webhook_events_invoice
+    ON webhook_events (stripe_invoice_id, received_at, id)
+    WHERE stripe_invoice_id IS NOT NULL;
+
+-- 0005's function, and the event's invoice and effect recorded with it
+CREATE OR REPLACE FUNCTION invoices_webhook_event(p_event_id text,
+                                                  p_type text,
+                                                  p_event_created bigint,
+                                                  p_stripe_invoice_id text,
+                                                  p_stripe_customer_id text,
+                                                  p_status text,
+                                                  p_amount bigint,
+                                                  p_currency text,
+                                                  p_invoice_pdf text,
+                                                  p_stripe_created bigint,
+                                                  p_transition_at bigint,
+                                                  p_number text,
+                                                  p_customer_email text,
+                                                  p_customer_name text,
+                                                  p_amount_due bigint,
+                                                  p_amount_paid bigint,
+                                                  p_amount_remaining bigint,
+                                                  p_hosted_invoice_url text,
+                                                  p_due_date bigint,
+                                                  p_finalized_at bigint,
+                                                  p_paid_at bigint,
+                                                  p_voided_at bigint)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_result  text;
+    v_gone    integer;
+BEGIN
+    INSERT INTO webhook_events (id, type, stripe_created_at, stripe_invoice_id)
+    VALUES (p_event_id, p_type, to_timestamp(p_event_created),
+            p_stripe_invoice_id)
+    ON CONFLICT (id) DO NOTHING;
+
+    IF NOT FOUND THEN
+        RETURN 'duplicate';
+    END IF;
+
+    IF p_stripe_invoice_id IS NULL THEN
+        RETURN 'ignored';
+    END IF;
+
+    IF p_type = 'invoice.deleted' THEN
+        -- only drafts can be deleted in Stripe; the tombstone is kept as
+        -- long as event ids are
+        PERFORM invoices_lock(p_stripe_invoice_id);
+        INSERT INTO invoices_deleted (stripe_invoice_id)
+        VALUES (p_stripe_invoice_id) ON CONFLICT DO NOTHING;
+        DELETE FROM invoices WHERE stripe_invoice_id = p_stripe_invoice_id;
+        GET DIAGNOSTICS v_gone = ROW_COUNT;
+        UPDATE webhook_events SET changed = (v_gone > 0) WHERE id = p_event_id;
+        RETURN 'deleted';
+    END IF;
+
+    v_result := invoices_apply(p_stripe_invoice_id, p_stripe_customer_id,
+                               p_status, p_amount, p_currency, p_invoice_pdf,
+                               p_stripe_created, p_event_created,
+                               p_transition_at, p_number, p_customer_email,
+                               p_customer_name, p_amount_due, p_amount_paid,
+                               p_amount_remaining, p_hosted_invoice_url,
+                               p_due_date, p_finalized_at, p_paid_at,
+                               p_voided_at);
+
+    -- 'deleted' here: a tombstone refused it, nothing changed
+    UPDATE webhook_events
+       SET changed = (v_result IN ('inserted', 'updated'))
+     WHERE id = p_event_id;
+
+    RETURN v_result;
+END
+$$;
