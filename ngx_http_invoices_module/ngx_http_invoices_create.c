@@ -4,29 +4,20 @@
  *
  * The event loop checks the headers and reads the body; one job in the
  * Stripe thread pool then does everything else: validates the body, takes
- * the caller's Idempotency-Key (a row in PostgreSQL that records the
- * outcome, held by a lease while the request runs: migration 0004),
- * resolves the team, and runs the Stripe sequence: create the invoice as a
- * draft that Stripe will not advance by itself, add each line, finalize
- * (only then may Stripe collect).  Each Stripe call carries an
- * Idempotency-Key derived from the caller's, so a retry after a timeout
- * replays Stripe's answers instead of creating anything twice; the Stripe
- * invoice id is recorded as soon as Stripe returns it, so a retry
- * completes that invoice rather than starting another, and each line
- * carries its index in its metadata, so a retry adds exactly the lines
- * that are missing.
- *
- * The lease is renewed before every Stripe call and every write to the
- * key names the fence the claim got: a request that stalled past its
- * lease (a stopped process, a cut network) and was taken over finds its
- * writes refused, and answers with the taker's result instead.
+ * the caller's Idempotency-Key (ngx_http_invoices_idempotency.c: a row
+ * that records the outcome, held by a lease, every Stripe call under a key
+ * derived from it), resolves the team, and runs the Stripe sequence:
+ * create the invoice as a draft that Stripe will not advance by itself,
+ * add each line, finalize (only then may Stripe collect).  The Stripe
+ * invoice id is recorded with the key as soon as Stripe returns it, so a
+ * retry completes that invoice rather than starting another, and each
+ * line carries its index in its metadata, so a retry adds exactly the
+ * lines that are missing.
  */
 
 
 #include <ngx_config.h>
 #include <ngx_core.h>
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "ngx_http_invoices_module.h"
 #include "ngx_http_invoices_json.h"
@@ -37,6 +28,7 @@
 #include "ngx_http_invoices_request.h"
 #include "ngx_http_invoices_parse.h"
 #include "ngx_http_invoices_history.h"
+#include "ngx_http_invoices_idempotency.h"
 
 
 /* the metadata key of a line: its index in the request's items */
@@ -50,28 +42,16 @@ typedef struct {
     /* in */
     u_char                           *body;
     size_t                            body_len;
-    char                              key[256];
-    ngx_uint_t                        own_key;   /* "key" is the caller's */
+    ngx_http_invoices_idem_t          idem;
     ngx_http_invoices_audit_t         audit;
     const char                       *currency;
-    char                              lease[NGX_INT_T_LEN + 1];  /* ms */
-    ngx_http_invoices_stripe_conf_t   stripe;
 
     /* work, in the thread */
     json_t                           *req;
     const char                       *customer;
     char                              team[32];
-    char                              hash[65];
-    char                              fence[24];
-    char                              stripe_key[64];
-    ngx_uint_t                        held;      /* the lease is ours */
-    ngx_uint_t                        forget;    /* release: drop the key */
     ngx_uint_t                        resumed;   /* a retry's draft */
     ngx_uint_t                        attempted; /* went to Stripe */
-
-    /* out */
-    ngx_uint_t                        replayed;
-    char                              invoice_id[256];
 } ngx_http_invoices_create_t;
 
 
@@ -79,15 +59,7 @@ static void ngx_http_invoices_create_body(ngx_http_request_t *r);
 static void ngx_http_invoices_create_run(ngx_http_invoices_job_t *job);
 static ngx_int_t ngx_http_invoices_create_validate(
     ngx_http_invoices_job_t *job, ngx_http_invoices_create_t *cr);
-static ngx_int_t ngx_http_invoices_create_claim(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr);
 static ngx_int_t ngx_http_invoices_create_team(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr);
-static ngx_int_t ngx_http_invoices_create_renew(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr);
-static void ngx_http_invoices_create_taken(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr);
-static void ngx_http_invoices_create_release(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr);
 static void ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr);
@@ -108,30 +80,13 @@ static json_t *ngx_http_invoices_create_unreadable(
 static ngx_int_t ngx_http_invoices_create_attached(
     ngx_http_invoices_job_t *job, ngx_http_invoices_create_t *cr,
     u_char *attached, size_t n);
-static json_t *ngx_http_invoices_create_call(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr, const char *method, const char *path,
-    ngx_http_invoices_form_t *form, const char *key, const char *step,
-    ngx_http_invoices_stripe_res_t *sr);
-static void ngx_http_invoices_create_stripe_error(
-    ngx_http_invoices_job_t *job, ngx_http_invoices_create_t *cr,
-    ngx_http_invoices_stripe_res_t *sr, const char *step);
 static ngx_int_t ngx_http_invoices_create_store(ngx_http_invoices_job_t *job,
     json_t *invoice);
-static void ngx_http_invoices_create_done(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr, ngx_uint_t status, char *body,
-    size_t len);
-static void ngx_http_invoices_create_replay(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr, PGresult *res, int col);
 static void ngx_http_invoices_create_error(ngx_http_invoices_job_t *job,
     ngx_uint_t status, const char *code, const char *message,
     const char *param);
 static ngx_int_t ngx_http_invoices_create_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
-static ngx_int_t ngx_http_invoices_content_type_json(ngx_http_request_t *r);
-static ngx_int_t ngx_http_invoices_idempotency_key(ngx_http_request_t *r,
-    ngx_http_invoices_create_t *cr);
-static void ngx_http_invoices_sha256_hex(const void *data, size_t len,
-    char *hex);
 
 
 /* event loop: the checks that need no body, then the body */
@@ -141,7 +96,6 @@ ngx_http_invoices_create(ngx_http_request_t *r,
     ngx_http_invoices_loc_conf_t *ilcf)
 {
     ngx_int_t                    rc;
-    ngx_msec_t                   lease;
     ngx_http_invoices_ctx_t     *ctx;
     ngx_http_invoices_create_t  *cr;
 
@@ -165,7 +119,8 @@ ngx_http_invoices_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    rc = ngx_http_invoices_idempotency_key(r, cr);
+    rc = ngx_http_invoices_idem_init(r, ilcf, &cr->idem,
+                                     "creating an invoice");
 
     if (rc == NGX_DECLINED) {
         rc = ngx_http_discard_request_body(r);
@@ -175,29 +130,16 @@ ngx_http_invoices_create(ngx_http_request_t *r,
 
         return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
                    "invalid_request_error", "parameter_invalid",
-                   "Idempotency-Key must be given once, with 1 to 255 "
-                   "printable ASCII characters", "Idempotency-Key");
+                   NGX_HTTP_INVOICES_IDEM_INVALID, "Idempotency-Key");
     }
 
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    if (ngx_http_invoices_audit_init(r, &cr->audit) != NGX_OK) {
+    if (rc != NGX_OK
+        || ngx_http_invoices_audit_init(r, &cr->audit) != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     cr->currency = (const char *) ilcf->currency.data;
-
-    lease = ilcf->idempotency_lease;
-    if (lease == 0) {
-        /* the longest Stripe call and 10 s (ngx_http_invoices_module.c) */
-        lease = ilcf->stripe_timeout * (ilcf->stripe_max_retries + 1)
-                + 5000 * ilcf->stripe_max_retries + 10000;
-    }
-
-    (void) ngx_http_invoices_sprint(cr->lease, "%M", lease);
-    ngx_http_invoices_stripe_conf(&cr->stripe, ilcf);
 
     ctx->data = cr;
 
@@ -250,158 +192,28 @@ ngx_http_invoices_create_body(ngx_http_request_t *r)
 }
 
 
-/*
- * "application/json", any case, with parameters; a charset must be UTF-8.
- * Exactly one Content-Type: nginx 1.22 keeps the first of several, and a
- * body announced as two types at once is not taken as JSON.
- */
-
-static ngx_int_t
-ngx_http_invoices_content_type_json(ngx_http_request_t *r)
-{
-    u_char           *p, *end;
-    ngx_uint_t        n;
-    ngx_table_elt_t  *h;
-
-    h = r->headers_in.content_type;
-    if (h == NULL) {
-        return NGX_DECLINED;
-    }
-
-    (void) ngx_http_invoices_header(r, "Content-Type", &n);
-    if (n != 1) {
-        return NGX_DECLINED;
-    }
-
-    p = h->value.data;
-    end = p + h->value.len;
-
-    if (h->value.len < sizeof("application/json") - 1
-        || ngx_strncasecmp(p, (u_char *) "application/json",
-                           sizeof("application/json") - 1) != 0)
-    {
-        return NGX_DECLINED;
-    }
-
-    p += sizeof("application/json") - 1;
-
-    while (p < end && (*p == ' ' || *p == '\t')) {
-        p++;
-    }
-
-    if (p == end) {
-        return NGX_OK;
-    }
-
-    if (*p != ';') {
-        return NGX_DECLINED;
-    }
-
-    /* only a charset parameter, and only UTF-8, is understood */
-
-    for (p++; p < end && (*p == ' ' || *p == '\t'); p++) { /* void */ }
-
-    if (end - p >= 8 && ngx_strncasecmp(p, (u_char *) "charset=", 8) == 0) {
-        p += 8;
-
-        if (p < end && *p == '"' && end - p >= 2 && end[-1] == '"') {
-            p++;
-            end--;
-        }
-
-        if ((end - p == 5 && ngx_strncasecmp(p, (u_char *) "utf-8", 5) == 0)
-            || (end - p == 4 && ngx_strncasecmp(p, (u_char *) "utf8", 4) == 0))
-        {
-            return NGX_OK;
-        }
-    }
-
-    return NGX_DECLINED;
-}
-
-
-/*
- * The caller's Idempotency-Key, or a new random one: NGX_OK, NGX_DECLINED
- * for a key that is not acceptable, or an HTTP error status.
- */
-
-static ngx_int_t
-ngx_http_invoices_idempotency_key(ngx_http_request_t *r,
-    ngx_http_invoices_create_t *cr)
-{
-    u_char      *p;
-    ngx_str_t   *key;
-    ngx_uint_t   i, n;
-    u_char       rnd[16];
-
-    key = ngx_http_invoices_header(r, "Idempotency-Key", &n);
-
-    if (key == NULL) {
-        if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        p = ngx_cpymem(cr->key, "auto-", 5);
-        p = ngx_hex_dump(p, rnd, sizeof(rnd));
-        *p = '\0';
-
-        return NGX_OK;
-    }
-
-    if (n > 1 || key->len == 0 || key->len > 255) {
-        return NGX_DECLINED;
-    }
-
-    for (i = 0; i < key->len; i++) {
-        if (key->data[i] < 0x20 || key->data[i] > 0x7e) {
-            return NGX_DECLINED;
-        }
-    }
-
-    *ngx_cpymem(cr->key, key->data, key->len) = '\0';
-    cr->own_key = 1;
-
-    return NGX_OK;
-}
-
-
 /* pool thread from here on */
 
 static void
 ngx_http_invoices_create_run(ngx_http_invoices_job_t *job)
 {
-    u_char                      *p;
-    u_char                       digest[32], seed[256 + 1 + 64];
     ngx_http_invoices_create_t  *cr = job->data;
 
-    if (ngx_http_invoices_create_validate(job, cr) != NGX_OK) {
-        goto done;
-    }
-
     /*
-     * The keys sent to Stripe come from the caller's key and the request's
-     * fingerprint: the same request under the same key always maps to the
-     * same Stripe keys (a key of 255 characters still fits), and a key
-     * that was released unused (a 400 Stripe may have kept under its own
-     * key anyway) can serve a corrected body without Stripe's
-     * idempotency_error.
+     * The request's fingerprint is its body: a key released unused (a 400
+     * Stripe may have kept under its own key anyway) can serve a corrected
+     * body without Stripe's idempotency_error.
      */
 
-    ngx_http_invoices_sha256_hex(cr->body, cr->body_len, cr->hash);
-
-    p = ngx_cpymem(seed, cr->key, ngx_strlen(cr->key));
-    *p++ = ':';
-    p = ngx_cpymem(p, cr->hash, 64);
-
-    if (EVP_Digest(seed, p - seed, digest, NULL, EVP_sha256(), NULL) != 1) {
+    if (ngx_http_invoices_create_validate(job, cr) != NGX_OK
+        || ngx_http_invoices_idem_prepare(job, &cr->idem, cr->body,
+                                          cr->body_len)
+           != NGX_OK)
+    {
         goto done;
     }
 
-    p = ngx_cpymem(cr->stripe_key, "ngxinv-", 7);
-    p = ngx_hex_dump(p, digest, 24);
-    *p = '\0';
-
-    if (ngx_http_invoices_create_claim(job, cr) == NGX_OK
+    if (ngx_http_invoices_idem_claim(job, &cr->idem) == NGX_OK
         && ngx_http_invoices_create_team(job, cr) == NGX_OK)
     {
         cr->attempted = 1;
@@ -410,14 +222,14 @@ ngx_http_invoices_create_run(ngx_http_invoices_job_t *job)
 
     /* not finished: a retry may go on at once, not after the lease */
 
-    if (cr->held) {
-        ngx_http_invoices_create_release(job, cr);
+    if (cr->idem.held) {
+        ngx_http_invoices_idem_release(job, &cr->idem);
     }
 
 done:
 
     /* an invoice was stored (finalized, or a draft left by a failure) */
-    if (!cr->replayed && cr->invoice_id[0]) {
+    if (!cr->idem.replayed && cr->idem.invoice_id[0]) {
         job->defer = ngx_http_invoices_cache_bump_for;
     }
 
@@ -426,12 +238,12 @@ done:
      * input (a body, a customer, a key in use) changes nothing
      */
 
-    if (cr->attempted || cr->replayed) {
+    if (cr->attempted || cr->idem.replayed) {
         ngx_http_invoices_audit_record(job, &cr->audit, "create",
-                                       cr->invoice_id[0] ? cr->invoice_id
-                                                         : NULL,
-                                       cr->own_key ? cr->key : NULL,
-                                       cr->replayed, job->status);
+                                       cr->idem.invoice_id[0]
+                                       ? cr->idem.invoice_id : NULL,
+                                       cr->idem.own ? cr->idem.key : NULL,
+                                       cr->idem.replayed, job->status);
     }
 
     json_decref(cr->req);
@@ -468,75 +280,6 @@ ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
 }
 
 
-/*
- * Takes the caller's key (invoices_idempotency_claim, migration 0004):
- * NGX_OK with the lease held, or NGX_DONE with the answer set (a replay,
- * a conflict, a database failure).
- */
-
-static ngx_int_t
-ngx_http_invoices_create_claim(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr)
-{
-    PGresult    *res;
-    const char  *values[3], *outcome;
-
-    values[0] = cr->key;
-    values[1] = cr->hash;
-    values[2] = cr->lease;
-
-    res = ngx_http_invoices_pg_query(job,
-              "SELECT outcome, fence, response_status, response_body, "
-              "stripe_invoice_id FROM invoices_idempotency_claim($1, $2, $3)",
-              3, values);
-    if (res == NULL) {
-        return NGX_DONE;
-    }
-
-    outcome = PQgetvalue(res, 0, 0);
-
-    if (ngx_strcmp(outcome, "claimed") == 0) {
-        cr->held = 1;
-        ngx_cpystrn((u_char *) cr->fence, (u_char *) PQgetvalue(res, 0, 1),
-                    sizeof(cr->fence));
-
-        /* an earlier attempt stopped half-way: finish its invoice */
-
-        if (!PQgetisnull(res, 0, 4)) {
-            ngx_cpystrn((u_char *) cr->invoice_id,
-                        (u_char *) PQgetvalue(res, 0, 4),
-                        sizeof(cr->invoice_id));
-        }
-
-        PQclear(res);
-        return NGX_OK;
-    }
-
-    if (ngx_strcmp(outcome, "done") == 0) {
-        ngx_http_invoices_create_replay(job, cr, res, 2);
-        PQclear(res);
-        return NGX_DONE;
-    }
-
-    if (ngx_strcmp(outcome, "reused") == 0) {
-        ngx_http_invoices_create_error(job, NGX_HTTP_CONFLICT,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request "
-            "body", NULL);
-
-    } else {
-        ngx_http_invoices_create_error(job, NGX_HTTP_CONFLICT,
-            "idempotency_key_in_use",
-            "a request with this Idempotency-Key is still in progress; "
-            "retry later", NULL);
-    }
-
-    PQclear(res);
-
-    return NGX_DONE;
-}
-
-
 static ngx_int_t
 ngx_http_invoices_create_team(ngx_http_invoices_job_t *job,
     ngx_http_invoices_create_t *cr)
@@ -557,7 +300,7 @@ ngx_http_invoices_create_team(ngx_http_invoices_job_t *job,
         PQclear(res);
 
         /* nothing was asked of Stripe: the key is not used up */
-        cr->forget = 1;
+        cr->idem.forget = 1;
 
         ngx_http_invoices_create_error(job, NGX_HTTP_NOT_FOUND,
             "resource_missing", "no team is linked to this customer",
@@ -570,132 +313,6 @@ ngx_http_invoices_create_team(ngx_http_invoices_job_t *job,
     PQclear(res);
 
     return NGX_OK;
-}
-
-
-/*
- * Before each Stripe call: the lease runs for another invoices_idempotency_
- * lease.  NGX_ERROR with the answer set when the database failed, or when
- * another request took the key over (then its answer, if it has one).
- */
-
-static ngx_int_t
-ngx_http_invoices_create_renew(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr)
-{
-    PGresult    *res;
-    const char  *values[3];
-
-    values[0] = cr->key;
-    values[1] = cr->fence;
-    values[2] = cr->lease;
-
-    res = ngx_http_invoices_pg_query(job,
-              "UPDATE idempotency_keys SET lease_until = clock_timestamp() "
-              "+ $3::float8 * interval '1 millisecond', updated_at = now() "
-              "WHERE key = $1 AND fence = $2 AND state = 'running'",
-              3, values);
-    if (res == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (ngx_strcmp(PQcmdTuples(res), "1") == 0) {
-        PQclear(res);
-        return NGX_OK;
-    }
-
-    PQclear(res);
-    ngx_http_invoices_create_taken(job, cr);
-
-    return NGX_ERROR;
-}
-
-
-/*
- * Our lease ran out and another request holds the key now: answer with
- * its result if it has finished, else 409; write nothing more.
- */
-
-static void
-ngx_http_invoices_create_taken(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr)
-{
-    u_char      *p;
-    PGresult    *res;
-    const char  *values[1];
-
-    cr->held = 0;
-
-    values[0] = cr->key;
-
-    res = ngx_http_invoices_pg_query(job,
-              "SELECT state, response_status, response_body, "
-              "stripe_invoice_id FROM idempotency_keys WHERE key = $1",
-              1, values);
-    if (res == NULL) {
-        return;
-    }
-
-    if (PQntuples(res) == 1 && ngx_strcmp(PQgetvalue(res, 0, 0), "done") == 0)
-    {
-        ngx_http_invoices_create_replay(job, cr, res, 1);
-
-    } else {
-        ngx_http_invoices_create_error(job, NGX_HTTP_CONFLICT,
-            "idempotency_key_in_use",
-            "another request with this Idempotency-Key took it over while "
-            "this one was stalled; retry later", NULL);
-    }
-
-    PQclear(res);
-
-    p = ngx_snprintf((u_char *) job->log, sizeof(job->log) - 1,
-                     "creating an invoice stalled past its Idempotency-Key "
-                     "lease; another request took the key over, so this one "
-                     "stopped and answered %ui", job->status);
-    *p = '\0';
-    job->log_level = NGX_LOG_WARN;
-}
-
-
-/*
- * The request ends unfinished (a failure a retry may mend): the key is
- * free at once.  Where nothing was done in Stripe under it ("forget"),
- * the key is dropped, so that it may be used again with another body.
- */
-
-static void
-ngx_http_invoices_create_release(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr)
-{
-    PGresult    *res;
-    const char  *values[2];
-
-    values[0] = cr->key;
-    values[1] = cr->fence;
-
-    cr->held = 0;
-
-    if (cr->forget && cr->invoice_id[0] == '\0') {
-        res = ngx_http_invoices_pg_try(job,
-                  "DELETE FROM idempotency_keys WHERE key = $1 AND fence = $2 "
-                  "AND state = 'running' AND stripe_invoice_id IS NULL",
-                  2, values);
-
-        if (res != NULL && ngx_strcmp(PQcmdTuples(res), "1") == 0) {
-            PQclear(res);
-            return;
-        }
-
-        PQclear(res);
-    }
-
-    res = ngx_http_invoices_pg_try(job,
-              "UPDATE idempotency_keys SET lease_until = NULL, "
-              "updated_at = now() "
-              "WHERE key = $1 AND fence = $2 AND state = 'running'",
-              2, values);
-    PQclear(res);
 }
 
 
@@ -725,7 +342,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
 
     finalized = 0;
 
-    if (cr->invoice_id[0] == '\0') {
+    if (cr->idem.invoice_id[0] == '\0') {
         invoice = ngx_http_invoices_create_draft(job, cr, currency, &sr);
 
     } else {
@@ -761,7 +378,7 @@ ngx_http_invoices_create_sequence(ngx_http_invoices_job_t *job,
     len = sr.len;
     sr.body = NULL;
 
-    ngx_http_invoices_create_done(job, cr, NGX_HTTP_CREATED, body, len);
+    ngx_http_invoices_idem_done(job, &cr->idem, NGX_HTTP_CREATED, body, len);
 }
 
 
@@ -779,8 +396,7 @@ ngx_http_invoices_create_draft(ngx_http_invoices_job_t *job,
 {
     char                      key[96];
     json_t                   *invoice;
-    PGresult                 *res;
-    const char               *values[3], *s;
+    const char               *s;
     ngx_http_invoices_form_t  form;
 
     ngx_memzero(&form, sizeof(form));
@@ -806,9 +422,9 @@ ngx_http_invoices_create_draft(ngx_http_invoices_job_t *job,
                                "ngx_http_invoices_module");
     ngx_http_invoices_form_add(&form, "metadata[team_id]", cr->team);
 
-    (void) ngx_http_invoices_sprint(key, "%s:create", cr->stripe_key);
+    (void) ngx_http_invoices_sprint(key, "%s:create", cr->idem.stripe_key);
 
-    invoice = ngx_http_invoices_create_call(job, cr, "POST", "/v1/invoices",
+    invoice = ngx_http_invoices_idem_call(job, &cr->idem, "POST", "/v1/invoices",
                                             &form, key,
                                             "creating the invoice", sr);
     ngx_http_invoices_form_free(&form);
@@ -822,36 +438,14 @@ ngx_http_invoices_create_draft(ngx_http_invoices_job_t *job,
         return ngx_http_invoices_create_unreadable(job, invoice, sr);
     }
 
-    ngx_cpystrn((u_char *) cr->invoice_id, (u_char *) s,
-                sizeof(cr->invoice_id));
-
-    values[0] = cr->key;
-    values[1] = cr->invoice_id;
-    values[2] = cr->fence;
-
-    res = ngx_http_invoices_pg_query(job,
-              "UPDATE idempotency_keys SET stripe_invoice_id = $2, "
-              "updated_at = now() "
-              "WHERE key = $1 AND fence = $3 AND state = 'running'",
-              3, values);
-
-    if (res != NULL && ngx_strcmp(PQcmdTuples(res), "1") != 0) {
-        ngx_http_invoices_create_taken(job, cr);
-        PQclear(res);
-        res = NULL;
-    }
-
-    if (res == NULL || ngx_http_invoices_create_store(job, invoice) != NGX_OK)
+    if (ngx_http_invoices_idem_invoice(job, &cr->idem, s) != NGX_OK
+        || ngx_http_invoices_create_store(job, invoice) != NGX_OK)
     {
-        /* the database failed after Stripe answered (503), or the key was
-         * taken over */
-        PQclear(res);
+        /* the database failed after Stripe answered, or the key was taken */
         ngx_http_invoices_stripe_res_free(sr);
         json_decref(invoice);
         return NULL;
     }
-
-    PQclear(res);
 
     return invoice;
 }
@@ -871,9 +465,9 @@ ngx_http_invoices_create_resume(ngx_http_invoices_job_t *job,
     json_t     *invoice;
     const char *s;
 
-    (void) ngx_http_invoices_sprint(path, "/v1/invoices/%s", cr->invoice_id);
+    (void) ngx_http_invoices_sprint(path, "/v1/invoices/%s", cr->idem.invoice_id);
 
-    invoice = ngx_http_invoices_create_call(job, cr, "GET", path, NULL, NULL,
+    invoice = ngx_http_invoices_idem_call(job, &cr->idem, "GET", path, NULL, NULL,
                                             "reading the invoice", sr);
     if (invoice == NULL) {
         return NULL;
@@ -949,7 +543,7 @@ ngx_http_invoices_create_lines(ngx_http_invoices_job_t *job,
 
         ngx_memzero(&form, sizeof(form));
         ngx_http_invoices_form_add(&form, "customer", cr->customer);
-        ngx_http_invoices_form_add(&form, "invoice", cr->invoice_id);
+        ngx_http_invoices_form_add(&form, "invoice", cr->idem.invoice_id);
         ngx_http_invoices_form_add(&form, "amount", amount);
         ngx_http_invoices_form_add(&form, "currency", currency);
         ngx_http_invoices_form_add(&form, "description",
@@ -958,9 +552,9 @@ ngx_http_invoices_create_lines(ngx_http_invoices_job_t *job,
                                    "metadata[" NGX_HTTP_INVOICES_LINE_KEY "]",
                                    index);
 
-        (void) ngx_http_invoices_sprint(key, "%s:item:%uz", cr->stripe_key, i);
+        (void) ngx_http_invoices_sprint(key, "%s:item:%uz", cr->idem.stripe_key, i);
 
-        v = ngx_http_invoices_create_call(job, cr, "POST", "/v1/invoiceitems",
+        v = ngx_http_invoices_idem_call(job, &cr->idem, "POST", "/v1/invoiceitems",
                                           &form, key, "adding a line", &sr);
         ngx_http_invoices_form_free(&form);
 
@@ -993,10 +587,10 @@ ngx_http_invoices_create_finalize(ngx_http_invoices_job_t *job,
     ngx_http_invoices_form_add(&form, "auto_advance", "true");
 
     (void) ngx_http_invoices_sprint(path, "/v1/invoices/%s/finalize",
-                                    cr->invoice_id);
-    (void) ngx_http_invoices_sprint(key, "%s:finalize", cr->stripe_key);
+                                    cr->idem.invoice_id);
+    (void) ngx_http_invoices_sprint(key, "%s:finalize", cr->idem.stripe_key);
 
-    invoice = ngx_http_invoices_create_call(job, cr, "POST", path, &form, key,
+    invoice = ngx_http_invoices_idem_call(job, &cr->idem, "POST", path, &form, key,
                                             "finalizing the invoice", sr);
     ngx_http_invoices_form_free(&form);
 
@@ -1055,11 +649,11 @@ ngx_http_invoices_create_attached(ngx_http_invoices_job_t *job,
 
         (void) ngx_http_invoices_sprint(path,
                                         "/v1/invoices/%s/lines?limit=100%s%s",
-                                        cr->invoice_id,
+                                        cr->idem.invoice_id,
                                         after[0] ? "&starting_after=" : "",
                                         after);
 
-        list = ngx_http_invoices_create_call(job, cr, "GET", path, NULL, NULL,
+        list = ngx_http_invoices_idem_call(job, &cr->idem, "GET", path, NULL, NULL,
                                              "reading the invoice's lines",
                                              &sr);
         if (list == NULL) {
@@ -1122,85 +716,6 @@ ngx_http_invoices_create_attached(ngx_http_invoices_job_t *job,
 
 
 /*
- * One Stripe step, with the lease renewed first: the parsed object of a
- * 2xx answer (sr keeps the bytes), or NULL with the job's answer set.
- */
-
-static json_t *
-ngx_http_invoices_create_call(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr, const char *method, const char *path,
-    ngx_http_invoices_form_t *form, const char *key, const char *step,
-    ngx_http_invoices_stripe_res_t *sr)
-{
-    json_t  *json;
-
-    if (ngx_http_invoices_create_renew(job, cr) != NGX_OK) {
-        ngx_memzero(sr, sizeof(ngx_http_invoices_stripe_res_t));
-        return NULL;
-    }
-
-    ngx_http_invoices_stripe_request(&cr->stripe, method, path, form, key,
-                                     sr);
-
-    if (sr->outcome == NGX_HTTP_INVOICES_STRIPE_ANSWERED
-        && sr->status >= 200 && sr->status < 300)
-    {
-        json = json_loadb(sr->body ? sr->body : "", sr->len, 0, NULL);
-
-        if (json_is_object(json)) {
-            return json;
-        }
-
-        json_decref(json);
-        ngx_http_invoices_stripe_res_free(sr);
-        ngx_http_invoices_create_error(job, NGX_HTTP_BAD_GATEWAY,
-                                       "stripe_bad_response",
-                                       "Stripe's answer could not be read",
-                                       NULL);
-        return NULL;
-    }
-
-    ngx_http_invoices_create_stripe_error(job, cr, sr, step);
-    ngx_http_invoices_stripe_res_free(sr);
-
-    return NULL;
-}
-
-
-static void
-ngx_http_invoices_create_stripe_error(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr, ngx_http_invoices_stripe_res_t *sr,
-    const char *step)
-{
-    char        *body;
-    size_t       len;
-    ngx_uint_t   status, final;
-
-    status = ngx_http_invoices_stripe_error(sr, step, cr->invoice_id, &body,
-                                            &len, &final, job);
-
-    if (final) {
-        ngx_http_invoices_create_done(job, cr, status, body, len);
-        return;
-    }
-
-    /*
-     * A 400 that is not final failed Stripe's validation, and Stripe kept
-     * nothing under its key: neither do we (ngx_http_invoices_stripe_error)
-     */
-
-    if (status == NGX_HTTP_BAD_REQUEST) {
-        cr->forget = 1;
-    }
-
-    free(job->body);
-    job->status = status;
-    job->body = body;
-    job->len = len;
-}
-
-
-/*
  * The invoice as Stripe just described it, through the one forward-only
  * write; an API answer is as new as now.
  */
@@ -1220,85 +735,6 @@ ngx_http_invoices_create_store(ngx_http_invoices_job_t *job, json_t *invoice)
     }
 
     return ngx_http_invoices_stripe_store(job, &inv, result, sizeof(result));
-}
-
-
-/*
- * A final answer: kept with the caller's key for replays, under our fence
- * only; if another request took the key over meanwhile, its answer is
- * ours.  The answer stands even if keeping it fails: the invoice row is
- * stored already, and a retry finds the finished invoice in Stripe.
- */
-
-static void
-ngx_http_invoices_create_done(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr, ngx_uint_t status, char *body,
-    size_t len)
-{
-    PGresult    *res;
-    const char  *values[4];
-    char         code[8];
-
-    free(job->body);
-    job->status = status;
-    job->body = body;
-    job->len = len;
-
-    if (body == NULL) {
-        return;
-    }
-
-    (void) ngx_http_invoices_sprint(code, "%ui", status);
-
-    values[0] = cr->key;
-    values[1] = code;
-    values[2] = body;
-    values[3] = cr->fence;
-
-    res = ngx_http_invoices_pg_try(job,
-              "UPDATE idempotency_keys SET state = 'done', "
-              "response_status = $2, response_body = $3, lease_until = NULL, "
-              "updated_at = now() "
-              "WHERE key = $1 AND fence = $4 AND state = 'running'",
-              4, values);
-    if (res == NULL) {
-        return;
-    }
-
-    if (ngx_strcmp(PQcmdTuples(res), "1") == 0) {
-        cr->held = 0;
-
-    } else {
-        ngx_http_invoices_create_taken(job, cr);
-    }
-
-    PQclear(res);
-}
-
-
-/* a kept answer: the status, body and invoice id in columns col.. col+2 */
-
-static void
-ngx_http_invoices_create_replay(ngx_http_invoices_job_t *job,
-    ngx_http_invoices_create_t *cr, PGresult *res, int col)
-{
-    free(job->body);
-
-    cr->replayed = 1;
-    job->status = ngx_atoi((u_char *) PQgetvalue(res, 0, col),
-                           ngx_strlen(PQgetvalue(res, 0, col)));
-    job->len = PQgetlength(res, 0, col + 1);
-    job->body = malloc(job->len + 1);
-
-    if (job->body) {
-        ngx_memcpy(job->body, PQgetvalue(res, 0, col + 1), job->len + 1);
-    }
-
-    if (!PQgetisnull(res, 0, col + 2)) {
-        ngx_cpystrn((u_char *) cr->invoice_id,
-                    (u_char *) PQgetvalue(res, 0, col + 2),
-                    sizeof(cr->invoice_id));
-    }
 }
 
 
@@ -1332,17 +768,17 @@ ngx_http_invoices_create_finish(ngx_http_request_t *r,
     static ngx_str_t  yes = ngx_string("true");
     static ngx_str_t  location_name = ngx_string("Location");
 
-    if (cr->replayed
+    if (cr->idem.replayed
         && ngx_http_invoices_set_header(r, &replayed, &yes) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
 
-    if (job->status == NGX_HTTP_CREATED && cr->invoice_id[0]) {
+    if (job->status == NGX_HTTP_CREATED && cr->idem.invoice_id[0]) {
         ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
 
-        location.len = ilcf->prefix.len + 1 + ngx_strlen(cr->invoice_id);
+        location.len = ilcf->prefix.len + 1 + ngx_strlen(cr->idem.invoice_id);
         location.data = ngx_pnalloc(r->pool, location.len);
         if (location.data == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -1350,7 +786,7 @@ ngx_http_invoices_create_finish(ngx_http_request_t *r,
 
         p = ngx_cpymem(location.data, ilcf->prefix.data, ilcf->prefix.len);
         *p++ = '/';
-        ngx_memcpy(p, cr->invoice_id, ngx_strlen(cr->invoice_id));
+        ngx_memcpy(p, cr->idem.invoice_id, ngx_strlen(cr->idem.invoice_id));
 
         if (ngx_http_invoices_set_header(r, &location_name, &location)
             != NGX_OK)
@@ -1360,19 +796,6 @@ ngx_http_invoices_create_finish(ngx_http_request_t *r,
     }
 
     return ngx_http_invoices_job_send(r, job);
-}
-
-
-static void
-ngx_http_invoices_sha256_hex(const void *data, size_t len, char *hex)
-{
-    u_char  digest[32];
-
-    if (EVP_Digest(data, len, digest, NULL, EVP_sha256(), NULL) != 1) {
-        ngx_memzero(digest, sizeof(digest));
-    }
-
-    *ngx_hex_dump((u_char *) hex, digest, sizeof(digest)) = '\0';
 }
 
 

@@ -122,3 +122,73 @@ ngx_http_invoices_header(ngx_http_request_t *r, const char *name,
 
     return value;
 }
+
+
+/*
+ * "application/json", any case, with parameters; a charset must be UTF-8.
+ * Exactly one Content-Type: nginx 1.22 keeps the first of several, and a
+ * body announced as two types at once is not taken as JSON.
+ */
+
+ngx_int_t
+ngx_http_invoices_content_type_json(ngx_http_request_t *r)
+{
+    u_char           *p, *end;
+    ngx_uint_t        n;
+    ngx_table_elt_t  *h;
+
+    h = r->headers_in.content_type;
+    if (h == NULL) {
+        return NGX_DECLINED;
+    }
+
+    (void) ngx_http_invoices_header(r, "Content-Type", &n);
+    if (n != 1) {
+        return NGX_DECLINED;
+    }
+
+    p = h->value.data;
+    end = p + h->value.len;
+
+    if (h->value.len < sizeof("application/json") - 1
+        || ngx_strncasecmp(p, (u_char *) "application/json",
+                           sizeof("application/json") - 1) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof("application/json") - 1;
+
+    while (p < end && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    if (p == end) {
+        return NGX_OK;
+    }
+
+    if (*p != ';') {
+        return NGX_DECLINED;
+    }
+
+    /* only a charset parameter, and only UTF-8, is understood */
+
+    for (p++; p < end && (*p == ' ' || *p == '\t'); p++) { /* void */ }
+
+    if (end - p >= 8 && ngx_strncasecmp(p, (u_char *) "charset=", 8) == 0) {
+        p += 8;
+
+        if (p < end && *p == '"' && end - p >= 2 && end[-1] == '"') {
+            p++;
+            end--;
+        }
+
+        if ((end - p == 5 && ngx_strncasecmp(p, (u_char *) "utf-8", 5) == 0)
+            || (end - p == 4 && ngx_strncasecmp(p, (u_char *) "utf8", 4) == 0))
+        {
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
