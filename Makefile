@@ -66,7 +66,7 @@ SRCS       := $(wildcard ngx_http_invoices_module/*.c ngx_http_invoices_module/*
 # libFuzzer needs clang; the harnesses link parse.c, not nginx (see
 # t/fuzz/ngx_stubs.c), against the headers of the configured build/nginx.
 FUZZ_CC      ?= clang
-FUZZ_TARGETS := list_args create signature form
+FUZZ_TARGETS := list_args create signature form action
 FUZZ_DIR     := build/fuzz
 FUZZ_CFLAGS  := -g -O1 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer \

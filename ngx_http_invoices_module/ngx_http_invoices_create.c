@@ -80,8 +80,6 @@ static json_t *ngx_http_invoices_create_unreadable(
 static ngx_int_t ngx_http_invoices_create_attached(
     ngx_http_invoices_job_t *job, ngx_http_invoices_create_t *cr,
     u_char *attached, size_t n);
-static ngx_int_t ngx_http_invoices_create_store(ngx_http_invoices_job_t *job,
-    json_t *invoice);
 static void ngx_http_invoices_create_error(ngx_http_invoices_job_t *job,
     ngx_uint_t status, const char *code, const char *message,
     const char *param);
@@ -439,7 +437,7 @@ ngx_http_invoices_create_draft(ngx_http_invoices_job_t *job,
     }
 
     if (ngx_http_invoices_idem_invoice(job, &cr->idem, s) != NGX_OK
-        || ngx_http_invoices_create_store(job, invoice) != NGX_OK)
+        || ngx_http_invoices_stripe_store_object(job, invoice) != NGX_OK)
     {
         /* the database failed after Stripe answered, or the key was taken */
         ngx_http_invoices_stripe_res_free(sr);
@@ -473,7 +471,7 @@ ngx_http_invoices_create_resume(ngx_http_invoices_job_t *job,
         return NULL;
     }
 
-    if (ngx_http_invoices_create_store(job, invoice) != NGX_OK) {
+    if (ngx_http_invoices_stripe_store_object(job, invoice) != NGX_OK) {
         ngx_http_invoices_stripe_res_free(sr);
         json_decref(invoice);
         return NULL;
@@ -600,7 +598,7 @@ ngx_http_invoices_create_finalize(ngx_http_invoices_job_t *job,
 
     /* Step 4: the finalized invoice stored */
 
-    if (ngx_http_invoices_create_store(job, invoice) != NGX_OK) {
+    if (ngx_http_invoices_stripe_store_object(job, invoice) != NGX_OK) {
         ngx_http_invoices_stripe_res_free(sr);
         json_decref(invoice);
         return NULL;
@@ -712,29 +710,6 @@ ngx_http_invoices_create_attached(ngx_http_invoices_job_t *job,
                                    "Stripe's list of the invoice's lines "
                                    "could not be read", NULL);
     return NGX_ERROR;
-}
-
-
-/*
- * The invoice as Stripe just described it, through the one forward-only
- * write; an API answer is as new as now.
- */
-
-static ngx_int_t
-ngx_http_invoices_create_store(ngx_http_invoices_job_t *job, json_t *invoice)
-{
-    char                                 result[16];
-    ngx_http_invoices_stripe_invoice_t   inv;
-
-    if (ngx_http_invoices_stripe_invoice(invoice, &inv) != NGX_OK) {
-        ngx_http_invoices_create_error(job, NGX_HTTP_BAD_GATEWAY,
-                                       "stripe_bad_response",
-                                       "Stripe's invoice could not be read",
-                                       NULL);
-        return NGX_ERROR;
-    }
-
-    return ngx_http_invoices_stripe_store(job, &inv, result, sizeof(result));
 }
 
 

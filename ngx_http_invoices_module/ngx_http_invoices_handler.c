@@ -16,6 +16,7 @@
 #include "ngx_http_invoices_create.h"
 #include "ngx_http_invoices_sync.h"
 #include "ngx_http_invoices_history.h"
+#include "ngx_http_invoices_action.h"
 #include "ngx_http_invoices_metrics.h"
 
 
@@ -30,7 +31,8 @@ ngx_int_t
 ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 {
     u_char                        *p, *end, *slash;
-    ngx_int_t                      rc;
+    ngx_int_t                      rc, action;
+    ngx_uint_t                     one;
     const char                    *denied;
     ngx_str_t                      rest, id, sub;
     ngx_http_invoices_ctx_t       *ctx;
@@ -40,6 +42,7 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     static ngx_str_t  allow = ngx_string("Allow");
     static ngx_str_t  get_head = ngx_string("GET, HEAD");
     static ngx_str_t  get_head_post = ngx_string("GET, HEAD, POST");
+    static ngx_str_t  get_head_delete = ngx_string("GET, HEAD, DELETE");
     static ngx_str_t  post = ngx_string("POST");
 
     ilcf = ngx_http_get_module_loc_conf(r, ngx_http_invoices_module);
@@ -88,7 +91,7 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
     /*
      * route: "" or "/" is the collection, "/{id}" one invoice, and
-     * "/{id}/events" its history
+     * "/{id}/events" its history, "/{id}/{action}" an action on it
      */
 
     if (r->uri.len < ilcf->prefix.len
@@ -137,6 +140,32 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
     } else if (rest.len == 1 && rest.data[0] != '/') {
         goto no_route;
+    }
+
+    /* "/{id}/{action}": acting needs Stripe, and is done with POST */
+
+    action = (sub.len && ilcf->stripe_secret_key.len)
+             ? ngx_http_invoices_action_find(&sub) : -1;
+
+    if (action != -1) {
+        ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_ACTION);
+
+        if (r->method == NGX_HTTP_POST) {
+            return ngx_http_invoices_action(r, ilcf, &id, action);
+        }
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (ngx_http_invoices_set_header(r, &allow, &post) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                   "invalid_request_error", "method_not_allowed",
+                   "an action is taken with POST", NULL);
     }
 
     if (sub.len) {
@@ -198,6 +227,18 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
                    "the sync is started with POST", NULL);
     }
 
+    /* one invoice (not the export or the summary): a draft is deleted */
+
+    one = id.len
+          && !(id.len == 6 && ngx_strncmp(id.data, "export", 6) == 0)
+          && !(id.len == 7 && ngx_strncmp(id.data, "summary", 7) == 0);
+
+    if (one && r->method == NGX_HTTP_DELETE && ilcf->stripe_secret_key.len) {
+        ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_ACTION);
+        return ngx_http_invoices_action(r, ilcf, &id,
+                                        NGX_HTTP_INVOICES_ACTION_DELETE);
+    }
+
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
@@ -205,9 +246,11 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         if (ngx_http_invoices_set_header(r, &allow,
-                                         id.len == 0
-                                         && ilcf->stripe_secret_key.len
-                                         ? &get_head_post : &get_head)
+                                         !ilcf->stripe_secret_key.len
+                                         ? &get_head
+                                         : id.len == 0 ? &get_head_post
+                                         : one ? &get_head_delete
+                                         : &get_head)
             != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -2,13 +2,14 @@
 /*
  * An invoice's history (migration 0010).
  *
- * The audit record: every admin create (and action) that went to Stripe,
+ * The audit record: every admin create and action that went to Stripe,
  * and every replay of one, is written in the pool thread that ran it once
  * its answer is known: the name of the key that asked (never the key),
  * the action, the Stripe invoice, the caller's Idempotency-Key, whether
  * the answer was a replay, the HTTP status, and when the request came.
- * Bad input (a body, a customer, a key in use) is answered before and
- * changes nothing, so it is not recorded.  It is its own statement after the work: if
+ * Bad input (a body, a customer, a key in use, a status the action
+ * cannot start from) is answered before and changes nothing, so it is not
+ * recorded.  It is its own statement after the work: if
  * PostgreSQL fails just then, the answer still goes out and the lost
  * record is logged at "error" (the invoice itself is in Stripe and in our
  * row either way).

@@ -63,7 +63,7 @@ static ngx_uint_t  ngx_http_invoices_metrics_statuses[] = {
 
 static const char  *ngx_http_invoices_metrics_endpoints[] = {
     "other", "list", "get", "create", "sync", "webhook", "summary",
-    "export", "events"
+    "export", "events", "action"
 };
 
 static const char  *ngx_http_invoices_metrics_caches[] = {

@@ -27,6 +27,7 @@ static ngx_int_t ngx_http_invoices_parse_time(u_char *p, size_t len,
 static int64_t ngx_http_invoices_digits(u_char *p, ngx_uint_t n);
 static ngx_uint_t ngx_http_invoices_utf8_text(u_char *p, size_t len);
 static void ngx_http_invoices_utf8_cut(char *s);
+static ngx_uint_t ngx_http_invoices_payment_method(json_t *v);
 static void ngx_http_invoices_invalid(ngx_http_invoices_invalid_t *invalid,
     const char *code, const char *message, const char *param);
 static void ngx_http_invoices_form_escape(ngx_http_invoices_form_t *form,
@@ -909,17 +910,9 @@ ngx_http_invoices_parse_create(u_char *body, size_t len,
     }
 
     v = json_object_get(req, "paymentMethod");
-    s = json_string_value(v);
 
     if (v != NULL && !json_is_null(v)
-        && (s == NULL
-            || !(ngx_http_invoices_stripe_id((u_char *) s,
-                                             json_string_length(v), "pm_")
-                 || ngx_http_invoices_stripe_id((u_char *) s,
-                                                json_string_length(v), "card_")
-                 || ngx_http_invoices_stripe_id((u_char *) s,
-                                                json_string_length(v),
-                                                "src_"))))
+        && !ngx_http_invoices_payment_method(v))
     {
         ngx_http_invoices_invalid(invalid, "parameter_invalid",
             "paymentMethod must be a Stripe payment method id (pm_...)",
@@ -1186,6 +1179,104 @@ ngx_http_invoices_form_escape(ngx_http_invoices_form_t *form, const char *s)
     }
 
     form->data[form->len] = '\0';
+}
+
+
+/*
+ * The body of an action (POST .../{id}/{action}): empty, or a JSON object;
+ * "pay" takes an optional paymentMethod (copied to payment_method, ""
+ * when none), the others no keys.  NGX_OK, or NGX_ERROR and the failure.
+ */
+
+ngx_int_t
+ngx_http_invoices_parse_action(u_char *body, size_t len, ngx_uint_t pay,
+    char *payment_method, size_t size, ngx_http_invoices_invalid_t *invalid)
+{
+    size_t        i;
+    json_t       *req, *v;
+    const char   *key;
+    json_error_t  err;
+
+    payment_method[0] = '\0';
+
+    for (i = 0; i < len; i++) {
+        if (body[i] != ' ' && body[i] != '\t' && body[i] != '\r'
+            && body[i] != '\n')
+        {
+            break;
+        }
+    }
+
+    if (i == len) {
+        return NGX_OK;
+    }
+
+    req = json_loadb((const char *) body, len, JSON_REJECT_DUPLICATES, &err);
+
+    if (req == NULL || !json_is_object(req)) {
+        ngx_http_invoices_invalid(invalid, "body_invalid",
+                                  req ? "the body must be empty or a JSON "
+                                        "object"
+                                      : "the body is not valid JSON "
+                                        "(UTF-8, no duplicate keys, "
+                                        "no \\u0000)",
+                                  NULL);
+        goto invalid;
+    }
+
+    json_object_foreach(req, key, v) {
+        if (!pay || ngx_strcmp(key, "paymentMethod") != 0) {
+            ngx_http_invoices_invalid(invalid, "parameter_unknown",
+                pay ? "unknown parameter: pay takes only paymentMethod"
+                    : "unknown parameter: this action takes none", key);
+            goto invalid;
+        }
+
+        if (json_is_null(v)) {
+            continue;
+        }
+
+        if (!ngx_http_invoices_payment_method(v)
+            || json_string_length(v) >= size)
+        {
+            ngx_http_invoices_invalid(invalid, "parameter_invalid",
+                "paymentMethod must be a Stripe payment method id (pm_...)",
+                "paymentMethod");
+            goto invalid;
+        }
+
+        ngx_cpystrn((u_char *) payment_method,
+                    (u_char *) json_string_value(v), size);
+    }
+
+    json_decref(req);
+
+    return NGX_OK;
+
+invalid:
+
+    json_decref(req);
+
+    return NGX_ERROR;
+}
+
+
+/* a Stripe payment method id: pm_..., or the older card_... and src_... */
+
+static ngx_uint_t
+ngx_http_invoices_payment_method(json_t *v)
+{
+    const char  *s;
+
+    s = json_string_value(v);
+
+    return s != NULL
+           && (ngx_http_invoices_stripe_id((u_char *) s,
+                                           json_string_length(v), "pm_")
+               || ngx_http_invoices_stripe_id((u_char *) s,
+                                              json_string_length(v), "card_")
+               || ngx_http_invoices_stripe_id((u_char *) s,
+                                              json_string_length(v), "src_"));
 }
 
 

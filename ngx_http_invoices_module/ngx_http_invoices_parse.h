@@ -103,6 +103,9 @@ ngx_uint_t ngx_http_invoices_object_id(const u_char *id, size_t len);
 
 json_t *ngx_http_invoices_parse_create(u_char *body, size_t len,
     ngx_http_invoices_invalid_t *invalid);
+ngx_int_t ngx_http_invoices_parse_action(u_char *body, size_t len,
+    ngx_uint_t pay, char *payment_method, size_t size,
+    ngx_http_invoices_invalid_t *invalid);
 
 const char *ngx_http_invoices_parse_signature(ngx_str_t *header,
     ngx_str_t *body, ngx_str_t *secrets, ngx_uint_t nsecrets, time_t now,

@@ -656,6 +656,28 @@ ngx_http_invoices_stripe_details(ngx_http_invoices_stripe_invoice_t *inv,
 }
 
 
+/*
+ * An invoice object as Stripe just answered it (a create's step, an
+ * action), read and stored; NGX_ERROR with the job failed (502 when it
+ * cannot be read).
+ */
+
+ngx_int_t
+ngx_http_invoices_stripe_store_object(ngx_http_invoices_job_t *job,
+    json_t *invoice)
+{
+    char                                 result[16];
+    ngx_http_invoices_stripe_invoice_t   inv;
+
+    if (ngx_http_invoices_stripe_invoice(invoice, &inv) != NGX_OK) {
+        ngx_http_invoices_job_fail(job, NGX_HTTP_BAD_GATEWAY, "api_error",
+                                   "stripe_bad_response",
+                                   "Stripe's invoice could not be read");
+        return NGX_ERROR;
+    }
+
+    return ngx_http_invoices_stripe_store(job, &inv, result, sizeof(result));
+}
 
 
 /*

@@ -87,6 +87,8 @@ void ngx_http_invoices_stripe_details(
     ngx_http_invoices_stripe_invoice_t *inv, const char **values);
 ngx_int_t ngx_http_invoices_stripe_store(ngx_http_invoices_job_t *job,
     ngx_http_invoices_stripe_invoice_t *inv, char *result, size_t size);
+ngx_int_t ngx_http_invoices_stripe_store_object(ngx_http_invoices_job_t *job,
+    json_t *invoice);
 void ngx_http_invoices_stripe_conf(ngx_http_invoices_stripe_conf_t *conf,
     ngx_http_invoices_loc_conf_t *ilcf);
 

@@ -311,11 +311,15 @@ for my $m (qw(PUT DELETE PATCH)) {
     is($r->status, 405, "$m on the collection: 405");
     is($r->header('Allow'), 'GET, HEAD, POST', "$m on the collection: Allow: GET, HEAD, POST");
 }
-for my $m (qw(POST PUT DELETE)) {
+for my $m (qw(POST PUT PATCH)) {
     my $r = api_request($m => "/admin/api/invoices/$inv->{id}", $CT, '{}');
     is($r->status, 405, "$m on one invoice: 405");
-    is($r->header('Allow'), 'GET, HEAD', "$m on one invoice: Allow: GET, HEAD");
+    is($r->header('Allow'), 'GET, HEAD, DELETE', "$m on one invoice: Allow: GET, HEAD, DELETE");
 }
+# DELETE is an action (t/actions.t): an open invoice is no draft
+my $del = api_request(DELETE => "/admin/api/invoices/$inv->{id}");
+is($del->status, 409, 'DELETE of an open invoice: 409');
+is(($del->json_or_undef // {})->{error}{code}, 'invoice_status_conflict', '... invoice_status_conflict');
 
 # a chunked body over client_max_body_size (nginx's own check): JSON 413
 fake_reset();

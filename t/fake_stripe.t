@@ -396,6 +396,37 @@ subtest 'declined card' => sub {
               [[1, 500], [2, 200]], 'attempt 1: 500, attempt 2: 200');
 };
 
+subtest 'send: only send_invoice invoices, never a draft' => sub {
+    my (undef, $c) = api('POST', '/v1/customers', ['name', 'Sendco']);
+    my ($s, $b) = api('POST', '/v1/invoices',
+                      ['customer', $c->{id}, 'collection_method', 'send_invoice',
+                       'days_until_due', '30']);
+    is($s, 200, 'a send_invoice draft');
+    my $id = $b->{id};
+    api('POST', '/v1/invoiceitems', ['customer', $c->{id}, 'invoice', $id,
+                                     'amount', '1500']);
+    ($s, $b) = api('POST', "/v1/invoices/$id/send");
+    is($s, 400, 'send of a draft: 400');
+    is($b->{error}{type}, 'invalid_request_error', 'invalid_request_error');
+    api('POST', "/v1/invoices/$id/finalize");
+    ($s, $b) = api('POST', "/v1/invoices/$id/send");
+    is($s, 200, 'send of the open invoice: 200');
+    is($b->{id}, $id, 'the invoice');
+    is($b->{status}, 'open', 'still open');
+    ok(wait_for(sub { grep { $_->[0]{type} eq 'invoice.sent' } events_for($id) }, 5),
+       'invoice.sent emitted');
+
+    ($s, $b) = api('POST', '/v1/invoices', ['customer', $c->{id}]);
+    my $auto = $b->{id};
+    api('POST', '/v1/invoiceitems', ['customer', $c->{id}, 'invoice', $auto,
+                                     'amount', '1500']);
+    api('POST', "/v1/invoices/$auto/finalize");
+    ($s, $b) = api('POST', "/v1/invoices/$auto/send");
+    is($s, 400, 'send of a charge_automatically invoice: 400');
+    like($b->{error}{message}, qr/collection method is 'send_invoice'/,
+         "Stripe's reason");
+};
+
 subtest 'idempotency' => sub {
     my @p = (name => 'Initech', email => 'a@initech.test');
     my ($s1, $b1, $h1) = api('POST', '/v1/customers', \@p,

@@ -318,8 +318,13 @@ for my $m (qw(PUT DELETE PATCH OPTIONS PROPFIND FOO BREW)) {
     case("method: $m collection", method => $m, path => $L, @b,
          status => 405, code => 'method_not_allowed',
          allow => 'GET, HEAD, POST');
+    # DELETE is an action (t/actions.t): an open invoice is no draft, so
+    # it is refused before Stripe, changing nothing
     case("method: $m one invoice", method => $m, path => "$L/$ID", @b,
-         status => 405, code => 'method_not_allowed', allow => 'GET, HEAD');
+         $m eq 'DELETE'
+         ? (status => 409, code => 'invoice_status_conflict')
+         : (status => 405, code => 'method_not_allowed',
+            allow => 'GET, HEAD, DELETE'));
     case("method: $m sync", method => $m, path => "$L/sync",
          status => 405, code => 'method_not_allowed', allow => 'POST');
     case("method: $m webhook", method => $m, path => $W, auth => 0,
@@ -327,7 +332,7 @@ for my $m (qw(PUT DELETE PATCH OPTIONS PROPFIND FOO BREW)) {
 }
 case('method: POST one invoice', method => 'POST', path => "$L/$ID",
      headers => [['Content-Type', 'application/json']], body => cbody(),
-     status => 405, code => 'method_not_allowed', allow => 'GET, HEAD');
+     status => 405, code => 'method_not_allowed', allow => 'GET, HEAD, DELETE');
 case('method: GET sync', method => 'GET', path => "$L/sync",
      status => 405, code => 'method_not_allowed', allow => 'POST');
 case('method: GET webhook', method => 'GET', path => $W, auth => 0,

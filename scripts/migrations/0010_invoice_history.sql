@@ -1,13 +1,14 @@
--- 0010: an invoice's history (API.md, "Acting on invoices": the audit
--- trail and GET /admin/api/invoices/{id}/events; ngx_http_invoices_history.c).
+-- 0010: an invoice's history (the audit trail and
+-- GET /admin/api/invoices/{id}/events: ngx_http_invoices_history.c,
+-- docs/openapi.yaml), and the admin DELETE of a draft.
 --
--- Every admin create (and, with the actions, every action) is recorded
--- with the name of the key that asked (never the key), the action, the
--- Stripe invoice, the caller's Idempotency-Key and the HTTP status
--- answered.  Webhook events now keep the Stripe invoice they were about and
--- whether they changed our row; events received before this migration
--- name no invoice and so appear in no history.  Both are read by Stripe
--- invoice id, oldest first, through the two indexes below.
+-- Every admin create and action that went to Stripe is recorded with the
+-- name of the key that asked (never the key), the action, the Stripe
+-- invoice, the caller's Idempotency-Key and the HTTP status answered.
+-- Webhook events now keep the Stripe invoice they were about and whether
+-- they changed our row; events received before this migration name no
+-- invoice and so appear in no history.  Both are read by Stripe invoice
+-- id, oldest first, through the two indexes below.
 
 CREATE TABLE invoice_actions (
     id                 bigint       GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -36,6 +37,24 @@ CREATE INDEX webhook_events_invoice
     ON webhook_events (stripe_invoice_id, received_at, id)
     WHERE stripe_invoice_id IS NOT NULL;
 
+-- An invoice deleted in Stripe (only drafts can be): its tombstone, kept
+-- as long as event ids are, and its row gone, under the invoice's lock
+-- (migration 0004); true when a row was removed.  The webhook's
+-- invoice.deleted and the admin DELETE (ngx_http_invoices_action.c).
+CREATE FUNCTION invoices_delete(p_stripe_invoice_id text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_gone  integer;
+BEGIN
+    PERFORM invoices_lock(p_stripe_invoice_id);
+    INSERT INTO invoices_deleted (stripe_invoice_id)
+    VALUES (p_stripe_invoice_id) ON CONFLICT DO NOTHING;
+    DELETE FROM invoices WHERE stripe_invoice_id = p_stripe_invoice_id;
+    GET DIAGNOSTICS v_gone = ROW_COUNT;
+    RETURN v_gone > 0;
+END
+$$;
+
 -- 0005's function, and the event's invoice and effect recorded with it
 CREATE OR REPLACE FUNCTION invoices_webhook_event(p_event_id text,
                                                   p_type text,
@@ -63,7 +82,6 @@ RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_result  text;
-    v_gone    integer;
 BEGIN
     INSERT INTO webhook_events (id, type, stripe_created_at, stripe_invoice_id)
     VALUES (p_event_id, p_type, to_timestamp(p_event_created),
@@ -79,14 +97,8 @@ BEGIN
     END IF;
 
     IF p_type = 'invoice.deleted' THEN
-        -- only drafts can be deleted in Stripe; the tombstone is kept as
-        -- long as event ids are
-        PERFORM invoices_lock(p_stripe_invoice_id);
-        INSERT INTO invoices_deleted (stripe_invoice_id)
-        VALUES (p_stripe_invoice_id) ON CONFLICT DO NOTHING;
-        DELETE FROM invoices WHERE stripe_invoice_id = p_stripe_invoice_id;
-        GET DIAGNOSTICS v_gone = ROW_COUNT;
-        UPDATE webhook_events SET changed = (v_gone > 0) WHERE id = p_event_id;
+        UPDATE webhook_events SET changed = invoices_delete(p_stripe_invoice_id)
+         WHERE id = p_event_id;
         RETURN 'deleted';
     END IF;
 

@@ -1,7 +1,7 @@
 """Invoices: the invoice object, its totals, finalizing, paying and charging
 it (Store methods, through InvoiceState), and the /v1/invoices routes
 (InvoiceRoutes, in routes.py's table): create, list, get, update, delete,
-GET .../lines, POST .../finalize, .../pay, .../void,
+GET .../lines, POST .../finalize, .../pay, .../send, .../void,
 .../mark_uncollectible.  Invoice items and the lines they make are in
 invoice_items.py; the automatic finalization and collection in
 auto_advance.py."""
@@ -409,6 +409,22 @@ class InvoiceRoutes:
         err = s.charge(inv, pm or s.payment_method_for(inv), ctx)
         if err is not None:
             raise err
+        return 200, self.expanded(s, inv, p.get("expand"))
+
+    def invoice_send(self, s, p, m, ctx):
+        # Stripe e-mails the invoice (in test mode it only emits
+        # invoice.sent).  It sends only invoices that are collected by
+        # sending them (collection_method=send_invoice), never a draft (the
+        # fake's wording; Stripe's checks are these).
+        p = check_params(p, {"expand": "expand"})
+        inv = s.invoice(m.group(1))
+        if inv["collection_method"] != "send_invoice":
+            raise invalid("You can only manually send an invoice if its "
+                          "collection method is 'send_invoice'.", store=True)
+        if inv["status"] in ("draft", "void"):
+            raise invalid("You can't send an invoice that is %s."
+                          % inv["status"], store=True)
+        s.emit("invoice.sent", inv, ctx)
         return 200, self.expanded(s, inv, p.get("expand"))
 
     def invoice_void(self, s, p, m, ctx):

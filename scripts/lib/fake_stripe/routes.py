@@ -36,6 +36,7 @@ class Api(CustomerRoutes, PaymentMethodRoutes, InvoiceRoutes,
         r("GET", r"/v1/invoices/(in_[^/]+)/lines", self.invoice_lines)
         r("POST", r"/v1/invoices/(in_[^/]+)/finalize", self.invoice_finalize)
         r("POST", r"/v1/invoices/(in_[^/]+)/pay", self.invoice_pay)
+        r("POST", r"/v1/invoices/(in_[^/]+)/send", self.invoice_send)
         r("POST", r"/v1/invoices/(in_[^/]+)/void", self.invoice_void)
         r("POST", r"/v1/invoices/(in_[^/]+)/mark_uncollectible",
           self.invoice_uncollectible)
