@@ -281,7 +281,7 @@ static json_t *
 ngx_http_invoices_history_entry(PGresult *res, int row)
 {
     if (PQgetvalue(res, row, 2)[0] == '0') {
-        return json_pack("{s:s,s:s,s:s,s:s,s:s*,s:b}",
+        return json_pack("{s:s,s:s,s:s,s:s,s:s?,s:b}",
                          "source", "stripe",
                          "at", PQgetvalue(res, row, 3),
                          "id", PQgetvalue(res, row, 4),
@@ -291,7 +291,7 @@ ngx_http_invoices_history_entry(PGresult *res, int row)
                          "changed", PQgetvalue(res, row, 7)[0] == 't');
     }
 
-    return json_pack("{s:s,s:s,s:s,s:s,s:I,s:s*,s:b}",
+    return json_pack("{s:s,s:s,s:s,s:s,s:I,s:s?,s:b}",
                      "source", "admin",
                      "at", PQgetvalue(res, row, 3),
                      "action", PQgetvalue(res, row, 5),

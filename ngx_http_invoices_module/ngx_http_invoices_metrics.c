@@ -39,6 +39,8 @@ typedef struct {
     ngx_atomic_t   jobs_in_flight;
     ngx_atomic_t   pg_errors;
     ngx_atomic_t   redis_errors;
+    ngx_atomic_t   reconcile[2];        /* pulled, applied */
+    ngx_atomic_t   pruned[NGX_HTTP_INVOICES_PRUNED_N];
 } ngx_http_invoices_metrics_shm_t;
 
 
@@ -50,6 +52,10 @@ static u_char *ngx_http_invoices_metrics_text(u_char *p, u_char *last);
 
 
 static ngx_http_invoices_metrics_shm_t  *ngx_http_invoices_metrics_shm;
+
+static const char  *ngx_http_invoices_metrics_pruned_tables[] = {
+    "webhook_events", "invoices_deleted", "idempotency_keys"
+};
 
 static __thread ngx_http_invoices_metrics_job_t *ngx_http_invoices_metrics_mine;
 
@@ -317,6 +323,30 @@ ngx_http_invoices_metrics_job_done(ngx_http_invoices_metrics_job_t *m)
 }
 
 
+/* a pass of the background work (ngx_http_invoices_housekeeping.c) */
+
+void
+ngx_http_invoices_metrics_housekeeping(ngx_uint_t pulled, ngx_uint_t applied,
+    ngx_uint_t *pruned)
+{
+    ngx_uint_t                        i;
+    ngx_http_invoices_metrics_shm_t  *shm;
+
+    shm = ngx_http_invoices_metrics_shm;
+
+    if (shm == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&shm->reconcile[0], pulled);
+    (void) ngx_atomic_fetch_add(&shm->reconcile[1], applied);
+
+    for (i = 0; i < NGX_HTTP_INVOICES_PRUNED_N; i++) {
+        (void) ngx_atomic_fetch_add(&shm->pruned[i], pruned[i]);
+    }
+}
+
+
 void
 ngx_http_invoices_metrics_redis_error(void)
 {
@@ -528,6 +558,24 @@ ngx_http_invoices_metrics_text(u_char *p, u_char *last)
             "invoices_redis_errors_total %uA\n",
             shm->queue_full, (ngx_atomic_int_t) shm->jobs_in_flight,
             shm->pg_errors, shm->redis_errors);
+
+    p = ngx_slprintf(p, last,
+            "# HELP invoices_reconcile_events_total Stripe invoice events "
+            "the reconciler pulled, and those it applied (not seen before).\n"
+            "# TYPE invoices_reconcile_events_total counter\n"
+            "invoices_reconcile_events_total{result=\"pulled\"} %uA\n"
+            "invoices_reconcile_events_total{result=\"applied\"} %uA\n"
+            "# HELP invoices_pruned_rows_total Old bookkeeping rows pruned, "
+            "by table.\n"
+            "# TYPE invoices_pruned_rows_total counter\n",
+            shm->reconcile[0], shm->reconcile[1]);
+
+    for (s = 0; s < NGX_HTTP_INVOICES_PRUNED_N; s++) {
+        p = ngx_slprintf(p, last,
+                         "invoices_pruned_rows_total{table=\"%s\"} %uA\n",
+                         ngx_http_invoices_metrics_pruned_tables[s],
+                         shm->pruned[s]);
+    }
 
     return p;
 }

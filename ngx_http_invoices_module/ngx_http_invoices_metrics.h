@@ -37,6 +37,10 @@
 #define NGX_HTTP_INVOICES_WEBHOOK_N         7
 
 
+/* the tables the pruning empties (ngx_http_invoices_housekeeping.c) */
+#define NGX_HTTP_INVOICES_PRUNED_N          3
+
+
 /* what a job's thread saw, added to the counters on the event loop */
 typedef struct {
     ngx_uint_t   pg_error;
@@ -61,6 +65,8 @@ void ngx_http_invoices_metrics_queue_full(void);
 void ngx_http_invoices_metrics_job_posted(void);
 void ngx_http_invoices_metrics_job_done(ngx_http_invoices_metrics_job_t *m);
 void ngx_http_invoices_metrics_redis_error(void);
+void ngx_http_invoices_metrics_housekeeping(ngx_uint_t pulled,
+    ngx_uint_t applied, ngx_uint_t *pruned);
 
 /* pool threads (and anywhere: no shared state) */
 ngx_uint_t ngx_http_invoices_metrics_webhook_result(const char *result);

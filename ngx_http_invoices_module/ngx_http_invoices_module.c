@@ -18,6 +18,7 @@
 #include "ngx_http_invoices_webhook.h"
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_local.h"
+#include "ngx_http_invoices_housekeeping.h"
 #include "ngx_http_invoices_metrics.h"
 #include "ngx_http_invoices_secret.h"
 
@@ -45,6 +46,10 @@ static char *ngx_http_invoices_check_token(ngx_conf_t *cf, ngx_str_t *value,
     const char *directive, const char *allowed);
 static ngx_int_t ngx_http_invoices_init_module(ngx_cycle_t *cycle);
 static void ngx_http_invoices_exit_process(ngx_cycle_t *cycle);
+static char *ngx_http_invoices_reconcile(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_invoices_housekeeping_conf(ngx_conf_t *cf,
+    ngx_http_invoices_loc_conf_t *conf);
 
 
 static ngx_command_t  ngx_http_invoices_commands[] = {
@@ -189,6 +194,27 @@ static ngx_command_t  ngx_http_invoices_commands[] = {
       offsetof(ngx_http_invoices_loc_conf_t, stripe_max_retries),
       NULL },
 
+    { ngx_string("invoices_reconcile"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_invoices_reconcile,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("invoices_event_retention"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, event_retention),
+      NULL },
+
+    { ngx_string("invoices_idempotency_retention"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_invoices_loc_conf_t, idempotency_retention),
+      NULL },
+
     { ngx_string("invoices_idempotency_lease"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -299,6 +325,9 @@ ngx_http_invoices_create_loc_conf(ngx_conf_t *cf)
     conf->stripe_timeout = NGX_CONF_UNSET_MSEC;
     conf->stripe_max_retries = NGX_CONF_UNSET_UINT;
     conf->idempotency_lease = NGX_CONF_UNSET_MSEC;
+    conf->reconcile = NGX_CONF_UNSET_MSEC;
+    conf->event_retention = NGX_CONF_UNSET;
+    conf->idempotency_retention = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -404,10 +433,49 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    /*
+     * The background work's settings.  invoices_reconcile is not
+     * inherited: it names the one location whose Stripe account is pulled.
+     * Event ids (and tombstones) must outlive Stripe's thirty days of
+     * events, or a late event could be applied twice or bring a deleted
+     * invoice back; Stripe keeps its own idempotency keys 24 hours.
+     */
+
+    if (conf->reconcile == NGX_CONF_UNSET_MSEC) {
+        conf->reconcile = 0;
+    }
+
+    ngx_conf_merge_sec_value(conf->event_retention, prev->event_retention,
+                             45 * 86400);
+    ngx_conf_merge_sec_value(conf->idempotency_retention,
+                             prev->idempotency_retention, 7 * 86400);
+
+    if (conf->event_retention < 30 * 86400) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"invoices_event_retention\" must be at least 30d "
+                      "(Stripe keeps events for thirty days)");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->idempotency_retention < 86400) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"invoices_idempotency_retention\" must be at least "
+                      "24h");
+        return NGX_CONF_ERROR;
+    }
+
     /* "invoices_admin" and "invoices_stripe_webhook" name one location */
 
     if (conf->webhook == 1) {
         conf->admin = 0;
+
+        if (conf->reconcile) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"invoices_reconcile\" belongs in the "
+                          "\"invoices_admin\" location, not in \"%V\"",
+                          &conf->clcf->name);
+            return NGX_CONF_ERROR;
+        }
 
         if (conf->database.len == 0 || conf->webhook_secrets == NULL) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
@@ -430,6 +498,14 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->admin != 1) {
         conf->admin = 0;
+
+        if (conf->reconcile) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"invoices_reconcile\" in location \"%V\" needs "
+                          "\"invoices_admin\" there", &conf->clcf->name);
+            return NGX_CONF_ERROR;
+        }
+
         return NGX_CONF_OK;
     }
 
@@ -463,6 +539,83 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
             return NGX_CONF_ERROR;
         }
     }
+
+    return ngx_http_invoices_housekeeping_conf(cf, conf);
+}
+
+
+/*
+ * The location the background work runs for: the one with
+ * invoices_reconcile (one at most, with Stripe), else the first
+ * invoices_admin location.
+ */
+
+static char *
+ngx_http_invoices_housekeeping_conf(ngx_conf_t *cf,
+    ngx_http_invoices_loc_conf_t *conf)
+{
+    ngx_http_invoices_main_conf_t  *imcf;
+
+    imcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_invoices_module);
+
+    if (conf->reconcile == 0) {
+        if (imcf->housekeeping == NULL) {
+            imcf->housekeeping = conf;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    if (conf->stripe_secret_key.len == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"invoices_reconcile\" in location \"%V\" needs "
+                      "\"invoices_stripe_secret_key\"", &conf->clcf->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (imcf->housekeeping && imcf->housekeeping->reconcile) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"invoices_reconcile\" is set in location \"%V\" "
+                      "and in location \"%V\": one Stripe account is "
+                      "reconciled by one location",
+                      &imcf->housekeeping->clcf->name, &conf->clcf->name);
+        return NGX_CONF_ERROR;
+    }
+
+    imcf->housekeeping = conf;
+
+    return NGX_CONF_OK;
+}
+
+
+/* invoices_reconcile <interval> | off: at least 1s */
+
+static char *
+ngx_http_invoices_reconcile(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_invoices_loc_conf_t *ilcf = conf;
+
+    ngx_int_t   ms;
+    ngx_str_t  *value;
+
+    if (ilcf->reconcile != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        ilcf->reconcile = 0;
+        return NGX_CONF_OK;
+    }
+
+    ms = ngx_parse_time(&value[1], 0);
+
+    if (ms == NGX_ERROR || ms < 1000) {
+        return "must be \"off\" or a time of at least 1s";
+    }
+
+    ilcf->reconcile = (ngx_msec_t) ms;
 
     return NGX_CONF_OK;
 }
@@ -836,7 +989,12 @@ static ngx_int_t
 ngx_http_invoices_init_process(ngx_cycle_t *cycle)
 {
     /* the worker's Redis link, when a cache is configured */
-    return ngx_http_invoices_cache_init(cycle);
+    if (ngx_http_invoices_cache_init(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* the background work, in worker 0 */
+    return ngx_http_invoices_housekeeping_init(cycle);
 }
 
 

@@ -84,6 +84,11 @@ typedef struct {
     ngx_uint_t                 stripe_max_retries;
     ngx_msec_t                 idempotency_lease;
 
+    /* the background work (ngx_http_invoices_housekeeping.c) */
+    ngx_msec_t                 reconcile;       /* 0: off */
+    time_t                     event_retention;
+    time_t                     idempotency_retention;
+
     /* set by "invoices_admin": the location it was given in */
     ngx_str_t                  prefix;
     ngx_http_core_loc_conf_t  *clcf;
@@ -95,6 +100,12 @@ typedef struct {
 
 typedef struct {
     ngx_http_invoices_redis_conf_t  redis;   /* addr.len == 0: no cache */
+
+    /*
+     * the location whose database (and Stripe) the background work uses:
+     * the one with invoices_reconcile, else the first invoices_admin
+     */
+    ngx_http_invoices_loc_conf_t   *housekeeping;
 } ngx_http_invoices_main_conf_t;
 
 

@@ -172,19 +172,70 @@ ngx_http_invoices_webhook_verify(ngx_http_request_t *r,
 static void
 ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
 {
-    json_t                              *event, *object, *created;
-    PGresult                            *res;
-    ngx_uint_t                           i;
-    char                                 stamp[24];
-    const char                          *id, *type;
-    const char                          *values[NGX_HTTP_INVOICES_EVENT_ARGS];
-    ngx_http_invoices_webhook_t         *wh = job->data;
-    ngx_http_invoices_stripe_invoice_t   inv;
+    char                          result[16];
+    json_t                       *event, *answer;
+    ngx_int_t                     rc;
+    const char                   *invalid;
+    ngx_http_invoices_webhook_t  *wh = job->data;
 
     /* a key given twice is ambiguous: Stripe never sends one */
 
     event = json_loadb((const char *) wh->body, wh->len,
                        JSON_REJECT_DUPLICATES, NULL);
+
+    rc = ngx_http_invoices_webhook_apply(job, event, result, sizeof(result),
+                                         &invalid);
+    json_decref(event);
+
+    if (rc == NGX_DECLINED) {
+        free(job->body);
+        wh->result = NGX_HTTP_INVOICES_WEBHOOK_REJECTED;
+        job->status = NGX_HTTP_BAD_REQUEST;
+        job->body = ngx_http_invoices_json_error("invalid_request_error",
+                        "event_invalid", invalid, NULL, &job->len);
+        return;
+    }
+
+    if (rc != NGX_OK) {
+        return;
+    }
+
+    if (ngx_http_invoices_webhook_changed(result)) {
+        /* the answer waits for the cache's bump (ngx_http_invoices_job.c) */
+        job->defer = ngx_http_invoices_cache_bump_for;
+    }
+
+    wh->result = ngx_http_invoices_metrics_webhook_result(result);
+
+    answer = json_pack("{s:b,s:s}", "received", 1, "result", result);
+
+    free(job->body);
+    job->body = ngx_http_invoices_json_dump(answer, &job->len);
+    job->status = job->body ? NGX_HTTP_OK : 0;
+    json_decref(answer);
+}
+
+
+/*
+ * Pool threads: one Stripe event (the webhook's, or one the reconciler
+ * pulled: ngx_http_invoices_housekeeping.c) recorded and applied in one
+ * statement, exactly once by its id, forward only (migrations 0002 to
+ * 0010).  NGX_OK with invoices_webhook_event()'s result; NGX_DECLINED
+ * when it is not a Stripe event ("invalid" says why); NGX_ERROR with the
+ * job failed when the database did.
+ */
+
+ngx_int_t
+ngx_http_invoices_webhook_apply(ngx_http_invoices_job_t *job, json_t *event,
+    char *result, size_t size, const char **invalid)
+{
+    json_t                              *object, *created;
+    PGresult                            *res;
+    ngx_uint_t                           i;
+    char                                 stamp[24];
+    const char                          *id, *type;
+    const char                          *values[NGX_HTTP_INVOICES_EVENT_ARGS];
+    ngx_http_invoices_stripe_invoice_t   inv;
 
     id = json_string_value(json_object_get(event, "id"));
     type = json_string_value(json_object_get(event, "type"));
@@ -204,14 +255,8 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
         || !ngx_http_invoices_stripe_id((u_char *) id, ngx_strlen(id), "evt_")
         || ngx_strlen(type) > 255)
     {
-        json_decref(event);
-        free(job->body);
-        wh->result = NGX_HTTP_INVOICES_WEBHOOK_REJECTED;
-        job->status = NGX_HTTP_BAD_REQUEST;
-        job->body = ngx_http_invoices_json_error("invalid_request_error",
-                        "event_invalid", "the body is not a Stripe event",
-                        NULL, &job->len);
-        return;
+        *invalid = "the body is not a Stripe event";
+        return NGX_DECLINED;
     }
 
     (void) ngx_http_invoices_sprint(stamp,
@@ -235,15 +280,8 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     if (ngx_http_invoices_invoice_events[i] != NULL) {
 
         if (ngx_http_invoices_stripe_invoice(object, &inv) != NGX_OK) {
-            json_decref(event);
-            free(job->body);
-            wh->result = NGX_HTTP_INVOICES_WEBHOOK_REJECTED;
-            job->status = NGX_HTTP_BAD_REQUEST;
-            job->body = ngx_http_invoices_json_error("invalid_request_error",
-                            "event_invalid",
-                            "the event's invoice could not be read", NULL,
-                            &job->len);
-            return;
+            *invalid = "the event's invoice could not be read";
+            return NGX_DECLINED;
         }
 
         values[3] = inv.id;
@@ -264,31 +302,25 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
               "$21, $22)",
               NGX_HTTP_INVOICES_EVENT_ARGS, values);
 
-    json_decref(event);
-
     if (res == NULL) {
-        return;
+        return NGX_ERROR;
     }
 
-    if (ngx_strcmp(PQgetvalue(res, 0, 0), "inserted") == 0
-        || ngx_strcmp(PQgetvalue(res, 0, 0), "updated") == 0
-        || ngx_strcmp(PQgetvalue(res, 0, 0), "deleted") == 0)
-    {
-        /* the answer waits for the cache's bump (ngx_http_invoices_job.c) */
-        job->defer = ngx_http_invoices_cache_bump_for;
-    }
-
-    wh->result = ngx_http_invoices_metrics_webhook_result(
-                     PQgetvalue(res, 0, 0));
-
-    event = json_pack("{s:b,s:s}", "received", 1,
-                      "result", PQgetvalue(res, 0, 0));
+    ngx_cpystrn((u_char *) result, (u_char *) PQgetvalue(res, 0, 0), size);
     PQclear(res);
 
-    free(job->body);
-    job->body = ngx_http_invoices_json_dump(event, &job->len);
-    job->status = job->body ? NGX_HTTP_OK : 0;
-    json_decref(event);
+    return NGX_OK;
+}
+
+
+/* a result that changed a row: the caches must hear of it */
+
+ngx_uint_t
+ngx_http_invoices_webhook_changed(const char *result)
+{
+    return ngx_strcmp(result, "inserted") == 0
+           || ngx_strcmp(result, "updated") == 0
+           || ngx_strcmp(result, "deleted") == 0;
 }
 
 

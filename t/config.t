@@ -127,6 +127,36 @@ config_ok('Stripe: an https api base with a trailing slash',
           stripe => { %stripe, api_base => 'https://api.stripe.com/' });
 config_ok('Stripe: invoices_stripe_max_retries 10', stripe => { %stripe, max_retries => 10 });
 config_ok('Stripe: invoices_stripe_max_retries 0', stripe => { %stripe, max_retries => 0 });
+
+# the background work (ngx_http_invoices_housekeeping.c)
+config_ok('invoices_reconcile 5s with Stripe', stripe => { %stripe },
+          location_config => '            invoices_reconcile 5s;');
+config_ok('invoices_reconcile off without Stripe',
+          location_config => '            invoices_reconcile off;');
+config_ok('retentions at their least',
+          http_config => "    invoices_event_retention 30d;\n    invoices_idempotency_retention 24h;");
+config_fails('invoices_reconcile without invoices_stripe_secret_key',
+             $emerg->('"invoices_reconcile" in location "/admin/api/invoices" needs "invoices_stripe_secret_key"'),
+             location_config => '            invoices_reconcile 5s;');
+config_fails('invoices_reconcile under a second',
+             $emerg->('must be "off" or a time of at least 1s'), stripe => { %stripe },
+             location_config => '            invoices_reconcile 500ms;');
+config_fails('invoices_reconcile of no time', $emerg->('invoices_reconcile'),
+             stripe => { %stripe }, location_config => '            invoices_reconcile soon;');
+config_fails('invoices_reconcile in two locations', $emerg->('one Stripe account is reconciled by one location'),
+             stripe => { %stripe },
+             location_config => '            invoices_reconcile 5s;',
+             server_config => "        location /other/api/invoices {\n"
+                            . "            invoices_admin;\n"
+                            . "            invoices_reconcile 5s;\n        }");
+config_fails('invoices_reconcile given twice', $emerg->('is duplicate'), stripe => { %stripe },
+             location_config => "            invoices_reconcile 5s;\n            invoices_reconcile 6s;");
+config_fails('invoices_event_retention under 30 days',
+             $emerg->('"invoices_event_retention" must be at least 30d'),
+             http_config => '    invoices_event_retention 29d;');
+config_fails('invoices_idempotency_retention under a day',
+             $emerg->('"invoices_idempotency_retention" must be at least 24h'),
+             http_config => '    invoices_idempotency_retention 23h;');
 config_ok('Stripe: invoices_stripe_version 2023-10-16',
           stripe => { %stripe, version => '2023-10-16' });
 config_ok('Stripe: the pool of invoices_thread_pool',

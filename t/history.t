@@ -136,6 +136,10 @@ $res = as_key('test-bare-key-hist', POST => '/admin/api/invoices', [$CT], $body)
 is($res->status, 201, 'a create without an Idempotency-Key: 201');
 is(sql_value("SELECT coalesce(idempotency_key, 'NULL') FROM invoice_actions ORDER BY id DESC LIMIT 1"),
    'NULL', 'recorded without one (not the generated key)');
+my $no_key = sql_value('SELECT stripe_invoice_id FROM invoice_actions ORDER BY id DESC LIMIT 1');
+my ($entry) = grep { $_->{source} eq 'admin' } @{ events_of($no_key)->{events} || [] };
+ok($entry && exists $entry->{idempotencyKey} && !defined $entry->{idempotencyKey},
+   'events: idempotencyKey is null, not left out, when none was given');
 
 # a read key's refused write is not an action: nothing recorded
 $n = sql_value('SELECT count(*) FROM invoice_actions');

@@ -1,0 +1,186 @@
+# The background work (ngx_http_invoices_housekeeping.c): the reconciler
+# pulls Stripe's invoice events that no delivery brought (the fake's
+# webhooks switched off), applies each one once through the webhook's own
+# statement, takes no event twice (one delivered as well, one pulled
+# again), and is led by one node at a time: the node holding the lease is
+# killed, the other takes over and logs it.  The pruning deletes old event
+# ids, tombstones and finished Idempotency-Keys in batches, and nothing
+# younger than the retentions.  Both are counted in the metrics.
+#
+# The nodes here: this file's nginx (reads, the webhook, the metrics; no
+# reconciler) and two more nginx on the same database, each with
+# invoices_reconcile 1s.
+
+use strict;
+use warnings;
+use Test::More;
+use JSON::PP ();
+use POSIX ();
+use Time::HiRes qw(time sleep);
+use Invoices::Test;
+use Invoices::Webhook;
+use Invoices::Redis qw(start_nginx stop_nginx nginx_log);
+
+my $W = new_whsec();
+my $METRICS = "        location = /metrics { invoices_metrics; }\n";
+start_server(stripe => 1,
+             server_config => webhook_location(secrets => ['file:' . secret_file($W)])
+                              . $METRICS);
+default_secret($W);
+my $J = JSON::PP->new->utf8->canonical;
+
+# deliveries are lost: the fake makes events, and sends none
+fake_config({ webhooks => { url => 'http://127.0.0.1:' . server_port() . '/stripe/webhook',
+                            secret => $W, enabled => JSON::PP::false } });
+
+my @nodes = map {
+    start_nginx(stripe => 1, copy_files => ['stripe.key'],
+                location_config => '            invoices_reconcile 1s;',
+                server_config => $METRICS)
+} 1 .. 2;
+
+sub holder { sql_value("SELECT holder FROM invoices_leases WHERE task = 'reconcile'") // '' }
+sub status_of { sql_value('SELECT status FROM invoices WHERE stripe_invoice_id = ' . quote($_[0])) // 'none' }
+sub metric {
+    my ($port, $name) = @_;
+    my $res = Invoices::Test::HTTP::request($port, GET => '/metrics');
+    my ($v) = ($res->body // '') =~ /^\Q$name\E (\d+)$/m;
+    return $v // 0;
+}
+sub applied_total { my $n = 0; $n += metric($_->{port}, 'invoices_reconcile_events_total{result="applied"}') for grep { $_->{pid} } @nodes; $n }
+sub node_of {
+    my ($holder) = @_;
+    my ($pid) = $holder =~ / (\d+)\z/ or return;
+    for my $n (grep { $_->{pid} } @nodes) {
+        return $n if grep { $_ == $pid } worker_pids($n->{pid});
+    }
+    return;
+}
+
+# an open invoice made through the API, then collected by Stripe
+sub paid_in_stripe {
+    my $res = api_request(POST => '/admin/api/invoices', ['Content-Type' => 'application/json'],
+        $J->encode({ items => [{ name => 'Lost', amount => 900 }],
+                     customer => $_[0]{customer} }));
+    is($res->status, 201, 'an invoice: 201') or diag $res->describe;
+    my $id = ($res->json_or_undef // {})->{id} // 'in_none';
+    is(status_of($id), 'open', 'open here');
+    my $adv = fake_control(POST => '/_fake/advance');
+    ok((grep { $_ eq $id } @{ $adv->{collected} || [] }), 'Stripe collected it (paid there)');
+    return $id;
+}
+
+#----------------------------------------------------------------------
+# one node leads
+
+ok(wait_until(sub { holder() ne '' }, 10), 'a node took the reconciler\'s lease')
+    or diag map { nginx_log($_) } @nodes;
+my $leader = node_of(holder());
+ok($leader, 'the holder is worker 0 of one of the two nodes') or diag holder();
+$leader //= $nodes[0];
+my ($follower) = grep { $_ != $leader } @nodes;
+like(nginx_log($leader), qr/\[warn\].*invoices: the reconciler runs on this node now/,
+     'the leader says so in its log');
+unlike(nginx_log($follower), qr/the reconciler runs on this node/, 'the other does not');
+
+#----------------------------------------------------------------------
+# lost deliveries are pulled and applied
+
+my $visa = linked_customer(payment_method => 'pm_card_visa');
+my $a0 = applied_total();
+my $lost = paid_in_stripe($visa);
+ok(wait_until(sub { status_of($lost) eq 'paid' }, 10), 'the reconciler brought "paid"')
+    or diag nginx_log($leader);
+is(scalar(@{ fake_control(GET => '/_fake/webhooks') }), 0, 'no delivery was attempted');
+
+my ($st, $events) = fake_stripe(GET => "/v1/events?limit=100");
+my @mine = grep { ($_->{data}{object}{id} // '') eq $lost } @{ $events->{data} || [] };
+ok(@mine >= 3, 'Stripe has its events (created, finalized, paid, ...)') or diag scalar @mine;
+is(sql_value('SELECT count(*) FROM webhook_events WHERE id IN ('
+             . join(',', map { quote($_->{id}) } @mine) . ')'),
+   scalar @mine, 'every one recorded, once');
+ok(wait_until(sub { applied_total() - $a0 >= @mine }, 5), 'counted as applied')
+    or diag applied_total() - $a0;
+my $pulled = metric($leader->{port}, 'invoices_reconcile_events_total{result="pulled"}');
+ok($pulled >= @mine, "the leader counted them pulled ($pulled)");
+
+# the history shows them (an event pulled is an event seen)
+my $hist = api_request(GET => "/admin/api/invoices/$lost/events")->json_or_undef // {};
+is(scalar(grep { $_->{source} eq 'stripe' } @{ $hist->{events} || [] }), scalar @mine,
+   "the invoice's history has each event");
+
+#----------------------------------------------------------------------
+# no event twice: pulled again each pass (the overlap), delivered as well
+
+my $a1 = applied_total();
+sleep 3;
+is(applied_total(), $a1, 'passes over events already seen apply nothing');
+is(result_of(deliver_event($mine[0])), 'duplicate', 'the webhook delivering one of them: duplicate');
+
+fake_config({ webhooks => { enabled => JSON::PP::true } });
+my $delivered = paid_in_stripe($visa);
+ok(wait_until(sub { status_of($delivered) eq 'paid' }, 10), 'delivered by the webhook: paid');
+sleep 3;
+is(applied_total(), $a1, 'the reconciler applies none of the delivered events');
+fake_config({ webhooks => { enabled => JSON::PP::false } });
+
+#----------------------------------------------------------------------
+# the leader dies: the other node takes over within its lease
+
+my $old = holder();
+kill 'KILL', -$leader->{pid};
+waitpid $leader->{pid}, 0;
+delete $leader->{pid};
+ok(wait_until(sub { holder() ne $old }, 15), 'another node holds the lease');
+is(node_of(holder()), $follower, 'the surviving node');
+like(nginx_log($follower),
+     qr/the reconciler runs on this node now \("[^"]+"; before: "\Q$old\E"\)/,
+     'its log says it took over, and from whom');
+
+my $after = paid_in_stripe($visa);
+ok(wait_until(sub { status_of($after) eq 'paid' }, 10), 'the survivor applies what is lost now');
+
+#----------------------------------------------------------------------
+# the pruning: old rows go, young ones stay
+
+sql_do(q{
+    INSERT INTO webhook_events (id, type, stripe_created_at, received_at)
+    SELECT 'evt_1OldOne' || lpad(g::text, 16, '0'), 'invoice.paid', now(),
+           now() - interval '46 days'
+    FROM generate_series(1, 2500) g;
+    INSERT INTO webhook_events (id, type, stripe_created_at, received_at)
+    VALUES ('evt_1YoungOne0000000000001', 'invoice.paid', now(), now() - interval '44 days');
+    INSERT INTO invoices_deleted (stripe_invoice_id, deleted_at)
+    VALUES ('in_1OldTombstone000000001', now() - interval '46 days'),
+           ('in_1YoungTombstone0000001', now() - interval '1 day');
+    INSERT INTO idempotency_keys (key, request_hash, state, response_status, response_body,
+                                  updated_at)
+    VALUES ('old-done', 'x', 'done', 201, '{}', now() - interval '8 days'),
+           ('young-done', 'x', 'done', 201, '{}', now() - interval '6 days');
+    INSERT INTO idempotency_keys (key, request_hash, state, updated_at)
+    VALUES ('old-running', 'x', 'running', now() - interval '30 days');
+});
+my $p0 = metric($follower->{port}, 'invoices_pruned_rows_total{table="webhook_events"}')
+       + metric(server_port(), 'invoices_pruned_rows_total{table="webhook_events"}');
+ok(wait_until(sub { !sql_value("SELECT count(*) FROM webhook_events WHERE id LIKE 'evt_1OldOne%'") }, 15),
+   '2,500 event ids past 45 days: pruned (in batches of 1,000)');
+ok(wait_until(sub { !sql_value("SELECT count(*) FROM idempotency_keys WHERE key = 'old-done'") }, 5),
+   'a finished key past 7 days: pruned');
+is(sql_value("SELECT count(*) FROM webhook_events WHERE id = 'evt_1YoungOne0000000000001'"), 1,
+   'an event id of 44 days stays');
+is(sql_value("SELECT string_agg(stripe_invoice_id, ',' ORDER BY 1) FROM invoices_deleted"
+             . " WHERE stripe_invoice_id LIKE 'in_1%Tombstone%'"),
+   'in_1YoungTombstone0000001', 'the old tombstone pruned, the young one kept');
+is(sql_value("SELECT string_agg(key, ',' ORDER BY key) FROM idempotency_keys"
+             . " WHERE key IN ('old-done', 'young-done', 'old-running')"),
+   'old-running,young-done', 'a young finished key and an unfinished one stay');
+ok(sql_value('SELECT count(*) FROM webhook_events WHERE id IN ('
+             . join(',', map { quote($_->{id}) } @mine) . ')') == @mine,
+   'recent events stay');
+my $p1 = metric($follower->{port}, 'invoices_pruned_rows_total{table="webhook_events"}')
+       + metric(server_port(), 'invoices_pruned_rows_total{table="webhook_events"}');
+is($p1 - $p0, 2500, 'the metrics count 2,500 event ids pruned');
+
+stop_nginx($_) for grep { $_->{pid} } @nodes;
+
+done_testing();
