@@ -448,7 +448,7 @@ ngx_http_invoices_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_sec_value(conf->event_retention, prev->event_retention,
                              45 * 86400);
     ngx_conf_merge_sec_value(conf->idempotency_retention,
-                             prev->idempotency_retention, 7 * 86400);
+                             prev->idempotency_retention, 30 * 86400);
 
     if (conf->event_retention < 30 * 86400) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,

@@ -155,17 +155,17 @@ sql_do(q{
            ('in_1YoungTombstone0000001', now() - interval '1 day');
     INSERT INTO idempotency_keys (key, request_hash, state, response_status, response_body,
                                   updated_at)
-    VALUES ('old-done', 'x', 'done', 201, '{}', now() - interval '8 days'),
-           ('young-done', 'x', 'done', 201, '{}', now() - interval '6 days');
+    VALUES ('old-done', 'x', 'done', 201, '{}', now() - interval '31 days'),
+           ('young-done', 'x', 'done', 201, '{}', now() - interval '29 days');
     INSERT INTO idempotency_keys (key, request_hash, state, updated_at)
-    VALUES ('old-running', 'x', 'running', now() - interval '30 days');
+    VALUES ('old-running', 'x', 'running', now() - interval '60 days');
 });
 my $p0 = metric($follower->{port}, 'invoices_pruned_rows_total{table="webhook_events"}')
        + metric(server_port(), 'invoices_pruned_rows_total{table="webhook_events"}');
 ok(wait_until(sub { !sql_value("SELECT count(*) FROM webhook_events WHERE id LIKE 'evt_1OldOne%'") }, 15),
    '2,500 event ids past 45 days: pruned (in batches of 1,000)');
 ok(wait_until(sub { !sql_value("SELECT count(*) FROM idempotency_keys WHERE key = 'old-done'") }, 5),
-   'a finished key past 7 days: pruned');
+   'a finished key past 30 days: pruned');
 is(sql_value("SELECT count(*) FROM webhook_events WHERE id = 'evt_1YoungOne0000000000001'"), 1,
    'an event id of 44 days stays');
 is(sql_value("SELECT string_agg(stripe_invoice_id, ',' ORDER BY 1) FROM invoices_deleted"
