@@ -300,6 +300,54 @@ is(scalar(grep { !$_->{replayed} && ($_->{status} // 0) == 200 }
    'Stripe voided it once (every attempt under one Stripe key)');
 
 #----------------------------------------------------------------------
+# the whole state graph, on rows Stripe does not know: an action a status
+# allows goes to Stripe (which answers 404 for an invoice it never made:
+# 404 stripe_error), one it does not is a 409 without any Stripe call
+
+my %allowed = (
+    finalize => [qw(draft)], pay => [qw(open uncollectible)], send => [qw(open)],
+    void => [qw(open uncollectible)], mark_uncollectible => [qw(open)],
+    delete => [qw(draft)],
+);
+for my $status (qw(draft open paid uncollectible void)) {
+    my $row = insert_invoice(status => $status);
+    for my $action (sort keys %allowed) {
+        my $ok = grep { $_ eq $status } @{ $allowed{$action} };
+        my @req = $action eq 'delete' ? (DELETE => $row->{id})
+                                      : (POST => "$row->{id}/$action");
+        fake_control(DELETE => '/_fake/requests');
+        my $r = act(@req);
+        if ($ok) {
+            is($r->status, 404, "$action from $status: allowed, asked of Stripe (404 there)")
+                or diag $r->describe;
+            is(err($r)->{type}, 'stripe_error', "$action from $status: Stripe's 404");
+            is(stripe_calls(), 1, "$action from $status: one Stripe call");
+        } else {
+            is($r->status, 409, "$action from $status: 409") or diag $r->describe;
+            like(err($r)->{message} // '', qr/\b$status\b/, "$action from $status: the message names it");
+            is(stripe_calls(), 0, "$action from $status: no Stripe call");
+        }
+        is(status_of($row->{stripe_invoice_id}), $status, "$action from $status: the row unchanged");
+    }
+}
+
+#----------------------------------------------------------------------
+# the same key while the first request runs: 409
+
+my $slow = open_invoice();
+fake_config({ latency_ms => 1500 });
+my $first = start_request(POST => "/admin/api/invoices/$slow/void",
+                          ['Api-Key' => 'test-write-key-act', 'Idempotency-Key' => 'act-slow-1']);
+sleep 0.5;
+$res = act(POST => "$slow/void", idem => 'act-slow-1');
+is($res->status, 409, 'the same key while the first runs: 409');
+is(err($res)->{code}, 'idempotency_key_in_use', 'idempotency_key_in_use');
+my ($done) = finish_request($first);
+fake_config({ latency_ms => 0 });
+is($done->status, 200, 'the first: 200') or diag $done->describe;
+is(status_of($slow), 'void', 'void once');
+
+#----------------------------------------------------------------------
 # PostgreSQL down: 503, Stripe not called
 
 my $inv6 = open_invoice();
