@@ -52,7 +52,7 @@ sub node_of {
     my ($holder) = @_;
     my ($pid) = $holder =~ / (\d+)\z/ or return;
     for my $n (grep { $_->{pid} } @nodes) {
-        return $n if grep { $_ == $pid } worker_pids($n->{pid});
+        return $n if grep { $_ == $pid } worker_processes($n->{pid});
     }
     return;
 }
