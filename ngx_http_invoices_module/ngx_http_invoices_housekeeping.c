@@ -96,7 +96,7 @@ static const char  *ngx_http_invoices_prune_sql[NGX_HTTP_INVOICES_PRUNED_N] = {
 
     "DELETE FROM webhook_events WHERE id IN (SELECT id FROM webhook_events"
     " WHERE received_at < now() - $1::bigint * interval '1 second'"
-    " ORDER BY received_at LIMIT " NGX_HTTP_INVOICES_PRUNE_BATCH ")",
+    " LIMIT " NGX_HTTP_INVOICES_PRUNE_BATCH ")",
 
     "DELETE FROM invoices_deleted WHERE stripe_invoice_id IN"
     " (SELECT stripe_invoice_id FROM invoices_deleted"

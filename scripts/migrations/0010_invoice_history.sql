@@ -55,7 +55,7 @@ BEGIN
 END
 $$;
 
--- 0005's function, and the event's invoice and effect recorded with it
+-- 0005's function: the event's invoice and effect recorded with its id
 CREATE OR REPLACE FUNCTION invoices_webhook_event(p_event_id text,
                                                   p_type text,
                                                   p_event_created bigint,
@@ -81,40 +81,54 @@ CREATE OR REPLACE FUNCTION invoices_webhook_event(p_event_id text,
 RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_result  text;
+    v_result   text;
+    v_changed  boolean;
 BEGIN
-    INSERT INTO webhook_events (id, type, stripe_created_at, stripe_invoice_id)
-    VALUES (p_event_id, p_type, to_timestamp(p_event_created),
-            p_stripe_invoice_id)
-    ON CONFLICT (id) DO NOTHING;
+    IF p_stripe_invoice_id IS NULL THEN
+        INSERT INTO webhook_events (id, type, stripe_created_at)
+        VALUES (p_event_id, p_type, to_timestamp(p_event_created))
+        ON CONFLICT (id) DO NOTHING;
 
-    IF NOT FOUND THEN
+        RETURN CASE WHEN FOUND THEN 'ignored' ELSE 'duplicate' END;
+    END IF;
+
+    -- The invoice's lock first (migration 0004): a second delivery of
+    -- this event waits here until the first commits, then finds its id.
+    -- The id is recorded after the effect, with whether it changed the
+    -- row, in one write; under the lock no other transaction records it
+    -- meanwhile (if one did, the INSERT fails and the whole event rolls
+    -- back, so it still happens once).
+    PERFORM invoices_lock(p_stripe_invoice_id);
+
+    PERFORM 1 FROM webhook_events WHERE id = p_event_id;
+
+    IF FOUND THEN
         RETURN 'duplicate';
     END IF;
 
-    IF p_stripe_invoice_id IS NULL THEN
-        RETURN 'ignored';
-    END IF;
-
     IF p_type = 'invoice.deleted' THEN
-        UPDATE webhook_events SET changed = invoices_delete(p_stripe_invoice_id)
-         WHERE id = p_event_id;
-        RETURN 'deleted';
+        v_changed := invoices_delete(p_stripe_invoice_id);
+        v_result := 'deleted';
+
+    ELSE
+        v_result := invoices_apply(p_stripe_invoice_id, p_stripe_customer_id,
+                                   p_status, p_amount, p_currency,
+                                   p_invoice_pdf, p_stripe_created,
+                                   p_event_created, p_transition_at, p_number,
+                                   p_customer_email, p_customer_name,
+                                   p_amount_due, p_amount_paid,
+                                   p_amount_remaining, p_hosted_invoice_url,
+                                   p_due_date, p_finalized_at, p_paid_at,
+                                   p_voided_at);
+
+        -- 'deleted' here: a tombstone refused it, nothing changed
+        v_changed := v_result IN ('inserted', 'updated');
     END IF;
 
-    v_result := invoices_apply(p_stripe_invoice_id, p_stripe_customer_id,
-                               p_status, p_amount, p_currency, p_invoice_pdf,
-                               p_stripe_created, p_event_created,
-                               p_transition_at, p_number, p_customer_email,
-                               p_customer_name, p_amount_due, p_amount_paid,
-                               p_amount_remaining, p_hosted_invoice_url,
-                               p_due_date, p_finalized_at, p_paid_at,
-                               p_voided_at);
-
-    -- 'deleted' here: a tombstone refused it, nothing changed
-    UPDATE webhook_events
-       SET changed = (v_result IN ('inserted', 'updated'))
-     WHERE id = p_event_id;
+    INSERT INTO webhook_events (id, type, stripe_created_at,
+                                stripe_invoice_id, changed)
+    VALUES (p_event_id, p_type, to_timestamp(p_event_created),
+            p_stripe_invoice_id, v_changed);
 
     RETURN v_result;
 END
