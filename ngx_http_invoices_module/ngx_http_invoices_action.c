@@ -100,9 +100,6 @@ static void ngx_http_invoices_action_stripe(ngx_http_invoices_job_t *job,
     ngx_http_invoices_action_t *ac);
 static ngx_int_t ngx_http_invoices_action_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
-static void ngx_http_invoices_action_error(ngx_http_invoices_job_t *job,
-    ngx_uint_t status, const char *code, const char *message,
-    const char *param);
 
 
 ngx_int_t
@@ -281,7 +278,7 @@ ngx_http_invoices_action_run(ngx_http_invoices_job_t *job)
                                        sizeof(ac->payment_method), &invalid)
         != NGX_OK)
     {
-        ngx_http_invoices_action_error(job, NGX_HTTP_BAD_REQUEST,
+        ngx_http_invoices_job_refuse(job, NGX_HTTP_BAD_REQUEST,
                                        invalid.code, invalid.message,
                                        invalid.has_param ? invalid.param
                                                          : NULL);
@@ -340,7 +337,7 @@ ngx_http_invoices_action_run(ngx_http_invoices_job_t *job)
                       "this invoice is %s; %s needs %s", ac->status,
                       ac->def->name, ac->def->says) = '\0';
 
-        ngx_http_invoices_action_error(job, NGX_HTTP_CONFLICT,
+        ngx_http_invoices_job_refuse(job, NGX_HTTP_CONFLICT,
                                        "invoice_status_conflict",
                                        (char *) message, NULL);
 
@@ -405,7 +402,7 @@ ngx_http_invoices_action_row(ngx_http_invoices_job_t *job,
 
     if (PQntuples(res) == 0) {
         PQclear(res);
-        ngx_http_invoices_action_error(job, NGX_HTTP_NOT_FOUND,
+        ngx_http_invoices_job_refuse(job, NGX_HTTP_NOT_FOUND,
                                        "resource_missing", "no such invoice",
                                        "id");
         return NGX_ERROR;
@@ -534,15 +531,3 @@ ngx_http_invoices_action_finish(ngx_http_request_t *r,
     return ngx_http_invoices_job_send(r, job);
 }
 
-
-static void
-ngx_http_invoices_action_error(ngx_http_invoices_job_t *job,
-    ngx_uint_t status, const char *code, const char *message,
-    const char *param)
-{
-    free(job->body);
-
-    job->status = status;
-    job->body = ngx_http_invoices_json_error("invalid_request_error", code,
-                                             message, param, &job->len);
-}

@@ -80,9 +80,6 @@ static json_t *ngx_http_invoices_create_unreadable(
 static ngx_int_t ngx_http_invoices_create_attached(
     ngx_http_invoices_job_t *job, ngx_http_invoices_create_t *cr,
     u_char *attached, size_t n);
-static void ngx_http_invoices_create_error(ngx_http_invoices_job_t *job,
-    ngx_uint_t status, const char *code, const char *message,
-    const char *param);
 static ngx_int_t ngx_http_invoices_create_finish(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 
@@ -265,10 +262,10 @@ ngx_http_invoices_create_validate(ngx_http_invoices_job_t *job,
                                              &invalid);
 
     if (cr->req == NULL) {
-        ngx_http_invoices_create_error(job, NGX_HTTP_BAD_REQUEST,
-                                       invalid.code, invalid.message,
-                                       invalid.has_param ? invalid.param
-                                                         : NULL);
+        ngx_http_invoices_job_refuse(job, NGX_HTTP_BAD_REQUEST,
+                                     invalid.code, invalid.message,
+                                     invalid.has_param ? invalid.param
+                                                       : NULL);
         return NGX_ERROR;
     }
 
@@ -300,7 +297,7 @@ ngx_http_invoices_create_team(ngx_http_invoices_job_t *job,
         /* nothing was asked of Stripe: the key is not used up */
         cr->idem.forget = 1;
 
-        ngx_http_invoices_create_error(job, NGX_HTTP_NOT_FOUND,
+        ngx_http_invoices_job_refuse(job, NGX_HTTP_NOT_FOUND,
             "resource_missing", "no team is linked to this customer",
             "customer");
         return NGX_DONE;
@@ -512,9 +509,9 @@ ngx_http_invoices_create_lines(ngx_http_invoices_job_t *job,
 
     attached = calloc(n ? n : 1, 1);
     if (attached == NULL) {
-        ngx_http_invoices_create_error(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                       "internal_error", "out of memory",
-                                       NULL);
+        ngx_http_invoices_job_fail(job, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "api_error", "internal_error",
+                                   "out of memory");
         return NGX_ERROR;
     }
 
@@ -616,9 +613,9 @@ ngx_http_invoices_create_unreadable(ngx_http_invoices_job_t *job,
 {
     ngx_http_invoices_stripe_res_free(sr);
     json_decref(invoice);
-    ngx_http_invoices_create_error(job, NGX_HTTP_BAD_GATEWAY,
-                                   "stripe_bad_response",
-                                   "Stripe's answer could not be read", NULL);
+    ngx_http_invoices_job_fail(job, NGX_HTTP_BAD_GATEWAY, "api_error",
+                               "stripe_bad_response",
+                               "Stripe's answer could not be read");
     return NULL;
 }
 
@@ -705,27 +702,13 @@ ngx_http_invoices_create_attached(ngx_http_invoices_job_t *job,
 
     json_decref(list);
 
-    ngx_http_invoices_create_error(job, NGX_HTTP_BAD_GATEWAY,
-                                   "stripe_bad_response",
-                                   "Stripe's list of the invoice's lines "
-                                   "could not be read", NULL);
+    ngx_http_invoices_job_fail(job, NGX_HTTP_BAD_GATEWAY, "api_error",
+                               "stripe_bad_response",
+                               "Stripe's list of the invoice's lines could "
+                               "not be read");
     return NGX_ERROR;
 }
 
-
-static void
-ngx_http_invoices_create_error(ngx_http_invoices_job_t *job,
-    ngx_uint_t status, const char *code, const char *message,
-    const char *param)
-{
-    free(job->body);
-
-    job->status = status;
-    job->body = ngx_http_invoices_json_error(
-                    status >= NGX_HTTP_INTERNAL_SERVER_ERROR
-                    ? "api_error" : "invalid_request_error",
-                    code, message, param, &job->len);
-}
 
 
 /* event loop */

@@ -25,6 +25,8 @@ static ngx_http_invoices_api_key_t *ngx_http_invoices_auth(
     const char **denied);
 static uintptr_t ngx_http_invoices_key_equal(ngx_str_t *given,
     ngx_str_t *key);
+static ngx_int_t ngx_http_invoices_not_allowed(ngx_http_request_t *r,
+    ngx_str_t *allow, const char *message);
 
 
 ngx_int_t
@@ -39,7 +41,6 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
     ngx_http_invoices_api_key_t   *key;
     ngx_http_invoices_loc_conf_t  *ilcf;
 
-    static ngx_str_t  allow = ngx_string("Allow");
     static ngx_str_t  get_head = ngx_string("GET, HEAD");
     static ngx_str_t  get_head_post = ngx_string("GET, HEAD, POST");
     static ngx_str_t  get_head_delete = ngx_string("GET, HEAD, DELETE");
@@ -154,18 +155,8 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
             return ngx_http_invoices_action(r, ilcf, &id, action);
         }
 
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        if (ngx_http_invoices_set_header(r, &allow, &post) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
-                   "invalid_request_error", "method_not_allowed",
-                   "an action is taken with POST", NULL);
+        return ngx_http_invoices_not_allowed(r, &post,
+                                             "an action is taken with POST");
     }
 
     if (sub.len) {
@@ -175,19 +166,14 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
 
         ngx_http_invoices_metrics_endpoint(r, NGX_HTTP_INVOICES_EP_EVENTS);
 
+        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+            return ngx_http_invoices_not_allowed(r, &get_head,
+                       "an invoice's events are read with GET");
+        }
+
         rc = ngx_http_discard_request_body(r);
         if (rc != NGX_OK) {
             return rc;
-        }
-
-        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-            if (ngx_http_invoices_set_header(r, &allow, &get_head) != NGX_OK) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
-                       "invalid_request_error", "method_not_allowed",
-                       "an invoice's events are read with GET", NULL);
         }
 
         return ngx_http_invoices_history(r, ilcf, &id);
@@ -213,18 +199,8 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
             return ngx_http_invoices_sync(r, ilcf);
         }
 
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        if (ngx_http_invoices_set_header(r, &allow, &post) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
-                   "invalid_request_error", "method_not_allowed",
-                   "the sync is started with POST", NULL);
+        return ngx_http_invoices_not_allowed(r, &post,
+                                             "the sync is started with POST");
     }
 
     /* one invoice (not the export or the summary): a draft is deleted */
@@ -239,26 +215,17 @@ ngx_http_invoices_admin_handler(ngx_http_request_t *r)
                                         NGX_HTTP_INVOICES_ACTION_DELETE);
     }
 
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_invoices_not_allowed(r,
+                   !ilcf->stripe_secret_key.len ? &get_head
+                   : id.len == 0 ? &get_head_post
+                   : one ? &get_head_delete : &get_head,
+                   "this method is not allowed here");
+    }
+
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
-    }
-
-    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        if (ngx_http_invoices_set_header(r, &allow,
-                                         !ilcf->stripe_secret_key.len
-                                         ? &get_head
-                                         : id.len == 0 ? &get_head_post
-                                         : one ? &get_head_delete
-                                         : &get_head)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
-                   "invalid_request_error", "method_not_allowed",
-                   "this method is not allowed here", NULL);
     }
 
     if (id.len == 0) {
@@ -354,4 +321,29 @@ ngx_http_invoices_key_equal(ngx_str_t *given, ngx_str_t *key)
     }
 
     return diff == 0;
+}
+
+
+/* 405 with the methods the route takes; a body sent is discarded */
+
+static ngx_int_t
+ngx_http_invoices_not_allowed(ngx_http_request_t *r, ngx_str_t *allow,
+    const char *message)
+{
+    ngx_int_t  rc;
+
+    static ngx_str_t  name = ngx_string("Allow");
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (ngx_http_invoices_set_header(r, &name, allow) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_invoices_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                        "invalid_request_error",
+                                        "method_not_allowed", message, NULL);
 }

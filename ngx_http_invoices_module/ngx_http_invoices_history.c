@@ -228,12 +228,9 @@ ngx_http_invoices_history_run(ngx_http_invoices_job_t *job)
         || (PQgetvalue(res, 0, 1)[0] != 't' && PQgetisnull(res, 0, 2)))
     {
         PQclear(res);
-        free(job->body);
-        job->status = NGX_HTTP_NOT_FOUND;
-        job->body = ngx_http_invoices_json_error("invalid_request_error",
-                                                 "resource_missing",
-                                                 "no such invoice", "id",
-                                                 &job->len);
+        ngx_http_invoices_job_refuse(job, NGX_HTTP_NOT_FOUND,
+                                     "resource_missing", "no such invoice",
+                                     "id");
         return;
     }
 

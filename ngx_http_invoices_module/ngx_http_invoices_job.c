@@ -343,6 +343,20 @@ ngx_http_invoices_job_fail(ngx_http_invoices_job_t *job, ngx_uint_t status,
 }
 
 
+/* the caller's mistake (4xx, invalid_request_error), naming "param" */
+
+void
+ngx_http_invoices_job_refuse(ngx_http_invoices_job_t *job, ngx_uint_t status,
+    const char *code, const char *message, const char *param)
+{
+    free(job->body);
+
+    job->status = status;
+    job->body = ngx_http_invoices_json_error("invalid_request_error", code,
+                                             message, param, &job->len);
+}
+
+
 /* a pool thread made a handle: keep it for the worker's exit */
 
 void

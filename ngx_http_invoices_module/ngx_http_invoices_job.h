@@ -77,6 +77,9 @@ ngx_int_t ngx_http_invoices_job_send(ngx_http_request_t *r,
 void ngx_http_invoices_job_fail(ngx_http_invoices_job_t *job,
     ngx_uint_t status, const char *type, const char *code,
     const char *message);
+void ngx_http_invoices_job_refuse(ngx_http_invoices_job_t *job,
+    ngx_uint_t status, const char *code, const char *message,
+    const char *param);
 void ngx_http_invoices_thread_handle_keep(
     ngx_http_invoices_thread_handle_t *h);
 

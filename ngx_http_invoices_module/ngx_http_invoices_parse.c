@@ -16,6 +16,11 @@
 #include "ngx_http_invoices_parse.h"
 
 
+/* a body json_loadb() refused */
+#define NGX_HTTP_INVOICES_NOT_JSON                                            \
+    "the body is not valid JSON (UTF-8, no duplicate keys, no \\u0000)"
+
+
 static ngx_int_t ngx_http_invoices_parse_int(ngx_str_t *value, ngx_int_t max,
     ngx_int_t *out);
 static ngx_int_t ngx_http_invoices_list_arg(ngx_uint_t i, ngx_str_t *raw,
@@ -787,9 +792,7 @@ ngx_http_invoices_parse_create(u_char *body, size_t len,
     if (req == NULL || !json_is_object(req)) {
         ngx_http_invoices_invalid(invalid, "body_invalid",
                                   req ? "the body must be a JSON object"
-                                      : "the body is not valid JSON "
-                                        "(UTF-8, no duplicate keys, "
-                                        "no \\u0000)",
+                                      : NGX_HTTP_INVOICES_NOT_JSON,
                                   NULL);
         goto invalid;
     }
@@ -1217,9 +1220,7 @@ ngx_http_invoices_parse_action(u_char *body, size_t len, ngx_uint_t pay,
         ngx_http_invoices_invalid(invalid, "body_invalid",
                                   req ? "the body must be empty or a JSON "
                                         "object"
-                                      : "the body is not valid JSON "
-                                        "(UTF-8, no duplicate keys, "
-                                        "no \\u0000)",
+                                      : NGX_HTTP_INVOICES_NOT_JSON,
                                   NULL);
         goto invalid;
     }

@@ -786,14 +786,11 @@ ngx_http_invoices_list_run(ngx_http_invoices_job_t *job)
 
     if (col == 2 && rows && strtoll(PQgetvalue(res, 0, 1), NULL, 10) == 0) {
         PQclear(res);
-        free(job->body);
-        job->status = NGX_HTTP_BAD_REQUEST;
-        job->body = ngx_http_invoices_json_error("invalid_request_error",
+        ngx_http_invoices_job_refuse(job, NGX_HTTP_BAD_REQUEST,
                         "resource_missing",
                         rd->query.before ? "no such invoice: ending_before"
                                          : "no such invoice: starting_after",
-                        rd->query.before ? "ending_before" : "starting_after",
-                        &job->len);
+                        rd->query.before ? "ending_before" : "starting_after");
         return;
     }
 
@@ -955,12 +952,9 @@ ngx_http_invoices_get_run(ngx_http_invoices_job_t *job)
 
     if (PQntuples(res) == 0) {
         PQclear(res);
-        free(job->body);
-        job->status = NGX_HTTP_NOT_FOUND;
-        job->body = ngx_http_invoices_json_error("invalid_request_error",
-                                                 "resource_missing",
-                                                 "no such invoice", "id",
-                                                 &job->len);
+        ngx_http_invoices_job_refuse(job, NGX_HTTP_NOT_FOUND,
+                                     "resource_missing", "no such invoice",
+                                     "id");
         return;
     }
 

@@ -188,11 +188,9 @@ ngx_http_invoices_webhook_run(ngx_http_invoices_job_t *job)
     json_decref(event);
 
     if (rc == NGX_DECLINED) {
-        free(job->body);
         wh->result = NGX_HTTP_INVOICES_WEBHOOK_REJECTED;
-        job->status = NGX_HTTP_BAD_REQUEST;
-        job->body = ngx_http_invoices_json_error("invalid_request_error",
-                        "event_invalid", invalid, NULL, &job->len);
+        ngx_http_invoices_job_refuse(job, NGX_HTTP_BAD_REQUEST,
+                                     "event_invalid", invalid, NULL);
         return;
     }
 

@@ -338,7 +338,10 @@ my $slow = open_invoice();
 fake_config({ latency_ms => 1500 });
 my $first = start_request(POST => "/admin/api/invoices/$slow/void",
                           ['Api-Key' => 'test-write-key-act', 'Idempotency-Key' => 'act-slow-1']);
-sleep 0.5;
+ok(wait_until(sub { sql_value("SELECT count(*) FROM idempotency_keys"
+                              . " WHERE key = 'act-slow-1' AND state = 'running'"
+                              . " AND lease_until IS NOT NULL") }, 5),
+   'the first holds the key (Stripe answers it in 1.5 s)');
 $res = act(POST => "$slow/void", idem => 'act-slow-1');
 is($res->status, 409, 'the same key while the first runs: 409');
 is(err($res)->{code}, 'idempotency_key_in_use', 'idempotency_key_in_use');
