@@ -56,15 +56,13 @@
 typedef struct {
     ngx_http_invoices_loc_conf_t     *conf;
     ngx_msec_t                        tick;
-    ngx_thread_pool_t                *pool;
-    ngx_thread_task_t                *task;
+    ngx_http_invoices_job_t          *job;         /* posted every tick */
     ngx_event_t                       timer;
     char                              holder[128];
     char                              lease[NGX_INT_T_LEN + 1];  /* ms */
     ngx_http_invoices_stripe_conf_t   stripe;
 
     /* a pass: set in the thread, read on the event loop when it is done */
-    ngx_http_invoices_job_t           job;         /* for the statements */
     ngx_uint_t                        pulled;
     ngx_uint_t                        applied;
     ngx_uint_t                        changed;
@@ -77,8 +75,8 @@ typedef struct {
 
 
 static void ngx_http_invoices_housekeeping_tick(ngx_event_t *ev);
-static void ngx_http_invoices_housekeeping_thread(void *data, ngx_log_t *log);
-static void ngx_http_invoices_housekeeping_done(ngx_event_t *ev);
+static void ngx_http_invoices_housekeeping_run(ngx_http_invoices_job_t *job);
+static void ngx_http_invoices_housekeeping_done(ngx_http_invoices_job_t *job);
 static ngx_int_t ngx_http_invoices_housekeeping_lease(
     ngx_http_invoices_housekeeping_t *hk, const char *task, PGresult **res);
 static void ngx_http_invoices_housekeeping_prune(
@@ -140,34 +138,31 @@ ngx_http_invoices_housekeeping_init(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    hk->task = ngx_thread_task_alloc(cycle->pool, 0);
-    if (hk->task == NULL) {
+    hk->job = ngx_http_invoices_job_background(cycle->pool, cycle->log);
+    if (hk->job == NULL) {
         return NGX_ERROR;
     }
 
     hk->conf = conf;
-    hk->job.conninfo = (const char *) conf->database.data;
+    hk->job->conninfo = (const char *) conf->database.data;
+    hk->job->run = ngx_http_invoices_housekeeping_run;
+    hk->job->done = ngx_http_invoices_housekeeping_done;
+    hk->job->data = hk;
 
     hk->tick = NGX_HTTP_INVOICES_HOUSEKEEPING_TICK;
 
     if (conf->reconcile) {
         hk->tick = ngx_min(conf->reconcile, hk->tick);
-        hk->pool = conf->stripe_thread_pool;
+        hk->job->thread_pool = conf->stripe_thread_pool;
         ngx_http_invoices_stripe_conf(&hk->stripe, conf);
 
     } else {
-        hk->pool = conf->thread_pool;
+        hk->job->thread_pool = conf->thread_pool;
     }
 
     (void) ngx_http_invoices_sprint(hk->lease, "%M", 3 * hk->tick);
     (void) ngx_http_invoices_sprint(hk->holder, "%V %P", &cycle->hostname,
                                     ngx_pid);
-
-    hk->task->ctx = hk;
-    hk->task->handler = ngx_http_invoices_housekeeping_thread;
-    hk->task->event.handler = ngx_http_invoices_housekeeping_done;
-    hk->task->event.data = hk;
-    hk->task->event.log = cycle->log;
 
     hk->timer.handler = ngx_http_invoices_housekeeping_tick;
     hk->timer.data = hk;
@@ -197,27 +192,20 @@ ngx_http_invoices_housekeeping_tick(ngx_event_t *ev)
     hk->took = 0;
     hk->previous[0] = '\0';
     hk->error[0] = '\0';
-    hk->job.log[0] = '\0';
-    ngx_memzero(&hk->job.metrics, sizeof(hk->job.metrics));
 
-    if (ngx_thread_task_post(hk->pool, hk->task) != NGX_OK) {
+    if (ngx_http_invoices_job_post_background(hk->job) != NGX_OK) {
         /* the pool's queue is full: the next tick tries again */
         ngx_add_timer(&hk->timer, hk->tick);
-        return;
     }
-
-    ngx_http_invoices_metrics_job_posted();
 }
 
 
 /* pool thread */
 
 static void
-ngx_http_invoices_housekeeping_thread(void *data, ngx_log_t *log)
+ngx_http_invoices_housekeeping_run(ngx_http_invoices_job_t *job)
 {
-    ngx_http_invoices_housekeeping_t  *hk = data;
-
-    ngx_http_invoices_metrics_thread_job(&hk->job.metrics);
+    ngx_http_invoices_housekeeping_t  *hk = job->data;
 
     ngx_http_invoices_housekeeping_prune(hk);
 
@@ -225,35 +213,37 @@ ngx_http_invoices_housekeeping_thread(void *data, ngx_log_t *log)
         ngx_http_invoices_housekeeping_reconcile(hk);
     }
 
-    ngx_http_invoices_metrics_thread_job(NULL);
+    job->status = NGX_HTTP_OK;         /* the pass ran (what failed: error) */
 }
 
 
 /* event loop: what the pass saw, counted and logged; the next tick */
 
 static void
-ngx_http_invoices_housekeeping_done(ngx_event_t *ev)
+ngx_http_invoices_housekeeping_done(ngx_http_invoices_job_t *job)
 {
-    ngx_http_invoices_housekeeping_t  *hk = ev->data;
+    ngx_log_t                         *log;
+    ngx_http_invoices_housekeeping_t  *hk = job->data;
 
-    ngx_http_invoices_metrics_job_done(&hk->job.metrics);
+    log = hk->timer.log;
+
     ngx_http_invoices_metrics_housekeeping(hk->pulled, hk->applied,
                                            hk->pruned);
 
     if (hk->took) {
-        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+        ngx_log_error(NGX_LOG_WARN, log, 0,
                       "invoices: the reconciler runs on this node now "
                       "(\"%s\"; before: \"%s\")", hk->holder,
                       hk->previous[0] ? hk->previous : "none");
     }
 
     if (hk->error[0]) {
-        ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+        ngx_log_error(NGX_LOG_ERR, log, 0,
                       "invoices: the background work failed: %s", hk->error);
     }
 
     if (hk->applied || hk->pruned[0] || hk->pruned[1] || hk->pruned[2]) {
-        ngx_log_error(NGX_LOG_INFO, ev->log, 0,
+        ngx_log_error(NGX_LOG_INFO, log, 0,
                       "invoices: background work: %ui Stripe events pulled, "
                       "%ui applied; pruned %ui event ids, %ui tombstones, "
                       "%ui idempotency keys", hk->pulled, hk->applied,
@@ -263,9 +253,6 @@ ngx_http_invoices_housekeeping_done(ngx_event_t *ev)
     if (hk->changed) {
         ngx_http_invoices_cache_bump();
     }
-
-    free(hk->job.body);
-    hk->job.body = NULL;
 
     if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
         ngx_add_timer(&hk->timer, hk->tick);
@@ -289,7 +276,7 @@ ngx_http_invoices_housekeeping_lease(ngx_http_invoices_housekeeping_t *hk,
     values[1] = hk->holder;
     values[2] = hk->lease;
 
-    *res = ngx_http_invoices_pg_query(&hk->job,
+    *res = ngx_http_invoices_pg_query(hk->job,
                "SELECT previous, watermark, resume_after, resume_newest "
                "FROM invoices_lease_take($1, $2, $3)", 3, values);
 
@@ -332,7 +319,7 @@ ngx_http_invoices_housekeeping_prune(ngx_http_invoices_housekeeping_t *hk)
         values[0] = (t == NGX_HTTP_INVOICES_PRUNED_N - 1) ? keys : events;
 
         for (batch = 0; batch < NGX_HTTP_INVOICES_PRUNE_BATCHES; batch++) {
-            res = ngx_http_invoices_pg_query(&hk->job,
+            res = ngx_http_invoices_pg_query(hk->job,
                                              ngx_http_invoices_prune_sql[t],
                                              1, values);
             if (res == NULL) {
@@ -481,7 +468,7 @@ ngx_http_invoices_housekeeping_reconcile(ngx_http_invoices_housekeeping_t *hk)
     values[2] = newest_text;
     values[3] = mark;
 
-    res = ngx_http_invoices_pg_query(&hk->job,
+    res = ngx_http_invoices_pg_query(hk->job,
               "UPDATE invoices_leases SET "
               "watermark = CASE WHEN $2::boolean AND $3::bigint > 0 "
               "THEN greatest(coalesce(watermark, 0), $3::bigint) "
@@ -562,7 +549,7 @@ ngx_http_invoices_housekeeping_page(ngx_http_invoices_housekeeping_t *hk,
 
     values[0] = (char *) ids;
 
-    res = ngx_http_invoices_pg_query(&hk->job,
+    res = ngx_http_invoices_pg_query(hk->job,
               "SELECT x FROM unnest($1::text[]) x "
               "WHERE NOT EXISTS (SELECT 1 FROM webhook_events e "
               "WHERE e.id = x)", 1, values);
@@ -587,7 +574,7 @@ ngx_http_invoices_housekeeping_page(ngx_http_invoices_housekeeping_t *hk,
             continue;                       /* seen, or not an event */
         }
 
-        rc = ngx_http_invoices_webhook_apply(&hk->job, event, result,
+        rc = ngx_http_invoices_webhook_apply(hk->job, event, result,
                                              sizeof(result), &invalid);
 
         if (rc == NGX_ERROR) {
@@ -624,6 +611,6 @@ ngx_http_invoices_housekeeping_fail(ngx_http_invoices_housekeeping_t *hk,
     const char *what)
 {
     (void) ngx_http_invoices_sprint(hk->error, "%s: %s", what,
-                                    hk->job.log[0] ? hk->job.log
+                                    hk->job->log[0] ? hk->job->log
                                                    : "no detail");
 }

@@ -1,7 +1,9 @@
 
 /*
  * The one thread-pool job runner: post a job, hold the request, complete
- * it, resume the request, answer; the one way to set a job's error; and
+ * it, resume the request, answer (or, for the background work, a job
+ * without a request, posted by a timer); the one way to set a job's
+ * error; and
  * the pool threads' long-lived handles (PostgreSQL connections, curl
  * handles), closed at worker exit.
  *
@@ -29,6 +31,7 @@
 
 static void ngx_http_invoices_job_thread(void *data, ngx_log_t *log);
 static void ngx_http_invoices_job_done(ngx_event_t *ev);
+static void ngx_http_invoices_job_background_done(ngx_event_t *ev);
 static void ngx_http_invoices_job_hold(ngx_event_t *ev);
 static void ngx_http_invoices_job_resume(ngx_http_request_t *r);
 static void ngx_http_invoices_job_deferred(ngx_http_request_t *r, void *data);
@@ -149,6 +152,70 @@ ngx_http_invoices_job_post(ngx_http_request_t *r, ngx_http_invoices_job_t *job)
     r->write_event_handler = ngx_http_invoices_job_resume;
 
     return NGX_DONE;
+}
+
+
+/*
+ * A job without a request (the background work): made once, posted again
+ * and again; job->run runs in the thread as any job's, and job->done on
+ * the event loop once it is finished, with what the thread left (freed
+ * after it).
+ */
+
+ngx_http_invoices_job_t *
+ngx_http_invoices_job_background(ngx_pool_t *pool, ngx_log_t *log)
+{
+    ngx_thread_task_t        *task;
+    ngx_http_invoices_job_t  *job;
+
+    task = ngx_thread_task_alloc(pool, sizeof(ngx_http_invoices_job_t));
+    if (task == NULL) {
+        return NULL;
+    }
+
+    job = task->ctx;
+    job->task = task;
+
+    task->handler = ngx_http_invoices_job_thread;
+    task->event.handler = ngx_http_invoices_job_background_done;
+    task->event.data = job;
+    task->event.log = log;
+
+    return job;
+}
+
+
+/* NGX_OK, or NGX_DECLINED when the pool's queue is full */
+
+ngx_int_t
+ngx_http_invoices_job_post_background(ngx_http_invoices_job_t *job)
+{
+    job->status = 0;
+    job->log[0] = '\0';
+    job->log_level = 0;
+    ngx_memzero(&job->metrics, sizeof(ngx_http_invoices_metrics_job_t));
+
+    if (ngx_thread_task_post(job->thread_pool, job->task) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_invoices_metrics_job_posted();
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_invoices_job_background_done(ngx_event_t *ev)
+{
+    ngx_http_invoices_job_t  *job = ev->data;
+
+    ngx_http_invoices_metrics_job_done(&job->metrics);
+
+    job->done(job);
+
+    free(job->body);
+    job->body = NULL;
 }
 
 

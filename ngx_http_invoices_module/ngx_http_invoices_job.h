@@ -31,11 +31,16 @@ typedef ngx_int_t (*ngx_http_invoices_job_defer_pt)(ngx_http_request_t *r,
     void (*then)(ngx_http_request_t *r, void *data), void *data);
 
 
+/* a job without a request: called on the event loop when it is done */
+typedef void (*ngx_http_invoices_job_done_pt)(ngx_http_invoices_job_t *job);
+
+
 struct ngx_http_invoices_job_s {
     /* in: set on the event loop before posting, read-only in the thread */
     const char                       *conninfo;
     ngx_http_invoices_job_run_pt      run;
     ngx_http_invoices_job_finish_pt   finish;
+    ngx_http_invoices_job_done_pt     done;        /* no request: instead */
     void                             *data;        /* the endpoint's */
 
     /* out: set in the thread, read on the event loop */
@@ -72,6 +77,11 @@ ngx_int_t ngx_http_invoices_job_post(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
 ngx_int_t ngx_http_invoices_job_send(ngx_http_request_t *r,
     ngx_http_invoices_job_t *job);
+
+/* event loop, jobs without a request (ngx_http_invoices_housekeeping.c) */
+ngx_http_invoices_job_t *ngx_http_invoices_job_background(ngx_pool_t *pool,
+    ngx_log_t *log);
+ngx_int_t ngx_http_invoices_job_post_background(ngx_http_invoices_job_t *job);
 
 /* pool threads */
 void ngx_http_invoices_job_fail(ngx_http_invoices_job_t *job,
