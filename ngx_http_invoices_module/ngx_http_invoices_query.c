@@ -18,6 +18,37 @@ static const char  *ngx_http_invoices_range_columns[] = {
     "i.stripe_created_at", "i.amount", "i.due_date"
 };
 
+/* the function that counts a range alone from kept counts (0012) */
+static const char  *ngx_http_invoices_range_counts[] = {
+    "invoices_created_count", "invoices_amount_count", "invoices_due_count"
+};
+
+/*
+ * A range of amount or dueDate alone, bounded at both ends, is walked
+ * bucket by bucket (migration 0012's indexes: the amount's thousands, the
+ * due date's day, then (createdAt, _id)) when it spans at most this many
+ * buckets: each walk stops after a page, so a page reads at most this
+ * many pages of index entries, whatever the number of matches.  The
+ * buckets are the same expressions as the indexes', taken of the bounds
+ * (the upper one exclusive).
+ */
+#define NGX_HTTP_INVOICES_BUCKETS_MAX  100
+#define NGX_HTTP_INVOICES_AMOUNT_BUCKET  1000            /* as in 0012 */
+#define NGX_HTTP_INVOICES_DAY_MS  86400000
+
+static const char  *ngx_http_invoices_range_buckets[] = {
+    NULL,
+    "(i.amount / 1000)",
+    "invoices_day(i.due_date)"
+};
+
+static const char  *ngx_http_invoices_range_series[] = {
+    NULL,
+    "generate_series($%ui::bigint / 1000, ($%ui::bigint - 1) / 1000)",
+    "generate_series(floor($%ui::bigint / 86400000.0)::bigint,"
+    " floor(($%ui::bigint - 1) / 86400000.0)::bigint)"
+};
+
 #define NGX_HTTP_INVOICES_WHERE_MAX  2048
 
 
@@ -38,6 +69,8 @@ static u_char *ngx_http_invoices_query_equal(u_char *p, u_char *last,
 static ngx_int_t ngx_http_invoices_query_branch(
     ngx_http_invoices_filter_t *filter, const char *column,
     const u_char *value, ngx_uint_t status, const char *dir);
+static ngx_uint_t ngx_http_invoices_query_buckets(
+    ngx_http_invoices_list_query_t *query, ngx_int_t range);
 static const char *ngx_http_invoices_query_int64(ngx_pool_t *pool,
     int64_t v);
 static const char *ngx_http_invoices_query_like(ngx_pool_t *pool,
@@ -53,8 +86,9 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     ngx_uint_t                 i, n, k, counted, per_status;
     const char                *v, *op, *column, *dir;
     ngx_http_invoices_lead_e   lead;
-    u_char                     value[24], *c;
-    ngx_uint_t                 bound[2];
+    u_char                     value[24], *c, *clast;
+    ngx_int_t                  alone;
+    ngx_uint_t                 bound[NGX_HTTP_INVOICES_RANGES][2];
 
     ngx_memzero(filter, sizeof(ngx_http_invoices_filter_t));
 
@@ -70,8 +104,7 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     filter->groups.data = g;
     counted = 1;
     per_status = 0;
-    bound[0] = 0;
-    bound[1] = 0;
+    ngx_memzero(bound, sizeof(bound));
     column = NULL;
     value[0] = '\0';
     dir = query->before ? "ASC" : "DESC";
@@ -195,6 +228,7 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
             op = (n == 0) ? ">=" : "<";
             counted = 0;
             k = param(v);
+            bound[i][n] = k;
 
             if (i == NGX_HTTP_INVOICES_RANGE_AMOUNT) {
                 p = ngx_slprintf(p, last, " AND %s %s $%ui::bigint",
@@ -206,10 +240,6 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
                              " AND %s %s timestamptz 'epoch'"
                              " + $%ui::bigint * interval '1 millisecond'",
                              ngx_http_invoices_range_columns[i], op, k);
-
-            if (i == NGX_HTTP_INVOICES_RANGE_CREATED) {
-                bound[n] = k;
-            }
         }
     }
 
@@ -230,38 +260,55 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
     filter->collect = (what == NGX_HTTP_INVOICES_FILTER_PAGE
                        && ngx_http_invoices_query_collects(query));
 
-    if (ngx_http_invoices_query_created_only(query)) {
+    alone = ngx_http_invoices_query_one_range(query);
+
+    if (alone >= 0) {
         /*
-         * a createdAt range and nothing else: counted from buckets, by a
-         * function in FROM, so that it runs once (an expression in the
-         * count's SELECT list would be pulled up into the page's join and
-         * run for every row of the page)
+         * a range and nothing else: counted from buckets (migration
+         * 0012), by a function in FROM, so that it runs once (an
+         * expression in the count's SELECT list would be pulled up into
+         * the page's join and run for every row of the page)
          */
 
-        c = ngx_slprintf(filter->created,
-                         filter->created + sizeof(filter->created) - 1,
-                         "SELECT n FROM invoices_created_count(");
+        c = filter->kept;
+        clast = filter->kept + sizeof(filter->kept) - 1;
+        c = ngx_slprintf(c, clast, "SELECT n FROM %s(",
+                         ngx_http_invoices_range_counts[alone]);
 
         for (n = 0; n < 2; n++) {
-            if (bound[n]) {
-                c = ngx_slprintf(c, filter->created + sizeof(filter->created)
-                                    - 1,
-                                 "timestamptz 'epoch' + $%ui::bigint"
-                                 " * interval '1 millisecond'%s",
-                                 bound[n], n ? ") AS n" : ", ");
+            if (bound[alone][n] == 0) {
+                c = ngx_slprintf(c, clast, "NULL");
+
+            } else if (alone == NGX_HTTP_INVOICES_RANGE_AMOUNT) {
+                c = ngx_slprintf(c, clast, "$%ui::bigint", bound[alone][n]);
 
             } else {
-                c = ngx_slprintf(c, filter->created + sizeof(filter->created)
-                                    - 1,
-                                 "NULL%s", n ? ") AS n" : ", ");
+                c = ngx_slprintf(c, clast, "timestamptz 'epoch' + $%ui::bigint"
+                                 " * interval '1 millisecond'",
+                                 bound[alone][n]);
             }
+
+            c = ngx_slprintf(c, clast, n ? ") AS n" : ", ");
         }
 
-        if (c == filter->created + sizeof(filter->created) - 1) {
+        if (c == clast) {
             return NGX_ERROR;            /* cannot happen: sized for it */
         }
 
         *c = '\0';
+
+        if (what == NGX_HTTP_INVOICES_FILTER_PAGE
+            && ngx_http_invoices_query_buckets(query, alone)
+               <= NGX_HTTP_INVOICES_BUCKETS_MAX)
+        {
+            filter->bucket = ngx_http_invoices_range_buckets[alone];
+            c = ngx_slprintf(filter->series,
+                             filter->series + sizeof(filter->series) - 1,
+                             ngx_http_invoices_range_series[alone],
+                             bound[alone][0], bound[alone][1]);
+            *c = '\0';
+            filter->collect = 0;
+        }
     }
 
 #undef param
@@ -357,28 +404,71 @@ ngx_http_invoices_query_equalities(ngx_http_invoices_list_query_t *query)
 }
 
 
-/* a createdAt range and no other filter */
+/* the range given with no other filter (NGX_HTTP_INVOICES_RANGE_*), or -1 */
 
-ngx_uint_t
-ngx_http_invoices_query_created_only(ngx_http_invoices_list_query_t *query)
+ngx_int_t
+ngx_http_invoices_query_one_range(ngx_http_invoices_list_query_t *query)
 {
+    ngx_int_t   alone;
     ngx_uint_t  i;
 
     if (query->statuses || query->team[0] || query->customer[0]
         || query->currency[0] || query->q[0])
     {
-        return 0;
+        return -1;
     }
 
+    alone = -1;
+
     for (i = 0; i < NGX_HTTP_INVOICES_RANGES; i++) {
-        if ((query->has_lower[i] || query->has_upper[i])
-            != (i == NGX_HTTP_INVOICES_RANGE_CREATED))
-        {
-            return 0;
+        if (query->has_lower[i] || query->has_upper[i]) {
+            if (alone >= 0) {
+                return -1;
+            }
+
+            alone = i;
         }
     }
 
-    return 1;
+    return alone;
+}
+
+
+/*
+ * The number of buckets a range of amount or dueDate spans, as the walks
+ * count them (see NGX_HTTP_INVOICES_BUCKETS_MAX); NGX_MAX_INT_T_VALUE
+ * when it is open at an end, or is the createdAt range (walked from the
+ * list's own index); 0 when it is empty.
+ */
+
+static ngx_uint_t
+ngx_http_invoices_query_buckets(ngx_http_invoices_list_query_t *query,
+    ngx_int_t range)
+{
+    int64_t  lo, hi, w;
+
+    if (range == NGX_HTTP_INVOICES_RANGE_CREATED
+        || !query->has_lower[range] || !query->has_upper[range])
+    {
+        return NGX_MAX_INT_T_VALUE;
+    }
+
+    lo = query->lower[range];
+    hi = query->upper[range];
+
+    if (lo >= hi) {
+        return 0;
+    }
+
+    if (range == NGX_HTTP_INVOICES_RANGE_AMOUNT) {
+        /* truncated towards zero, as PostgreSQL divides a bigint */
+        w = NGX_HTTP_INVOICES_AMOUNT_BUCKET;
+        return (ngx_uint_t) ((hi - 1) / w - lo / w + 1);
+    }
+
+    /* from 1970 on (ngx_http_invoices_parse.c): floor is truncation */
+    w = NGX_HTTP_INVOICES_DAY_MS;
+    return (ngx_uint_t) ((hi - 1) / w - lo / w + 1);
 }
 
 

@@ -50,22 +50,29 @@ typedef struct {
  * their parameters numbered from "first" on; and, when they are only
  * equalities (status, team, customer, currency), the same conditions on
  * the kept counts "g" (invoices_group_count, or invoices_team_count when
- * no customer is named: migration 0006); for a createdAt range and no
- * other filter, the kept count's expression.  For a page of equalities only,
+ * no customer is named: migration 0006); for a range and no other
+ * filter, the kept count's expression, and for a page of a narrow amount
+ * or dueDate range alone, the buckets it walks.  For a page of equalities only,
  * its branches: one walk of one index, or one per status named, merged
  * (ngx_http_invoices_query.c says which); none when the planner chooses.
  */
 typedef struct {
     ngx_str_t     where;                 /* NUL-ended; "" when none */
     ngx_str_t     groups;                /* NUL-ended; empty: count rows */
-    u_char        created[192];          /* a createdAt range alone: its
-                                            kept count (migration 0008);
-                                            "" otherwise */
+    u_char        kept[192];             /* a range alone: its kept
+                                            count (migration 0012); ""
+                                            otherwise */
     const char   *values[NGX_HTTP_INVOICES_FILTER_PARAMS];
     ngx_uint_t    nvalues;
     ngx_uint_t    collect;               /* a page of an amount or dueDate
                                             range: walk or collect, by the
                                             count (_read.c) */
+    const char   *bucket;                /* a page of a narrow amount or
+                                            dueDate range alone: walked per
+                                            bucket, the bucket's expression
+                                            (NULL otherwise) */
+    u_char        series[160];           /* ... and its buckets: the
+                                            generate_series() of them */
     ngx_uint_t    nbranches;
     ngx_http_invoices_branch_t  branches[NGX_HTTP_INVOICES_STATUSES];
 } ngx_http_invoices_filter_t;
@@ -76,7 +83,7 @@ ngx_int_t ngx_http_invoices_query_filter(ngx_pool_t *pool,
     ngx_uint_t what, ngx_http_invoices_filter_t *filter);
 ngx_uint_t ngx_http_invoices_query_equalities(
     ngx_http_invoices_list_query_t *query);
-ngx_uint_t ngx_http_invoices_query_created_only(
+ngx_int_t ngx_http_invoices_query_one_range(
     ngx_http_invoices_list_query_t *query);
 ngx_uint_t ngx_http_invoices_query_collects(
     ngx_http_invoices_list_query_t *query);

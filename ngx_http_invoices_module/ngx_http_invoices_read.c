@@ -108,7 +108,8 @@ static const char  ngx_http_invoices_list_sql[] =
  *
  * Page 1 of equalities only (and of no filter; of a createdAt range
  * alone: the list's own index, whatever the bounds; of an amount or
- * dueDate range: walked or collected by the count) has its LIMIT written in
+ * dueDate range: walked per bucket when narrow and alone, else walked or
+ * collected by the count) has its LIMIT written in
  * and runs prepared, once per text and connection (a "shaped" statement,
  * ngx_http_invoices_pg.c): its text depends only on which filters are
  * given, and its plan not on their values.  With "LIMIT $1" PostgreSQL
@@ -153,6 +154,19 @@ static const char  ngx_http_invoices_list_walk_sql[] =
  */
 #define NGX_HTTP_INVOICES_MANY                                                \
     "c.n * 20 > (" NGX_HTTP_INVOICES_KEPT_COUNT ")"
+
+/*
+ * A narrow range of amount or dueDate alone (ngx_http_invoices_query.c):
+ * one walk per bucket of the range, each of its own index's entries only
+ * (migration 0012; the bucket's expression first in the ORDER BY, so that
+ * only that index gives the order), merged like the walks below; %s the
+ * buckets' series and the bucket's expression.
+ */
+static const char  ngx_http_invoices_list_bucket_sql[] =
+    "SELECT w.* FROM %s s (b) CROSS JOIN LATERAL ("
+    "SELECT i.stripe_created_at AS sort_at, i.id FROM invoices i "
+    "WHERE %s = s.b%V%s "
+    "ORDER BY %s %s, i.stripe_created_at %s, i.id %s %s) w";
 
 static const char  ngx_http_invoices_list_collect_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
@@ -297,7 +311,7 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     cursor = (q->cursor[0] != '\0');
     shaped = (q->page == 1
               && (ngx_http_invoices_query_equalities(q)
-                  || ngx_http_invoices_query_created_only(q)
+                  || ngx_http_invoices_query_one_range(q) >= 0
                   || ngx_http_invoices_query_collects(q)));
 
     if (!filtered && !cursor && !shaped) {
@@ -338,6 +352,7 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     size = sizeof(ngx_http_invoices_list_built_sql)
            + sizeof(ngx_http_invoices_list_merge_sql)
            + sizeof(ngx_http_invoices_list_collect_sql) + 2 * filter.where.len
+           + sizeof(ngx_http_invoices_list_bucket_sql) + sizeof(filter.series)
            + NGX_HTTP_INVOICES_STATUSES
              * (sizeof(ngx_http_invoices_list_walk_sql)
                 + sizeof(NGX_HTTP_INVOICES_WALK_ROWS) + filter.where.len
@@ -350,10 +365,10 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
             return NGX_ERROR;
         }
 
-        if (filter.created[0]) {
-            /* a createdAt range alone: its kept counts (migration 0008) */
-            last = ngx_cpymem((u_char *) count, filter.created,
-                              ngx_strlen(filter.created));
+        if (filter.kept[0]) {
+            /* a range alone: its kept counts (migration 0012) */
+            last = ngx_cpymem((u_char *) count, filter.kept,
+                              ngx_strlen(filter.kept));
 
         } else if (filter.groups.len) {
             /*
@@ -406,7 +421,7 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     ngx_memzero(&none, sizeof(ngx_http_invoices_branch_t));
 
     /* each of several walks may give the whole page, offset included */
-    each = (filter.nbranches > 1 && !shaped)
+    each = ((filter.nbranches > 1 || filter.bucket) && !shaped)
            ? "LIMIT $1::bigint + $2::bigint" : (const char *) limit;
 
     walks = ngx_pnalloc(r->pool, size);
@@ -434,6 +449,13 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
 
         if (n > 1) {
             p = ngx_slprintf(p, last, "%s(", i ? " UNION ALL " : "");
+        }
+
+        if (filter.bucket) {
+            p = ngx_slprintf(p, last, ngx_http_invoices_list_bucket_sql,
+                             filter.series, filter.bucket, &filter.where,
+                             after, filter.bucket, dir, dir, dir, each);
+            continue;
         }
 
         if (filter.collect) {
@@ -470,7 +492,7 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (n > 1) {
+    if (n > 1 || filter.bucket) {
         merged = ngx_pnalloc(r->pool, size);
         if (merged == NULL) {
             return NGX_ERROR;

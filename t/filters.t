@@ -429,6 +429,102 @@ for my $e (["starting_after=$model[1]{id}&page=2" => 'page'],
     }
 }
 
+# amount and dueDate: counted from the buckets kept per field (migration
+# 0012) and, bounded at both ends and narrow, paged by one walk per bucket
+# of their own index (ngx_http_invoices_query.c): 42 invoices on and around
+# the buckets' edges (due dates: a minute, an hour, a day, 30 days; amounts:
+# 100, 10,000, 1,000,000, 100,000,000, and the walks' thousands, negative
+# ones too), ranges on an edge, a unit off, open at either end, against
+# the model; then rows moved across buckets and deleted.
+{
+    my $day0 = 20_520 * 86400;          # a UTC midnight, on a 30-day edge
+    my @due = map { $day0 * 1000 + $_ }
+              (0, 1, -1, 59_999, 60_000, 3_599_999, 3_600_000, 86_399_999,
+               86_400_000, 2_592_000_000 - 1, 2_592_000_000, 2 * 86_400_000 + 7,
+               (map { 1000 * (19 * $_ ** 2) } 1 .. 30));
+    my @amount = (0, 1, -1, 99, 100, 999, 1000, 1001, 9_999, 10_000, 999_999,
+                  1_000_000, 100_000_000, 99_999_999, -1000, -1001,
+                  (map { 37 * $_ ** 3 } 1 .. 26));
+    for my $k (0 .. $#due) {
+        my $created = ($base + 500_000 + 7 * ($k % 13) + $k) * 1000;
+        my %inv = (id => object_id($base + 2000 + $k),
+                   stripe_invoice_id => sprintf('in_1Range%04d%s', $k, 'r' x 12),
+                   stripe_customer_id => 'cus_Range', status => 'open',
+                   amount => $amount[$k], currency => 'eur',
+                   stripe_created_at => iso($created),
+                   $k % 7 == 6 ? () : (due_date => iso($due[$k])));
+        insert_invoice(%inv);
+        push @model, { %inv, created_ms => $created, team_name => undef,
+                       due_ms => $k % 7 == 6 ? undef : $due[$k] };
+    }
+    @model = sort { $b->{created_ms} <=> $a->{created_ms} || $b->{id} cmp $a->{id} } @model;
+
+    srand(12);                   # the same ranges on every run
+    my @dmarks = (@due, map { $day0 * 1000 + $_ * 86_400_000 } -1, 3, 40, 150);
+    my @amarks = (@amount, 500, 5_000, 50_000, 123_456, -5_000);
+    my @dbounds = map { ($_ - 1, $_, $_ + 1) } @dmarks;
+    my @abounds = map { ($_ - 1, $_, $_ + 1) } @amarks;
+    my @ranges = (['d', undef, $day0 * 1000 + 60_000], ['d', $day0 * 1000 - 1, undef],
+                  ['a', undef, 1000], ['a', -1, undef], ['a', 100, 100],
+                  ['d', $day0 * 1000, $day0 * 1000 + 1]);
+    push @ranges, ['d', sort { $a <=> $b } map { $dbounds[rand @dbounds] } 1 .. 2] for 1 .. 40;
+    push @ranges, ['a', sort { $a <=> $b } map { $abounds[rand @abounds] } 1 .. 2] for 1 .. 40;
+    my $query = sub {
+        my ($f, $lo, $hi) = @_;
+        return join '&', (defined $lo ? ($f eq 'd' ? 'dueDate[gte]=' . iso($lo) : "amount[gte]=$lo") : ()),
+                         (defined $hi ? ($f eq 'd' ? 'dueDate[lt]=' . iso($hi) : "amount[lt]=$hi") : ());
+    };
+    my $model_filter = sub {
+        my ($f, $lo, $hi) = @_;
+        return ((defined $lo ? (($f eq 'd' ? 'dmin' : 'amin') => $lo) : ()),
+                (defined $hi ? (($f eq 'd' ? 'dmax' : 'amax') => $hi) : ()));
+    };
+    for my $r (@ranges) {
+        my $q = $query->(@$r);
+        my $want = () = expected($model_filter->(@$r));
+        my $doc = api_request(GET => "/admin/api/invoices?limit=1&$q")->json_or_undef // {};
+        is($doc->{count}, $want, "?$q: count $want");
+    }
+    # the pages, in order, of narrow ones (walked per bucket) and broad ones
+    for my $r (['d', $day0 * 1000 - 1, $day0 * 1000 + 86_400_001],
+               ['d', $day0 * 1000 + 1, $day0 * 1000 + 40 * 86_400_000],
+               ['d', $day0 * 1000, $day0 * 1000 + 200 * 86_400_000],
+               ['a', -1001, 1001], ['a', 2, 99_999], ['a', 999, 1001],
+               ['a', -1_000_000, 0]) {
+        my $q = $query->(@$r);
+        filtered_is($q, { $model_filter->(@$r) }, "?$q");
+        my @want = map { $_->{id} } expected($model_filter->(@$r));
+        is_deeply(walk($q, 'starting_after', 4), \@want,
+                  "starting_after walk, limit 4, ?$q: every invoice once, in order");
+        is_deeply(walk($q, 'ending_before', 3, $model[-1]{id}),
+                  [grep { $_ ne $model[-1]{id} } @want],
+                  "ending_before walk from the oldest invoice, ?$q: every newer one once");
+    }
+
+    # moved across every width, then deleted
+    my ($moved) = grep { $_->{stripe_invoice_id} =~ /^in_1Range0003/ } @model;
+    sql_do('UPDATE invoices SET due_date = ' . quote(iso($day0 * 1000 - 2_592_000_000 - 61_000))
+           . ', amount = 123456789 WHERE id = ' . quote($moved->{id}));
+    $moved->{due_ms} = $day0 * 1000 - 2_592_000_000 - 61_000;
+    $moved->{amount} = 123_456_789;
+    sql_do("DELETE FROM invoices WHERE stripe_invoice_id LIKE 'in!_1Range001%' ESCAPE '!'");
+    @model = grep { $_->{stripe_invoice_id} !~ /^in_1Range001/ } @model;
+    for my $r (['d', $day0 * 1000 - 2_592_000_000 - 86_400_000, $day0 * 1000],
+               ['d', $day0 * 1000, $day0 * 1000 + 2_592_000_000], ['d', undef, undef],
+               ['a', 100_000_000, 200_000_000], ['a', 0, 100_000_000], ['a', undef, undef]) {
+        my ($f, $lo, $hi) = @$r;
+        my $q = defined $lo ? $query->(@$r) : $f eq 'd' ? 'dueDate[gte]=1970-01-01T00:00:00Z'
+                                                       : 'amount[gte]=-999999999999999';
+        my %mf = defined $lo ? $model_filter->(@$r) : $f eq 'd' ? (dmin => 0) : (amin => -999_999_999_999_999);
+        my @want = map { $_->{id} } expected(%mf);
+        my $res = api_request(GET => "/admin/api/invoices?limit=100&$q");
+        is(($res->json_or_undef // {})->{count}, scalar @want,
+           "after a move and deletes, ?$q: count " . scalar @want);
+        is_deeply(ids_of($res), [@want[0 .. ($#want < 99 ? $#want : 99)]],
+                  "after a move and deletes, ?$q: the first page");
+    }
+}
+
 # stable while invoices arrive: newer ones, and one in the middle of the
 # list (created between two pages), never duplicate or skip an old one
 {

@@ -156,10 +156,10 @@ sub insert_rows {
 
 sub insert_row { my ($table, $row) = @_; return (insert_rows($table, $row))[0] }
 
-# kept_counts_off() -> the counts the writes keep (migrations 0003, 0006, 0008)
+# kept_counts_off() -> the counts the writes keep (migrations 0003, 0006, 0012)
 # that differ from counting the rows: "total 12 (rows 13)", "paid/team/
-# cus_x/eur 2 (rows 3)", "paid/team/eur 5 (rows 6)", "created/60/<minute> 1
-# (rows 2)"; empty when all agree.
+# cus_x/eur 2 (rows 3)", "paid/team/eur 5 (rows 6)", "range/c/60/<minute> 1
+# (rows 2)" (c createdAt, d dueDate, a amount); empty when all agree.
 sub kept_counts_off {
     my $rows = sql_json(<<'SQL');
 SELECT 'total' AS k, (SELECT coalesce(sum(n), 0) FROM invoices_count) AS kept,
@@ -183,15 +183,19 @@ FULL JOIN (SELECT status, coalesce(team_id, '') AS t, currency, count(*) AS n
            FROM invoices GROUP BY 1, 2, 3) r
   ON (g.status, g.team_key, g.currency) = (r.status, r.t, r.currency)
 UNION ALL
-SELECT concat_ws('/', 'created', coalesce(g.width, r.width), coalesce(g.start, r.start)),
+SELECT concat_ws('/', 'range', coalesce(g.field, r.field), coalesce(g.width, r.width),
+                 coalesce(g.start, r.start)),
        coalesce(g.n, 0), coalesce(r.n, 0)
-FROM (SELECT width, start, sum(n) AS n FROM invoices_time_count
-      GROUP BY 1, 2 HAVING sum(n) <> 0) g
-FULL JOIN (SELECT w.width, invoices_time_floor(i.stripe_created_at, w.width) AS start,
+FROM (SELECT field, width, start, sum(n) AS n FROM invoices_range_count
+      GROUP BY 1, 2, 3 HAVING sum(n) <> 0) g
+FULL JOIN (SELECT v.field, w.width, floor(v.v / w.width) * w.width AS start,
                   count(*) AS n
-           FROM invoices i CROSS JOIN invoices_time_widths w
-           GROUP BY 1, 2) r
-  ON (g.width, g.start) = (r.width, r.start)
+           FROM invoices i
+           CROSS JOIN LATERAL invoices_range_values(i.stripe_created_at,
+                                                    i.due_date, i.amount) v
+           JOIN invoices_range_widths w ON w.field = v.field
+           GROUP BY 1, 2, 3) r
+  ON (g.field, g.width, g.start) = (r.field, r.width, r.start)
 SQL
     return map { "$_->{k} $_->{kept} (rows $_->{n})" }
            grep { $_->{kept} != $_->{n} } @$rows;
