@@ -141,8 +141,9 @@ static const char  ngx_http_invoices_list_walk_sql[] =
     "i.stripe_created_at AS sort_at, i.id FROM invoices i"
 
 /*
- * A range of amount or dueDate (ngx_http_invoices_query.c): the list's
- * own index is walked, filtering, when many invoices match (the count,
+ * A range of amount or dueDate with other filters, or open at an end, or
+ * broad (else see the bucket walks below): the list's own index is
+ * walked, filtering, when many invoices match (the count,
  * c.n, is known first: over a twentieth of all), else the matches are
  * collected from the range's own index (migration 0009: it holds
  * createdAt and _id) and sorted, and only the page's rows read in full.
