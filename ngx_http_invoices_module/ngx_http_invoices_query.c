@@ -26,27 +26,35 @@ static const char  *ngx_http_invoices_range_counts[] = {
 /*
  * A range of amount or dueDate alone, bounded at both ends, is walked
  * bucket by bucket (migration 0012's indexes: the amount's thousands, the
- * due date's day, then (createdAt, _id)) when it spans at most this many
- * buckets: each walk stops after a page, so a page reads at most this
- * many pages of index entries, whatever the number of matches.  The
- * buckets are the same expressions as the indexes', taken of the bounds
- * (the upper one exclusive).
+ * due date's hour, then (createdAt, _id)) when it spans at most so many
+ * buckets (100 thousands, a week of hours): each walk stops after a page,
+ * so a page reads at most that many pages of index entries, and in the
+ * two buckets at the range's ends what lies beyond it, whatever the number
+ * of matches.  The buckets are the same expressions as the indexes',
+ * taken of the bounds (the upper one exclusive); the series is capped
+ * too, so that PostgreSQL estimates its rows (a parameter's series is a
+ * thousand to it, which makes the walks look costly enough to be compiled
+ * by its JIT on every run, for longer than they take).
  */
-#define NGX_HTTP_INVOICES_BUCKETS_MAX  100
 #define NGX_HTTP_INVOICES_AMOUNT_BUCKET  1000            /* as in 0012 */
-#define NGX_HTTP_INVOICES_DAY_MS  86400000
+#define NGX_HTTP_INVOICES_HOUR_MS        3600000
+
+static const ngx_uint_t  ngx_http_invoices_range_max_buckets[] = {
+    0, 100, 7 * 24
+};
 
 static const char  *ngx_http_invoices_range_buckets[] = {
     NULL,
     "(i.amount / 1000)",
-    "invoices_day(i.due_date)"
+    "invoices_hour(i.due_date)"
 };
 
 static const char  *ngx_http_invoices_range_series[] = {
     NULL,
-    "generate_series($%ui::bigint / 1000, ($%ui::bigint - 1) / 1000)",
-    "generate_series(floor($%ui::bigint / 86400000.0)::bigint,"
-    " floor(($%ui::bigint - 1) / 86400000.0)::bigint)"
+    "(SELECT generate_series($%ui::bigint / 1000, ($%ui::bigint - 1) / 1000)"
+    " LIMIT %ui)",
+    "(SELECT generate_series(floor($%ui::bigint / 3600000.0)::bigint,"
+    " floor(($%ui::bigint - 1) / 3600000.0)::bigint) LIMIT %ui)"
 };
 
 #define NGX_HTTP_INVOICES_WHERE_MAX  2048
@@ -299,13 +307,19 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
 
         if (what == NGX_HTTP_INVOICES_FILTER_PAGE
             && ngx_http_invoices_query_buckets(query, alone)
-               <= NGX_HTTP_INVOICES_BUCKETS_MAX)
+               <= ngx_http_invoices_range_max_buckets[alone])
         {
             filter->bucket = ngx_http_invoices_range_buckets[alone];
             c = ngx_slprintf(filter->series,
                              filter->series + sizeof(filter->series) - 1,
                              ngx_http_invoices_range_series[alone],
-                             bound[alone][0], bound[alone][1]);
+                             bound[alone][0], bound[alone][1],
+                             ngx_http_invoices_range_max_buckets[alone]);
+
+            if (c == filter->series + sizeof(filter->series) - 1) {
+                return NGX_ERROR;        /* cannot happen: sized for it */
+            }
+
             *c = '\0';
             filter->collect = 0;
         }
@@ -436,7 +450,7 @@ ngx_http_invoices_query_one_range(ngx_http_invoices_list_query_t *query)
 
 /*
  * The number of buckets a range of amount or dueDate spans, as the walks
- * count them (see NGX_HTTP_INVOICES_BUCKETS_MAX); NGX_MAX_INT_T_VALUE
+ * count them (see ngx_http_invoices_range_max_buckets); NGX_MAX_INT_T_VALUE
  * when it is open at an end, or is the createdAt range (walked from the
  * list's own index); 0 when it is empty.
  */
@@ -467,7 +481,7 @@ ngx_http_invoices_query_buckets(ngx_http_invoices_list_query_t *query,
     }
 
     /* from 1970 on (ngx_http_invoices_parse.c): floor is truncation */
-    w = NGX_HTTP_INVOICES_DAY_MS;
+    w = NGX_HTTP_INVOICES_HOUR_MS;
     return (ngx_uint_t) ((hi - 1) / w - lo / w + 1);
 }
 

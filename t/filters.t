@@ -487,6 +487,7 @@ for my $e (["starting_after=$model[1]{id}&page=2" => 'page'],
     }
     # the pages, in order, of narrow ones (walked per bucket) and broad ones
     for my $r (['d', $day0 * 1000 - 1, $day0 * 1000 + 86_400_001],
+               ['d', $day0 * 1000 + 1, $day0 * 1000 + 5 * 86_400_000 - 1],
                ['d', $day0 * 1000 + 1, $day0 * 1000 + 40 * 86_400_000],
                ['d', $day0 * 1000, $day0 * 1000 + 200 * 86_400_000],
                ['a', -1001, 1001], ['a', 2, 99_999], ['a', 999, 1001],

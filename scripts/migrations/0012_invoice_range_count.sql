@@ -14,7 +14,7 @@
 --
 -- The page of a narrow amount or dueDate range with no other filter
 -- (ngx_http_invoices_query.c) walks each bucket of a coarse key (the
--- amount's thousands, the due date's day) in list order, each walk
+-- amount's thousands, the due date's hour) in list order, each walk
 -- stopping after a page, and merges the walks: the two indexes below.
 
 CREATE TABLE invoices_range_count (
@@ -289,15 +289,15 @@ BEGIN
 END
 $$;
 
--- The walks: the due date's day (UTC, from the epoch; NULL for none)
-CREATE FUNCTION invoices_day(t timestamptz) RETURNS bigint
+-- The walks: the due date's hour (UTC, from the epoch; NULL for none)
+CREATE FUNCTION invoices_hour(t timestamptz) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN isfinite(t)
-                THEN floor(extract(epoch FROM t) / 86400)::bigint END
+                THEN floor(extract(epoch FROM t) / 3600)::bigint END
 $$;
 
 CREATE INDEX invoices_due_date_walk ON invoices
-    (invoices_day(due_date) DESC, stripe_created_at DESC, id DESC)
+    (invoices_hour(due_date) DESC, stripe_created_at DESC, id DESC)
     INCLUDE (due_date);
 CREATE INDEX invoices_amount_walk ON invoices
     ((amount / 1000) DESC, stripe_created_at DESC, id DESC)
