@@ -248,6 +248,16 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
                              " AND %s %s timestamptz 'epoch'"
                              " + $%ui::bigint * interval '1 millisecond'",
                              ngx_http_invoices_range_columns[i], op, k);
+
+            if (i == NGX_HTTP_INVOICES_RANGE_DUE) {
+                /* its hours too: the due date's index is by hour (0012) */
+                p = ngx_slprintf(p, last, n == 0
+                        ? " AND invoices_hour(i.due_date)"
+                          " >= floor($%ui::bigint / 3600000.0)::bigint"
+                        : " AND invoices_hour(i.due_date)"
+                          " <= floor(($%ui::bigint - 1) / 3600000.0)::bigint",
+                        k);
+            }
         }
     }
 

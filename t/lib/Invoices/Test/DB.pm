@@ -188,12 +188,10 @@ SELECT concat_ws('/', 'range', coalesce(g.field, r.field), coalesce(g.width, r.w
        coalesce(g.n, 0), coalesce(r.n, 0)
 FROM (SELECT field, width, start, sum(n) AS n FROM invoices_range_count
       GROUP BY 1, 2, 3 HAVING sum(n) <> 0) g
-FULL JOIN (SELECT v.field, w.width, floor(v.v / w.width) * w.width AS start,
-                  count(*) AS n
+FULL JOIN (SELECT b.field, b.width, b.start, count(*) AS n
            FROM invoices i
-           CROSS JOIN LATERAL invoices_range_values(i.stripe_created_at,
-                                                    i.due_date, i.amount) v
-           JOIN invoices_range_widths w ON w.field = v.field
+           CROSS JOIN LATERAL invoices_range_buckets(i.stripe_created_at,
+                                                     i.due_date, i.amount) b
            GROUP BY 1, 2, 3) r
   ON (g.field, g.width, g.start) = (r.field, r.width, r.start)
 SQL
