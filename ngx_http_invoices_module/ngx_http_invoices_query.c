@@ -239,8 +239,13 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
             bound[i][n] = k;
 
             if (i == NGX_HTTP_INVOICES_RANGE_AMOUNT) {
+                /* its thousands too: the amount's index is by them (0012) */
                 p = ngx_slprintf(p, last, " AND %s %s $%ui::bigint",
                                  ngx_http_invoices_range_columns[i], op, k);
+                p = ngx_slprintf(p, last, n == 0
+                        ? " AND (i.amount / 1000) >= $%ui::bigint / 1000"
+                        : " AND (i.amount / 1000) <= ($%ui::bigint - 1) / 1000",
+                        k);
                 continue;
             }
 
