@@ -46,15 +46,18 @@ static const ngx_uint_t  ngx_http_invoices_range_max_buckets[] = {
 static const char  *ngx_http_invoices_range_buckets[] = {
     NULL,
     "(i.amount / 1000)",
-    "invoices_hour(i.due_date)"
+    "date_bin(interval '1 hour', i.due_date, timestamptz 'epoch')"
 };
 
 static const char  *ngx_http_invoices_range_series[] = {
     NULL,
     "(SELECT generate_series($%ui::bigint / 1000, ($%ui::bigint - 1) / 1000)"
     " LIMIT %ui)",
-    "(SELECT generate_series(floor($%ui::bigint / 3600000.0)::bigint,"
-    " floor(($%ui::bigint - 1) / 3600000.0)::bigint) LIMIT %ui)"
+    "(SELECT generate_series(date_bin(interval '1 hour', timestamptz 'epoch'"
+    " + $%ui::bigint * interval '1 millisecond', timestamptz 'epoch'),"
+    " date_bin(interval '1 hour', timestamptz 'epoch'"
+    " + ($%ui::bigint - 1) * interval '1 millisecond', timestamptz 'epoch'),"
+    " interval '1 hour') LIMIT %ui)"
 };
 
 #define NGX_HTTP_INVOICES_WHERE_MAX  2048
@@ -256,12 +259,12 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
 
             if (i == NGX_HTTP_INVOICES_RANGE_DUE) {
                 /* its hours too: the due date's index is by hour (0012) */
-                p = ngx_slprintf(p, last, n == 0
-                        ? " AND invoices_hour(i.due_date)"
-                          " >= floor($%ui::bigint / 3600000.0)::bigint"
-                        : " AND invoices_hour(i.due_date)"
-                          " <= floor(($%ui::bigint - 1) / 3600000.0)::bigint",
-                        k);
+                p = ngx_slprintf(p, last,
+                        " AND date_bin(interval '1 hour', i.due_date,"
+                        " timestamptz 'epoch') %s date_bin(interval '1 hour',"
+                        " timestamptz 'epoch' + ($%ui::bigint - %d)"
+                        " * interval '1 millisecond', timestamptz 'epoch')",
+                        n == 0 ? ">=" : "<=", k, n == 0 ? 0 : 1);
             }
         }
     }

@@ -71,7 +71,7 @@ typedef struct {
                                             dueDate range alone: walked per
                                             bucket, the bucket's expression
                                             (NULL otherwise) */
-    u_char        series[160];           /* ... and its buckets: the
+    u_char        series[320];           /* ... and its buckets: the
                                             generate_series() of them */
     ngx_uint_t    nbranches;
     ngx_http_invoices_branch_t  branches[NGX_HTTP_INVOICES_STATUSES];
