@@ -146,7 +146,8 @@ static const char  ngx_http_invoices_list_walk_sql[] =
  * walked, filtering, when many invoices match (the count,
  * c.n, is known first: over a twentieth of all), else the matches are
  * collected from the range's own index (migration 0012: by the amount's
- * thousands or the due date's hours, then createdAt and _id) and sorted, and only the page's rows read in full.
+ * thousands or the due date's hours, then createdAt and _id) and sorted,
+ * and only the page's rows read in full.
  * Walking finds a page of many matches fast when they spread over time,
  * but reads everything newer than the first match when they do not (due
  * dates follow creation dates); collecting costs in proportion to the
@@ -168,6 +169,20 @@ static const char  ngx_http_invoices_list_bucket_sql[] =
     "SELECT i.stripe_created_at AS sort_at, i.id FROM invoices i "
     "WHERE %s = s.b%V%s "
     "ORDER BY %s %s, i.stripe_created_at %s, i.id %s %s) w";
+
+/*
+ * A page with q: the matches are read once (the trigram index's scan costs
+ * the most, docs/benchmarks.md), into "m", for the count and the page.
+ */
+static const char  ngx_http_invoices_list_matches_sql[] =
+    "m AS MATERIALIZED (SELECT i.stripe_created_at AS sort_at, i.id"
+    " FROM invoices i WHERE true%V), ";
+
+static const char  ngx_http_invoices_list_once_sql[] =
+    "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
+    "FROM (SELECT m.sort_at, m.id FROM m WHERE true%s "
+    "ORDER BY m.sort_at %s, m.id %s %s) k "
+    "JOIN invoices i ON i.id = k.id LEFT JOIN teams t ON t.id = i.team_id";
 
 static const char  ngx_http_invoices_list_collect_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
@@ -291,9 +306,10 @@ static ngx_int_t
 ngx_http_invoices_list_statement(ngx_http_request_t *r,
     ngx_http_invoices_read_t *rd)
 {
-    u_char                          *sql, *last, *walks, *merged, *p, *a;
+    u_char                          *sql, *last, *walks, *merged, *p, *a,
+                                    *ctes;
     size_t                           size;
-    ngx_uint_t                       i, n, filtered, cursor, shaped;
+    ngx_uint_t                       i, n, filtered, cursor, shaped, once;
     const char                      *count;
     u_char                           cte[128], after[256];
     u_char                           limit[NGX_INT_T_LEN + 8];
@@ -354,6 +370,7 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
            + sizeof(ngx_http_invoices_list_merge_sql)
            + sizeof(ngx_http_invoices_list_collect_sql) + 2 * filter.where.len
            + sizeof(ngx_http_invoices_list_bucket_sql) + sizeof(filter.series)
+           + sizeof(ngx_http_invoices_list_once_sql)
            + NGX_HTTP_INVOICES_STATUSES
              * (sizeof(ngx_http_invoices_list_walk_sql)
                 + sizeof(NGX_HTTP_INVOICES_WALK_ROWS) + filter.where.len
@@ -397,6 +414,12 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
         count = NGX_HTTP_INVOICES_KEPT_COUNT;
     }
 
+    once = (q->q[0] != '\0');
+
+    if (once) {
+        count = "SELECT count(*) AS n FROM m";
+    }
+
     /*
      * The cursor: its invoice's position, found by _id or Stripe id; the
      * page lies after it in the direction read (ending_before reads
@@ -417,6 +440,24 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
                             rd->nvalues);
         *last = '\0';
     }
+
+    n = sizeof(ngx_http_invoices_list_matches_sql) + filter.where.len
+        + sizeof(cte);
+
+    ctes = ngx_pnalloc(r->pool, n);
+    if (ctes == NULL) {
+        return NGX_ERROR;
+    }
+
+    last = ngx_slprintf(ctes, ctes + n - 1, "%s", cte);
+
+    if (once) {
+        last = ngx_slprintf(last, ctes + n - 1,
+                            ngx_http_invoices_list_matches_sql,
+                            &filter.where);
+    }
+
+    *last = '\0';
 
     dir = q->before ? "ASC" : "DESC";
     ngx_memzero(&none, sizeof(ngx_http_invoices_branch_t));
@@ -450,6 +491,24 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
 
         if (n > 1) {
             p = ngx_slprintf(p, last, "%s(", i ? " UNION ALL " : "");
+        }
+
+        if (once) {
+            a = after;
+
+            if (cursor) {
+                a = ngx_slprintf(after, after + sizeof(after) - 1,
+                                 " AND (m.sort_at, m.id) %s"
+                                 " ((SELECT at FROM cur),"
+                                 " (SELECT id FROM cur))",
+                                 q->before ? ">" : "<");
+            }
+
+            *a = '\0';
+
+            p = ngx_slprintf(p, last, ngx_http_invoices_list_once_sql,
+                             after, dir, dir, each);
+            continue;
         }
 
         if (filter.bucket) {
@@ -507,7 +566,7 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     }
 
     last = ngx_slprintf(sql, sql + size - 1, ngx_http_invoices_list_built_sql,
-                        cte, count,
+                        ctes, count,
                         cursor ? ", (SELECT count(*) FROM cur) AS found" : "",
                         walks);
 
