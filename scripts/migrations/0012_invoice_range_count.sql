@@ -262,7 +262,7 @@ BEGIN
     END IF;
 
     FOR i IN 1 .. array_length(lo, 1) LOOP
-        IF lo[i] IS NOT NULL AND hi[i] IS NOT NULL THEN
+        IF lo[i] < hi[i] THEN               -- (NULL: an open end)
             n := n + (SELECT count(*) FROM invoices
                       WHERE due_date >= lo[i] AND due_date < hi[i]
                         AND date_bin(interval '1 hour', due_date,
@@ -310,7 +310,7 @@ BEGIN
     END IF;
 
     FOR i IN 1 .. array_length(lo, 1) LOOP
-        IF lo[i] IS NOT NULL AND hi[i] IS NOT NULL THEN
+        IF lo[i] < hi[i] THEN               -- (NULL: an open end)
             n := n + (SELECT count(*) FROM invoices
                       WHERE amount >= lo[i] AND amount < hi[i]
                         AND amount / 1000 >= lo[i] / 1000
