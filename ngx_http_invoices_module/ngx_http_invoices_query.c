@@ -256,16 +256,6 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
                              " AND %s %s timestamptz 'epoch'"
                              " + $%ui::bigint * interval '1 millisecond'",
                              ngx_http_invoices_range_columns[i], op, k);
-
-            if (i == NGX_HTTP_INVOICES_RANGE_DUE) {
-                /* its hours too: the due date's index is by hour (0012) */
-                p = ngx_slprintf(p, last,
-                        " AND date_bin(interval '1 hour', i.due_date,"
-                        " timestamptz 'epoch') %s date_bin(interval '1 hour',"
-                        " timestamptz 'epoch' + ($%ui::bigint - %d)"
-                        " * interval '1 millisecond', timestamptz 'epoch')",
-                        n == 0 ? ">=" : "<=", k, n == 0 ? 0 : 1);
-            }
         }
     }
 

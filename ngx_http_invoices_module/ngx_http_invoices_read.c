@@ -145,9 +145,9 @@ static const char  ngx_http_invoices_list_walk_sql[] =
  * broad (else see the bucket walks below): the list's own index is
  * walked, filtering, when many invoices match (the count,
  * c.n, is known first: over a twentieth of all), else the matches are
- * collected from the range's own index (migration 0012: by the amount's
- * thousands or the due date's hours, then createdAt and _id) and sorted,
- * and only the page's rows read in full.
+ * collected from the range's own index (it holds createdAt and _id:
+ * migration 0009's on the due date, 0012's by the amount's thousands) and
+ * sorted, and only the page's rows read in full.
  * Walking finds a page of many matches fast when they spread over time,
  * but reads everything newer than the first match when they do not (due
  * dates follow creation dates); collecting costs in proportion to the
