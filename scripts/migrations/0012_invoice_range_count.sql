@@ -31,7 +31,7 @@ CREATE TABLE invoices_range_count (
 -- infinite; an infinite one would be in no bucket).  The only place that
 -- names the widths.  Plain built-in arithmetic, inlined where it is used:
 -- the trigger runs in every write's transaction, and a helper function
--- of SQL called per bucket cost the webhook 5% more (docs/benchmarks.md).
+-- of SQL called per bucket made inserts 7% slower (docs/benchmarks.md).
 CREATE FUNCTION invoices_range_buckets(p_created timestamptz,
                                        p_due timestamptz, p_amount bigint)
 RETURNS TABLE (field "char", width integer, start bigint)
