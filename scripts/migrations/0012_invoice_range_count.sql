@@ -196,44 +196,12 @@ BEGIN
 END
 $$;
 
--- The number of invoices with p_from <= createdAt < p_to, NULL for no
--- bound (what 0008's function of the same name answered).
-CREATE OR REPLACE FUNCTION invoices_created_count(p_from timestamptz,
-                                                  p_to timestamptz)
-RETURNS bigint
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    k  record;
-BEGIN
-    IF p_from >= p_to THEN
-        RETURN 0;
-    END IF;
-
-    SELECT * INTO k FROM invoices_range_kept('c',
-        coalesce(extract(epoch FROM p_from), '-Infinity'),
-        coalesce(extract(epoch FROM p_to), 'Infinity'));
-
-    IF k.a IS NULL THEN
-        RETURN (SELECT count(*) FROM invoices
-                WHERE stripe_created_at >= p_from
-                  AND stripe_created_at < p_to);
-    END IF;
-
-    RETURN k.kept
-         + CASE WHEN p_from IS NULL THEN 0
-           ELSE (SELECT count(*) FROM invoices
-                 WHERE stripe_created_at >= p_from
-                   AND stripe_created_at < to_timestamp(k.a::float8)) END
-         + CASE WHEN p_to IS NULL THEN 0
-           ELSE (SELECT count(*) FROM invoices
-                 WHERE stripe_created_at >= to_timestamp(k.b::float8)
-                   AND stripe_created_at < p_to) END;
-END
-$$;
-
--- The same for p_from <= dueDate < p_to (an invoice without one is in no
--- range of it).
-CREATE FUNCTION invoices_due_count(p_from timestamptz, p_to timestamptz)
+-- The number of invoices with p_from <= createdAt ('c') or dueDate ('d')
+-- < p_to, NULL for no bound (an invoice without a due date is in no range
+-- of it).
+CREATE FUNCTION invoices_time_range_count(p_field "char",
+                                          p_from timestamptz,
+                                          p_to timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -247,12 +215,12 @@ BEGIN
         RETURN 0;
     END IF;
 
-    SELECT * INTO k FROM invoices_range_kept('d',
+    SELECT * INTO k FROM invoices_range_kept(p_field,
         coalesce(extract(epoch FROM p_from), '-Infinity'),
         coalesce(extract(epoch FROM p_to), 'Infinity'));
 
     -- the parts left (under a minute each), counted from the rows through
-    -- 0009's index on the due date
+    -- the list's index, or 0009's index on the due date
     IF k.a IS NULL THEN
         lo := ARRAY[p_from];
         hi := ARRAY[p_to];
@@ -262,7 +230,11 @@ BEGIN
     END IF;
 
     FOR i IN 1 .. array_length(lo, 1) LOOP
-        IF lo[i] < hi[i] THEN               -- (NULL: an open end)
+        IF lo[i] < hi[i] AND p_field = 'c' THEN     -- (NULL: an open end)
+            n := n + (SELECT count(*) FROM invoices
+                      WHERE stripe_created_at >= lo[i]
+                        AND stripe_created_at < hi[i]);
+        ELSIF lo[i] < hi[i] THEN
             n := n + (SELECT count(*) FROM invoices
                       WHERE due_date >= lo[i] AND due_date < hi[i]);
         END IF;
@@ -270,6 +242,20 @@ BEGIN
 
     RETURN k.kept + n;
 END
+$$;
+
+-- what 0008's function of the same name answered
+CREATE OR REPLACE FUNCTION invoices_created_count(p_from timestamptz,
+                                                  p_to timestamptz)
+RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT invoices_time_range_count('c', p_from, p_to)
+$$;
+
+CREATE FUNCTION invoices_due_count(p_from timestamptz, p_to timestamptz)
+RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT invoices_time_range_count('d', p_from, p_to)
 $$;
 
 -- The same for p_from <= amount < p_to.
