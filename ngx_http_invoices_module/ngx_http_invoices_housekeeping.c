@@ -10,7 +10,9 @@
  * and tombstones older than invoices_event_retention, finished
  * Idempotency-Keys older than invoices_idempotency_retention, deleted a
  * small batch a statement (each its own short transaction: no long lock),
- * at most NGX_HTTP_INVOICES_PRUNE_BATCHES batches a table a pass.
+ * at most NGX_HTTP_INVOICES_PRUNE_BATCHES batches a table a pass.  Under
+ * the same lease, q's shared trigrams are sampled again when their sample
+ * is over an hour old (migration 0013).
  *
  * The reconciler (invoices_reconcile <interval>): Stripe's invoice events
  * since the watermark, less an overlap (an event may show in Stripe's list
@@ -344,6 +346,16 @@ ngx_http_invoices_housekeeping_prune(ngx_http_invoices_housekeeping_t *hk)
             }
         }
     }
+
+    res = ngx_http_invoices_pg_query(hk->job,
+                                     "SELECT invoices_search_refresh()",
+                                     0, NULL);
+    if (res == NULL) {
+        ngx_http_invoices_housekeeping_fail(hk, "sampling q's trigrams");
+        return;
+    }
+
+    PQclear(res);
 }
 
 

@@ -189,6 +189,65 @@ is(api_request(GET => '/admin/api/invoices?q=ephemeral')->json_or_undef->{count}
    '?q=ephemeral after the team is deleted: none');
 sql_do("DELETE FROM invoices WHERE stripe_invoice_id = 'in_1TransientInvoice0000001'");
 
+#----------------------------------------------------------------------
+# q's key (migration 0013): the index is asked for the part of q without
+# the trigrams most invoices share, then every invoice is checked against
+# the whole of q.  Sampled now, these invoices share "flt", "fil",
+# "cus", "exa", ... (each in at least a fifth of them).
+
+# pg_trgm's own trigrams of a word are what 0013 takes for one bounded
+# by other characters on both sides (ASCII: pg_trgm shows others hashed)
+for my $w ('FLT-0012', 'billing7@example.com', '100%_off Corp', 'a b  cd',
+           'x', 'ab', 'Customer 42', "in_1Filter0033xx", '--', 'A1b2-C3') {
+    my $mine = sql_value("SELECT array_agg(DISTINCT trigram ORDER BY trigram)
+                          FROM invoices_search_trigrams(' ' || " . quote($w) . " || ' ')");
+    my $trgm = sql_value("SELECT array_agg(t ORDER BY t)
+                          FROM unnest(show_trgm(" . quote($w) . ")) t");
+    is($mine, $trgm, "q's trigrams of ' $w ': as pg_trgm's");
+}
+# and a part of q holds only the trigrams within it: none at q's own ends
+is(sql_value("SELECT string_agg(trigram || ':' || a || '-' || b, ' ' ORDER BY a, b)
+              FROM invoices_search_trigrams('Ab-cde')"),
+   'ab :1-3   c:3-4  cd:3-5 cde:4-6',
+   "q's trigrams of 'Ab-cde', with their spans");
+
+ok(sql_value("SELECT invoices_search_refresh('0 s')") eq 't',
+   'invoices_search_refresh samples again when told its sample is too old');
+ok(sql_value("SELECT NOT invoices_search_refresh()") eq 't',
+   '... and not again within the hour');
+my $shared = sql_value("SELECT array_to_string(trigrams, '|')
+                        FROM invoices_search_common");
+like($shared, qr/(^|\|)flt(\||$)/, "'flt' (every number) is among the shared trigrams");
+unlike($shared, qr/(^|\|)001(\||$)/, "'001' is not");
+
+my @keyed = ('FLT-0012', 'flt-001', 'billing7@example', 'billing1', 'in_1Filter0033',
+             'Customer 1', 'customer 4', '100%_off', 'Filter00', 'example.com', 'GmbH',
+             'lobex s', 'FLT-', 'ilter0', "\x{e9}t\x{e9}", '1@e', '0%_', 'x%_o',
+             # their parts match invoices that q does not
+             'FLT-0012x', 'billing12@examplez', 'Customer 40 x');
+my %part;
+for my $q (@keyed) {
+    my $bytes = quote(Encode::encode_utf8($q));
+    my ($key, $like) = split /\n/, sql_value("SELECT invoices_search_key($bytes) || E'\\n'
+                                                     || invoices_search_like($bytes)");
+    $part{$q} = $key ne $like;
+    # the key is a part of q's own pattern, as a LIKE pattern
+    ok(index($like, substr($key, 1, -1)) >= 0 && $key =~ /^%.*%$/s,
+       "q=$q: its key $key is a part of $like");
+}
+# the whole table is the sample here: which are asked by a part is known
+is_deeply([grep { $part{$_} } @keyed],
+          ['FLT-0012', 'flt-001', 'billing7@example', 'billing1', 'in_1Filter0033',
+           'customer 4', 'FLT-0012x', 'billing12@examplez', 'Customer 40 x'],
+          'these q are asked by a part, the others whole');
+for my $q (@keyed) {
+    (my $enc = Encode::encode_utf8($q)) =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge;
+    filtered_is("q=$enc", { q => $q }, "?q=$q, asked by "
+                . ($part{$q} ? 'its part' : 'itself'));
+}
+filtered_is('status=paid&q=flt-001', { status => 'paid', q => 'flt-001' },
+            '?status=paid&q=flt-001, asked by its part');
+
 # the _id tiebreak: the model orders ties by _id descending, as the list
 my @ties = grep { $_->{created_ms} == $model[1]{created_ms} } @model;
 ok(@ties >= 2, 'the data set has invoices created at the same moment');
