@@ -215,6 +215,18 @@ ok(sql_value("SELECT invoices_search_refresh('0 s')") eq 't',
    'invoices_search_refresh samples again when told its sample is too old');
 ok(sql_value("SELECT NOT invoices_search_refresh()") eq 't',
    '... and not again within the hour');
+sql_do('ANALYZE invoices');
+sql_do('UPDATE invoices_search_common SET table_rows = 150');
+ok(sql_value("SELECT NOT invoices_search_refresh()") eq 't',
+   '... nor when the table is over half what it was (80 of 150)');
+sql_do('UPDATE invoices_search_common SET table_rows = 200');
+ok(sql_value("SELECT invoices_search_refresh()") eq 't',
+   '... but when it is under half (80 of 200)');
+is(sql_value('SELECT table_rows || \' \' || sampled FROM invoices_search_common'), '80 80',
+   '... the whole table sampled, its size kept');
+sql_do('UPDATE invoices_search_common SET table_rows = 0');
+ok(sql_value("SELECT NOT invoices_search_refresh()") eq 't',
+   '... and not for growth under a thousand invoices (80 from 0)');
 my $shared = sql_value("SELECT array_to_string(trigrams, '|')
                         FROM invoices_search_common");
 like($shared, qr/(^|\|)flt(\||$)/, "'flt' (every number) is among the shared trigrams");

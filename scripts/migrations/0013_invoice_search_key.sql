@@ -12,14 +12,16 @@
 -- The shared trigrams are found in a sample of the invoices: those in at
 -- least a fifth of them.  invoices_search_refresh() takes the sample; the
 -- housekeeping timer calls it (ngx_http_invoices_housekeeping.c) and it
--- samples again when its last sample is over an hour old.  Until the
--- first sample, every trigram counts as rare: q is asked for whole, as
--- before.
+-- samples again when its last sample is over an hour old, or when the
+-- table has since doubled or halved (by PostgreSQL's estimate, which
+-- autovacuum keeps).  Until the first sample, every trigram counts as
+-- rare: q is asked for whole, as before.
 
 CREATE TABLE invoices_search_common (
     one         boolean      PRIMARY KEY DEFAULT true CHECK (one),
     trigrams    text[]       NOT NULL,
-    sampled     bigint       NOT NULL,
+    sampled     bigint       NOT NULL,   -- invoices in the sample
+    table_rows  bigint       NOT NULL,   -- the table's estimate then
     sampled_at  timestamptz  NOT NULL
 );
 
@@ -31,17 +33,23 @@ CREATE FUNCTION invoices_search_refresh(p_max_age interval DEFAULT '1 hour',
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_rows  bigint;
     v_pct   float8;
     v_n     bigint;
     v_tris  text[];
 BEGIN
+    -- -1 before the first VACUUM or ANALYZE
+    SELECT greatest(reltuples, 0) INTO v_rows
+    FROM pg_class WHERE oid = 'invoices'::regclass;
+
     IF EXISTS (SELECT 1 FROM invoices_search_common
-               WHERE sampled_at > now() - p_max_age) THEN
+               WHERE sampled_at > now() - p_max_age
+                 AND v_rows <= 2 * greatest(table_rows, 500)
+                 AND v_rows >= table_rows / 2) THEN
         RETURN false;
     END IF;
 
-    SELECT least(100, 100.0 * p_rows / greatest(reltuples, 1)) INTO v_pct
-    FROM pg_class WHERE oid = 'invoices'::regclass;
+    v_pct := least(100, 100.0 * p_rows / greatest(v_rows, 1));
 
     WITH s AS (
         SELECT search_text FROM invoices TABLESAMPLE SYSTEM (v_pct)
@@ -54,11 +62,12 @@ BEGIN
                     '{}')
     INTO v_n, v_tris;
 
-    INSERT INTO invoices_search_common AS c (trigrams, sampled, sampled_at)
-    VALUES (v_tris, v_n, now())
+    INSERT INTO invoices_search_common AS c (trigrams, sampled, table_rows,
+                                             sampled_at)
+    VALUES (v_tris, v_n, v_rows, now())
     ON CONFLICT (one) DO UPDATE
     SET trigrams = EXCLUDED.trigrams, sampled = EXCLUDED.sampled,
-        sampled_at = EXCLUDED.sampled_at;
+        table_rows = EXCLUDED.table_rows, sampled_at = EXCLUDED.sampled_at;
 
     RETURN true;
 END
