@@ -2,9 +2,10 @@
 # enables the module the way Debian's libnginx-mod-* packages are enabled,
 # that Debian's stock /etc/nginx/nginx.conf with the example site
 # (docs/invoices-site.conf) passes nginx -t, that the installed .so and the
-# installed migrations serve the API, and that dpkg --purge leaves nothing
-# behind.  Changes the system, so it runs only with INVOICES_TEST_DEB set
-# to the .deb (make test-deb sets it) and as root.
+# installed migrations serve the API, that the installed docs/openapi.yaml
+# is served by the example site's location, and that dpkg --purge leaves
+# nothing behind.  Changes the system, so it runs only with
+# INVOICES_TEST_DEB set to the .deb (make test-deb sets it) and as root.
 
 use strict;
 use warnings;
@@ -53,7 +54,9 @@ like($deb, qr{/${pkg}_\d+\.\d+\.\d+-\d+_[a-z0-9]+\.deb$},
 ($rc, $out) = sh("dpkg-deb -c '$deb'");
 is($rc, 0, 'dpkg-deb -c reads it') or diag $out;
 for my $path ($so, $available, "$share/migrate",
-              "$share/migrations/0001_init.sql",
+              "$share/migrations/0001_init.sql", "$share/openapi.yaml",
+              "$share/console/index.html", "$share/console/console.js",
+              "$share/console/console.css", "$share/invoices-console.conf",
               "/usr/share/doc/$pkg/configuration.md",
               "/usr/share/doc/$pkg/operations.md",
               "/usr/share/doc/$pkg/examples/invoices-site.conf") {
@@ -87,6 +90,19 @@ like(do { local (@ARGV, $/) = $available; <> },
      qr{^load_module modules/ngx_http_invoices_module\.so;$}m,
      'the enabled file loads the module');
 
+my $contract = do {
+    open my $fh, '<:raw', "$ENV{INVOICES_REPO}/docs/openapi.yaml"
+        or die "openapi.yaml: $!";
+    local $/;
+    <$fh>;
+};
+my $installed = do {
+    open my $fh, '<:raw', "$share/openapi.yaml" or die "$share/openapi.yaml: $!";
+    local $/;
+    <$fh>;
+};
+ok($installed eq $contract, "$share/openapi.yaml is docs/openapi.yaml");
+
 # Debian's stock nginx.conf (it includes modules-enabled and
 # sites-enabled) and the example site, its files in a private directory
 my $dir = tempdir(CLEANUP => 1);
@@ -104,6 +120,10 @@ my $example = do {
 ok(defined $example && $example =~ /invoices_admin;/,
    'the installed example site');
 (my $conf = $example) =~ s{/etc/nginx/invoices/}{$dir/}g;
+my ($contract_location)
+    = $example =~ /^(    location = \/admin\/api\/openapi\.yaml \{.*?^    \})$/ms;
+ok($contract_location && $contract_location =~ m{alias \Q$share\E/openapi\.yaml;},
+   'the example site serves the installed openapi.yaml');
 open my $fh, '>', $site or die "$site: $!";
 print $fh $conf;
 close $fh;
@@ -145,7 +165,8 @@ like($out, qr/up to date/, '... and a second run changes nothing');
                  database => "host=$ENV{INVOICES_TEST_PGHOST} "
                            . "port=$ENV{INVOICES_TEST_PGPORT} dbname=$db "
                            . "user=$ENV{INVOICES_TEST_PGUSER}",
-                 location_config => '            client_max_body_size 1k;');
+                 location_config => '            client_max_body_size 1k;',
+                 server_config => $contract_location // '');
     my $res = api_request(GET => '/admin/api/invoices');
     is($res->status, 200, 'the installed module answers a list')
         or diag $res->describe;
@@ -158,6 +179,10 @@ EOC
     is($res->status, 413, 'a body over client_max_body_size: 413');
     is($res->header('Content-Type'), 'application/json; charset=utf-8',
        '... as JSON (the filter module of the .so)');
+    $res = request(GET => '/admin/api/openapi.yaml');
+    is($res->status, 200, "the example site's location serves the contract, no key");
+    ok($res->body eq $contract, '... the installed file, byte for byte');
+    is($res->header('Content-Type'), 'application/yaml', '... as application/yaml');
     stop_server();
 }
 sh("psql @pg -X -q -d postgres -c 'DROP DATABASE $db'");

@@ -77,6 +77,8 @@ package Invoices::Test;
 #   Invoices::Test::Fake      the Stripe directives and the fake Stripe
 #   Invoices::Test::Requests  request helpers, json_check, run_blocks
 #   (and below those: Invoices::Test::HTTP, ::Blocks, ::JSONCheck)
+#   Invoices::Test::OpenAPI   answers checked against docs/openapi.yaml
+#                             (t/openapi.t uses it directly)
 # This module only holds the state they share and exports their helpers:
 # tests use Invoices::Test alone.
 
