@@ -29,6 +29,8 @@ typedef struct {
 } ngx_http_invoices_sync_t;
 
 
+static ngx_int_t ngx_http_invoices_sync_names(ngx_http_request_t *r,
+    char *unknown, size_t size);
 static ngx_int_t ngx_http_invoices_sync_arg(ngx_http_request_t *r,
     const char *name, const char *allowed, size_t min, size_t max,
     char *out, size_t size);
@@ -42,6 +44,7 @@ ngx_http_invoices_sync(ngx_http_request_t *r,
     ngx_int_t                  rc;
     ngx_http_invoices_job_t   *job;
     ngx_http_invoices_sync_t  *sy;
+    char                       unknown[64];
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
@@ -51,6 +54,13 @@ ngx_http_invoices_sync(ngx_http_request_t *r,
     sy = ngx_pcalloc(r->pool, sizeof(ngx_http_invoices_sync_t));
     if (sy == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_invoices_sync_names(r, unknown, sizeof(unknown)) != NGX_OK) {
+        return ngx_http_invoices_send_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "parameter_unknown",
+                   "unknown parameter: the sync takes since and "
+                   "starting_after", unknown);
     }
 
     if (ngx_http_invoices_sync_arg(r, "since", "0123456789", 1, 12,
@@ -91,6 +101,56 @@ ngx_http_invoices_sync(ngx_http_request_t *r,
     job->data = sy;
 
     return ngx_http_invoices_job_run(r, job);
+}
+
+
+/*
+ * Every name in the query one of the sync's own (in any case, as
+ * ngx_http_arg() matches them), so that a typo ("sinse=") never runs a
+ * full sync; else the first other name, printable, in "unknown".
+ */
+
+static ngx_int_t
+ngx_http_invoices_sync_names(ngx_http_request_t *r, char *unknown,
+    size_t size)
+{
+    size_t   i, len;
+    u_char  *p, *end, *next, *eq;
+
+    end = r->args.data + r->args.len;
+
+    for (p = r->args.data; p < end; p = next + 1) {
+        next = ngx_strlchr(p, end, '&');
+        if (next == NULL) {
+            next = end;
+        }
+
+        eq = ngx_strlchr(p, next, '=');
+        if (eq == NULL) {
+            eq = next;
+        }
+
+        len = eq - p;
+
+        if ((len == 0 && next == p)          /* "a=1&&b=2", a trailing "&" */
+            || (len == sizeof("since") - 1
+                && ngx_strncasecmp(p, (u_char *) "since", len) == 0)
+            || (len == sizeof("starting_after") - 1
+                && ngx_strncasecmp(p, (u_char *) "starting_after", len) == 0))
+        {
+            continue;
+        }
+
+        for (i = 0; i < size - 1 && i < len; i++) {
+            unknown[i] = (p[i] >= 0x20 && p[i] < 0x7f) ? p[i] : '?';
+        }
+
+        unknown[i] = '\0';
+
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 

@@ -130,7 +130,7 @@ sub list_matches_truth {
 #----------------------------------------------------------------------
 # the route
 
-block_vars(in_id => 'in_1' . ('A' x 23));
+block_vars(in_id => 'in_1' . ('A' x 23), long => 'x' x 100, short => 'x' x 57);
 run_blocks(default_headers => 'Api-Key: ' . API_KEY);
 
 #----------------------------------------------------------------------
@@ -340,6 +340,35 @@ POST /admin/api/invoices/sync
 --- more_headers
 Api-Key: nope
 --- error_code: 401
+--- stripe_requests: 0
+
+=== an unknown parameter (a typo of since): 400 naming it, no sync
+--- request
+POST /admin/api/invoices/sync?sinse=1700000000
+--- error_code: 400
+--- json_path
+error.type = "invalid_request_error"
+error.code = "parameter_unknown"
+error.param = "sinse"
+--- stripe_requests: 0
+--- db_unchanged: 1
+
+=== an unknown parameter beside known ones: 400, no sync
+--- request
+POST /admin/api/invoices/sync?since=1700000000&limit=5
+--- error_code: 400
+--- json_path
+error.code = "parameter_unknown"
+error.param = "limit"
+--- stripe_requests: 0
+
+=== an unknown name shown printable and bounded
+--- request
+POST /admin/api/invoices/sync?%00%FF{{long}}=1
+--- error_code: 400
+--- json_path
+error.code = "parameter_unknown"
+error.param = "%00%FF{{short}}"
 --- stripe_requests: 0
 
 === since must be a number
