@@ -236,7 +236,9 @@ my @keyed = ('FLT-0012', 'flt-001', 'billing7@example', 'billing1', 'in_1Filter0
              'Customer 1', 'customer 4', '100%_off', 'Filter00', 'example.com', 'GmbH',
              'lobex s', 'FLT-', 'ilter0', "\x{e9}t\x{e9}", '1@e', '0%_', 'x%_o',
              # their parts match invoices that q does not
-             'FLT-0012x', 'billing12@examplez', 'Customer 40 x');
+             'FLT-0012x', 'billing12@examplez', 'Customer 40 x',
+             # LIKE's escape character in the part asked for
+             'FLT-0012\\');
 my %part;
 for my $q (@keyed) {
     my $bytes = quote(Encode::encode_utf8($q));
@@ -250,7 +252,7 @@ for my $q (@keyed) {
 # the whole table is the sample here: which are asked by a part is known
 is_deeply([grep { $part{$_} } @keyed],
           ['FLT-0012', 'flt-001', 'billing7@example', 'billing1', 'in_1Filter0033',
-           'customer 4', 'FLT-0012x', 'billing12@examplez', 'Customer 40 x'],
+           'customer 4', 'FLT-0012x', 'billing12@examplez', 'Customer 40 x', 'FLT-0012\\'],
           'these q are asked by a part, the others whole');
 for my $q (@keyed) {
     (my $enc = Encode::encode_utf8($q)) =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge;
