@@ -84,6 +84,8 @@ static ngx_uint_t ngx_http_invoices_query_buckets(
     ngx_http_invoices_list_query_t *query, ngx_int_t range);
 static const char *ngx_http_invoices_query_int64(ngx_pool_t *pool,
     int64_t v);
+
+
 ngx_int_t
 ngx_http_invoices_query_filter(ngx_pool_t *pool,
     ngx_http_invoices_list_query_t *query, ngx_uint_t first,
