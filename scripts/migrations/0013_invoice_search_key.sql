@@ -4,9 +4,9 @@
 -- trigram of q, and the trigrams that most invoices share (the prefix of
 -- every invoice number, a common email domain, a team's name) have lists
 -- as long as the table: most of the scan's cost, for no narrowing.  So
--- the index is asked for the longest part of q that holds none of those
--- (its "key"), and each invoice it gives is then checked against the
--- whole of q.  A part of q matches wherever q does, so the answer is the
+-- the index is asked for the part of q with the most trigrams among those
+-- that hold none of them (its "key"), and each invoice it gives is then
+-- checked against the whole of q.  A part of q matches wherever q does, so the answer is the
 -- same whatever the key; only the cost changes (docs/benchmarks.md).
 --
 -- The shared trigrams are found in a sample of the invoices: those in at
