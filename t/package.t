@@ -124,6 +124,11 @@ my ($contract_location)
     = $example =~ /^(    location = \/admin\/api\/openapi\.yaml \{.*?^    \})$/ms;
 ok($contract_location && $contract_location =~ m{alias \Q$share\E/openapi\.yaml;},
    'the example site serves the installed openapi.yaml');
+my ($console_location)
+    = $example =~ /^(    location \/admin\/console\/ \{.*?^    \})$/ms;
+ok($console_location && $console_location =~ m{alias \Q$share\E/console/;}
+   && $console_location =~ m{include \Q$share\E/invoices-console\.conf;},
+   'the example site serves the installed console with its headers');
 open my $fh, '>', $site or die "$site: $!";
 print $fh $conf;
 close $fh;
@@ -166,7 +171,8 @@ like($out, qr/up to date/, '... and a second run changes nothing');
                            . "port=$ENV{INVOICES_TEST_PGPORT} dbname=$db "
                            . "user=$ENV{INVOICES_TEST_PGUSER}",
                  location_config => '            client_max_body_size 1k;',
-                 server_config => $contract_location // '');
+                 server_config => join("\n", grep { defined } $contract_location,
+                                                         $console_location));
     my $res = api_request(GET => '/admin/api/invoices');
     is($res->status, 200, 'the installed module answers a list')
         or diag $res->describe;
@@ -183,6 +189,19 @@ EOC
     is($res->status, 200, "the example site's location serves the contract, no key");
     ok($res->body eq $contract, '... the installed file, byte for byte');
     is($res->header('Content-Type'), 'application/yaml', '... as application/yaml');
+    # the installed console, as the example site serves it
+    $res = request(GET => '/admin/console/');
+    is($res->status, 200, "the example site's location serves the console, no key");
+    my $index = do { local (@ARGV, $/) = "$share/console/index.html"; <> };
+    ok(defined $index && $res->body eq $index, '... the installed index.html');
+    like($res->header('Content-Security-Policy') // '',
+         qr/^default-src 'none'; script-src 'self';.*frame-ancestors 'none'/,
+         '... under the installed snippet\'s Content-Security-Policy');
+    is($res->header('X-Content-Type-Options'), 'nosniff', '... nosniff');
+    is($res->header('Referrer-Policy'), 'no-referrer', '... no-referrer');
+    $res = request(GET => '/admin/console/console.js');
+    is($res->header('Content-Type'), 'text/javascript; charset=utf-8',
+       '... console.js as JavaScript');
     stop_server();
 }
 sh("psql @pg -X -q -d postgres -c 'DROP DATABASE $db'");
