@@ -11,9 +11,9 @@
  * Idempotency-Keys older than invoices_idempotency_retention, deleted a
  * small batch a statement (each its own short transaction: no long lock),
  * at most NGX_HTTP_INVOICES_PRUNE_BATCHES batches a table a pass.  Under
- * the same lease, q's shared trigrams are sampled again when their sample
- * is over an hour old or the table has doubled or halved since (migration
- * 0013).
+ * the same lease, the trigrams of q's fields are sampled again when their
+ * sample is over an hour old or the table has doubled or halved since
+ * (migrations 0013, 0014).
  *
  * The reconciler (invoices_reconcile <interval>): Stripe's invoice events
  * since the watermark, less an overlap (an event may show in Stripe's list

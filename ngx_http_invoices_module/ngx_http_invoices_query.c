@@ -262,23 +262,18 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
         counted = 0;
 
         /*
-         * the trigram index of migration 0006 (the team's name included)
-         * asked for q's rare part only, its key (migration 0013), each
-         * invoice it gives then checked against the whole of q, unless
-         * the key is q itself; the key found once, by an InitPlan.  The
-         * check is ILIKE as PostgreSQL runs it in UTF-8 (both sides in
-         * lower case), written so that the planner does not take it to
-         * the index too.
+         * every invoice q matches, field by field, each from its own
+         * index (migration 0014); for a page of q alone, _read.c reads
+         * the matches without the table
          */
 
+        if (p == filter->where.data) {
+            filter->search = n;          /* no other condition written */
+        }
+
         p = ngx_slprintf(p, last,
-                         " AND i.search_text ILIKE"
-                         " (SELECT invoices_search_key($%ui))"
-                         " AND ((SELECT invoices_search_key($%ui)"
-                         " = invoices_search_like($%ui))"
-                         " OR lower(i.search_text)"
-                         " LIKE lower(invoices_search_like($%ui)))",
-                         n, n, n, n);
+                         " AND i.id IN (SELECT s.id"
+                         " FROM invoices_search_matches($%ui) s)", n);
     }
 
     filter->collect = (what == NGX_HTTP_INVOICES_FILTER_PAGE

@@ -73,6 +73,9 @@ typedef struct {
                                             (NULL otherwise) */
     u_char        series[320];           /* ... and its buckets: the
                                             generate_series() of them */
+    ngx_uint_t    search;                /* q and no other filter: q's $k,
+                                            its matches read alone (0
+                                            otherwise) */
     ngx_uint_t    nbranches;
     ngx_http_invoices_branch_t  branches[NGX_HTTP_INVOICES_STATUSES];
 } ngx_http_invoices_filter_t;

@@ -171,12 +171,18 @@ static const char  ngx_http_invoices_list_bucket_sql[] =
     "ORDER BY %s %s, i.stripe_created_at %s, i.id %s %s) w";
 
 /*
- * A page with q: the matches are read once (the trigram index's scan costs
- * the most, docs/benchmarks.md), into "m", for the count and the page.
+ * A page with q: the matches are read once (finding them costs the most,
+ * docs/benchmarks.md), into "m", for the count and the page; those of q
+ * alone as invoices_search_matches() gives them (migration 0014: from
+ * indexes, mostly without reading the table).
  */
 static const char  ngx_http_invoices_list_matches_sql[] =
     "m AS MATERIALIZED (SELECT i.stripe_created_at AS sort_at, i.id"
     " FROM invoices i WHERE true%V), ";
+
+static const char  ngx_http_invoices_list_search_sql[] =
+    "m AS MATERIALIZED (SELECT s.sort_at, s.id"
+    " FROM invoices_search_matches($%ui) s), ";
 
 static const char  ngx_http_invoices_list_once_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
@@ -451,7 +457,12 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
 
     last = ngx_slprintf(ctes, ctes + n - 1, "%s", cte);
 
-    if (once) {
+    if (once && filter.search) {
+        last = ngx_slprintf(last, ctes + n - 1,
+                            ngx_http_invoices_list_search_sql,
+                            filter.search);
+
+    } else if (once) {
         last = ngx_slprintf(last, ctes + n - 1,
                             ngx_http_invoices_list_matches_sql,
                             &filter.where);

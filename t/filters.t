@@ -190,10 +190,31 @@ is(api_request(GET => '/admin/api/invoices?q=ephemeral')->json_or_undef->{count}
 sql_do("DELETE FROM invoices WHERE stripe_invoice_id = 'in_1TransientInvoice0000001'");
 
 #----------------------------------------------------------------------
-# q's key (migration 0013): the index is asked for the part of q without
-# the trigrams most invoices share, then every invoice is checked against
-# the whole of q.  Sampled now, these invoices share "flt", "fil",
-# "cus", "exa", ... (each in at least a fifth of them).
+# the customer's email and name (migration 0014): q finds their invoices
+# through the values kept apart; a value changed is found at once, the
+# old one no longer (it stays kept, and finds no invoice)
+my $moved = $model[4];
+sql_do("UPDATE invoices SET customer_email = 'moved.billing\@elsewhere.test',
+                            customer_name = 'Relocated Ltd'
+        WHERE id = " . quote($moved->{id}));
+my %was = map { $_ => $moved->{$_} } qw(customer_email customer_name);
+@{$moved}{qw(customer_email customer_name)} = ('moved.billing@elsewhere.test', 'Relocated Ltd');
+filtered_is('q=elsewhere.test', { q => 'elsewhere.test' }, '?q=elsewhere.test: the new email');
+filtered_is('q=relocated', { q => 'relocated' }, '?q=relocated: the new name');
+for my $old (grep { defined } values %was) {
+    (my $enc = $old) =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge;
+    filtered_is("q=$enc", { q => $old }, "?q=$old: the old value finds the others only");
+}
+is(sql_value("SELECT count(*) FROM invoices_search_value
+              WHERE value IN ('moved.billing\@elsewhere.test', 'Relocated Ltd')"), 2,
+   'the new values are kept');
+
+#----------------------------------------------------------------------
+# q's key per field (migrations 0013, 0014): the number's and the Stripe
+# id's indexes are asked for the part of q without the trigrams most of
+# that field's values share, the rarest, then every invoice is checked
+# against the whole of q.  Sampled now, the numbers share "flt", "  f",
+# ...; the Stripe ids "fil", "lte", "xxx", ... (each in at least a fifth).
 
 # pg_trgm's own trigrams of a word are what 0013 takes for one bounded
 # by other characters on both sides (ASCII: pg_trgm shows others hashed)
@@ -216,48 +237,57 @@ ok(sql_value("SELECT invoices_search_refresh('0 s')") eq 't',
 ok(sql_value("SELECT NOT invoices_search_refresh()") eq 't',
    '... and not again within the hour');
 sql_do('ANALYZE invoices');
-sql_do('UPDATE invoices_search_common SET table_rows = 150');
+sql_do('UPDATE invoices_search_sample SET table_rows = 150');
 ok(sql_value("SELECT NOT invoices_search_refresh()") eq 't',
    '... nor when the table is over half what it was (80 of 150)');
-sql_do('UPDATE invoices_search_common SET table_rows = 200');
+sql_do('UPDATE invoices_search_sample SET table_rows = 200');
 ok(sql_value("SELECT invoices_search_refresh()") eq 't',
    '... but when it is under half (80 of 200)');
-is(sql_value('SELECT table_rows || \' \' || sampled FROM invoices_search_common'), '80 80',
+is(sql_value('SELECT table_rows || \' \' || sampled FROM invoices_search_sample'), '80 80',
    '... the whole table sampled, its size kept');
-sql_do('UPDATE invoices_search_common SET table_rows = 0');
+sql_do('UPDATE invoices_search_sample SET table_rows = 0');
 ok(sql_value("SELECT NOT invoices_search_refresh()") eq 't',
    '... and not for growth under a thousand invoices (80 from 0)');
-my $shared = sql_value("SELECT array_to_string(trigrams, '|')
-                        FROM invoices_search_common");
-like($shared, qr/(^|\|)flt(\||$)/, "'flt' (every number) is among the shared trigrams");
-unlike($shared, qr/(^|\|)001(\||$)/, "'001' is not");
+my %shared = map { $_ => sql_value("SELECT array_to_string(array_agg(g.trigram ORDER BY g.trigram), '|')
+                                    FROM invoices_search_trigram g, invoices_search_sample s
+                                    WHERE g.field = '$_' AND g.n * 5 >= s.sampled") }
+             qw(number invoice);
+like($shared{number}, qr/(^|\|)flt(\||$)/, "'flt' (every number) is among the numbers' shared trigrams");
+unlike($shared{number}, qr/(^|\|)001(\||$)/, "'001' is not");
+like($shared{invoice}, qr/(^|\|)fil(\||$)/, "'fil' (every Stripe id) is among the ids' shared trigrams");
+unlike($shared{invoice}, qr/(^|\|)flt(\||$)/, "'flt' is not (no id holds it)");
+is(sql_value("SELECT count(*) FROM invoices_search_trigram WHERE n < 2"), 0,
+   'a trigram held by one sampled invoice only is not kept');
 
 my @keyed = ('FLT-0012', 'flt-001', 'billing7@example', 'billing1', 'in_1Filter0033',
              'Customer 1', 'customer 4', '100%_off', 'Filter00', 'example.com', 'GmbH',
              'lobex s', 'FLT-', 'ilter0', "\x{e9}t\x{e9}", '1@e', '0%_', 'x%_o',
              # their parts match invoices that q does not
-             'FLT-0012x', 'billing12@examplez', 'Customer 40 x',
+             'FLT-0012x', 'billing12@examplez', 'Customer 40 x', 'in_1Filter0033xy',
              # LIKE's escape character in the part asked for
              'FLT-0012\\');
 my %part;
 for my $q (@keyed) {
     my $bytes = quote(Encode::encode_utf8($q));
-    my ($key, $like) = split /\n/, sql_value("SELECT invoices_search_key($bytes) || E'\\n'
-                                                     || invoices_search_like($bytes)");
-    $part{$q} = $key ne $like;
-    # the key is a part of q's own pattern, as a LIKE pattern
-    ok(index($like, substr($key, 1, -1)) >= 0 && $key =~ /^%.*%$/s,
-       "q=$q: its key $key is a part of $like");
+    my ($like, @keys) = split /\n/, sql_value("SELECT invoices_search_like($bytes)
+                                                      || E'\\n' || invoices_search_key($bytes, 'number')
+                                                      || E'\\n' || invoices_search_key($bytes, 'invoice')");
+    $part{$q} = join ' ', map { $_ eq $like ? '-' : $_ } @keys;
+    # each key is a part of q's own pattern, as a LIKE pattern
+    for my $key (@keys) {
+        ok(index($like, substr($key, 1, -1)) >= 0 && $key =~ /^%.*%$/s,
+           "q=$q: its key $key is a part of $like");
+    }
 }
-# the whole table is the sample here: which are asked by a part is known
-is_deeply([grep { $part{$_} } @keyed],
-          ['FLT-0012', 'flt-001', 'billing7@example', 'billing1', 'in_1Filter0033',
-           'customer 4', 'FLT-0012x', 'billing12@examplez', 'Customer 40 x', 'FLT-0012\\'],
-          'these q are asked by a part, the others whole');
+# the whole table is the sample here: the keys are known
+is_deeply({ map { $_ => $part{$_} } grep { $part{$_} ne '- -' } @keyed },
+          { 'FLT-0012' => '%0012% -', 'flt-001' => '%001% -', 'FLT-0012x' => '%0012x% -',
+            'FLT-0012\\' => '%0012\\\\% -', 'in_1Filter0033' => '- %0033%',
+            'in_1Filter0033xy' => '- %0033xy%', 'Customer 1' => '- %Customer %' },
+          'these q are asked by a part (number, Stripe id), the others whole');
 for my $q (@keyed) {
     (my $enc = Encode::encode_utf8($q)) =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge;
-    filtered_is("q=$enc", { q => $q }, "?q=$q, asked by "
-                . ($part{$q} ? 'its part' : 'itself'));
+    filtered_is("q=$enc", { q => $q }, "?q=$q, asked by $part{$q}");
 }
 filtered_is('status=paid&q=flt-001', { status => 'paid', q => 'flt-001' },
             '?status=paid&q=flt-001, asked by its part');

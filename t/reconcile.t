@@ -188,16 +188,18 @@ sub pruned_events {
 wait_until(sub { pruned_events() - $p0 >= 2500 }, 5);
 is(pruned_events() - $p0, 2500, 'the metrics count 2,500 event ids pruned');
 
-# the pruning's holder samples q's shared trigrams again when the sample
-# is over an hour old (migration 0013), not before
-sql_do("UPDATE invoices_search_common SET trigrams = '{stale}',
-               sampled_at = now() - interval '59 minutes'");
+# the pruning's holder samples q's trigrams again when the sample is over
+# an hour old (migrations 0013, 0014), not before
+sql_do("INSERT INTO invoices_search_trigram (field, trigram, n) VALUES ('number', 'stale', 1)");
+sql_do("UPDATE invoices_search_sample SET sampled_at = now() - interval '59 minutes'");
 sleep 3 * time_factor();
-is(sql_value('SELECT trigrams FROM invoices_search_common'), '{stale}',
-   "q's shared trigrams: a sample of 59 minutes is kept");
-sql_do("UPDATE invoices_search_common SET sampled_at = now() - interval '61 minutes'");
+is(sql_value("SELECT count(*) FROM invoices_search_trigram WHERE trigram = 'stale'"), 1,
+   "q's trigrams: a sample of 59 minutes is kept");
+sql_do("UPDATE invoices_search_sample SET sampled_at = now() - interval '61 minutes'");
 ok(wait_until(sub { sql_value("SELECT sampled_at > now() - interval '1 minute'
-                               AND trigrams <> '{stale}' FROM invoices_search_common") eq 't' },
+                                      AND NOT EXISTS (SELECT 1 FROM invoices_search_trigram
+                                                      WHERE trigram = 'stale')
+                               FROM invoices_search_sample") eq 't' },
               10),
    "... one of 61 minutes is taken again by a housekeeping pass");
 
