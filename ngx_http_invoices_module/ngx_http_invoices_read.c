@@ -172,21 +172,22 @@ static const char  ngx_http_invoices_list_bucket_sql[] =
 
 /*
  * A page with q: the matches are read once (finding them costs the most,
- * docs/benchmarks.md), into "m", for the count and the page; those of q
- * alone as invoices_search_matches() gives them (migration 0014: from
- * indexes, mostly without reading the table).
+ * docs/benchmarks.md), into "m", for the count and the page.  For q alone,
+ * "m" is what invoices_search_page() gives (migration 0014): the invoices
+ * that may be on the page (offset and LIMIT, after the cursor, in the
+ * direction read: the three %s) and the count, in a row with no _id.
  */
 static const char  ngx_http_invoices_list_matches_sql[] =
     "m AS MATERIALIZED (SELECT i.stripe_created_at AS sort_at, i.id"
     " FROM invoices i WHERE true%V), ";
 
 static const char  ngx_http_invoices_list_search_sql[] =
-    "m AS MATERIALIZED (SELECT s.sort_at, s.id"
-    " FROM invoices_search_matches($%ui) s), ";
+    "m AS MATERIALIZED (SELECT s.sort_at, s.id, s.n"
+    " FROM invoices_search_page($%ui, $1::bigint + $2::bigint, %s, %s) s), ";
 
 static const char  ngx_http_invoices_list_once_sql[] =
     "SELECT " NGX_HTTP_INVOICES_COLUMNS ", i.stripe_created_at AS sort_at "
-    "FROM (SELECT m.sort_at, m.id FROM m WHERE true%s "
+    "FROM (SELECT m.sort_at, m.id FROM m WHERE m.id IS NOT NULL%s "
     "ORDER BY m.sort_at %s, m.id %s %s) k "
     "JOIN invoices i ON i.id = k.id LEFT JOIN teams t ON t.id = i.team_id";
 
@@ -423,7 +424,8 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     once = (q->q[0] != '\0');
 
     if (once) {
-        count = "SELECT count(*) AS n FROM m";
+        count = filter.search ? "SELECT m.n FROM m WHERE m.id IS NULL"
+                              : "SELECT count(*) AS n FROM m";
     }
 
     /*
@@ -448,6 +450,7 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     }
 
     n = sizeof(ngx_http_invoices_list_matches_sql) + filter.where.len
+        + sizeof(ngx_http_invoices_list_search_sql) + 64
         + sizeof(cte);
 
     ctes = ngx_pnalloc(r->pool, n);
@@ -460,7 +463,10 @@ ngx_http_invoices_list_statement(ngx_http_request_t *r,
     if (once && filter.search) {
         last = ngx_slprintf(last, ctes + n - 1,
                             ngx_http_invoices_list_search_sql,
-                            filter.search);
+                            filter.search,
+                            cursor ? "(SELECT at FROM cur), (SELECT id FROM cur)"
+                                   : "NULL, NULL",
+                            q->before ? "true" : "false");
 
     } else if (once) {
         last = ngx_slprintf(last, ctes + n - 1,

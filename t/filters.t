@@ -211,10 +211,12 @@ is(sql_value("SELECT count(*) FROM invoices_search_value
 
 #----------------------------------------------------------------------
 # q's key per field (migrations 0013, 0014): the number's and the Stripe
-# id's indexes are asked for the part of q without the trigrams most of
-# that field's values share, the rarest, then every invoice is checked
-# against the whole of q.  Sampled now, the numbers share "flt", "  f",
-# ...; the Stripe ids "fil", "lte", "xxx", ... (each in at least a fifth).
+# id's indexes are asked for the longest run of q's trigrams that no
+# sampled value holds (or one only), else for the part of q without the
+# trigrams most of that field's values share, the rarest; then every
+# invoice is checked against the whole of q.  Sampled now, the numbers
+# share "flt", "  f", ...; the Stripe ids "fil", "lte", "xxx", ... (each
+# in at least a fifth).
 
 # pg_trgm's own trigrams of a word are what 0013 takes for one bounded
 # by other characters on both sides (ASCII: pg_trgm shows others hashed)
@@ -264,6 +266,7 @@ my @keyed = ('FLT-0012', 'flt-001', 'billing7@example', 'billing1', 'in_1Filter0
              'lobex s', 'FLT-', 'ilter0', "\x{e9}t\x{e9}", '1@e', '0%_', 'x%_o',
              # their parts match invoices that q does not
              'FLT-0012x', 'billing12@examplez', 'Customer 40 x', 'in_1Filter0033xy',
+             '0012-FLT', '0033xxx-fil',
              # LIKE's escape character in the part asked for
              'FLT-0012\\');
 my %part;
@@ -281,9 +284,12 @@ for my $q (@keyed) {
 }
 # the whole table is the sample here: the keys are known
 is_deeply({ map { $_ => $part{$_} } grep { $part{$_} ne '- -' } @keyed },
-          { 'FLT-0012' => '%0012% -', 'flt-001' => '%001% -', 'FLT-0012x' => '%0012x% -',
-            'FLT-0012\\' => '%0012\\\\% -', 'in_1Filter0033' => '- %0033%',
-            'in_1Filter0033xy' => '- %0033xy%', 'Customer 1' => '- %Customer %' },
+          { '1@e' => '%@e% %@e%', 'Customer 1' => '- %Customer %',
+            'FLT-0012' => '%012% %FLT-00%', 'FLT-0012\\' => '%012\\\\% %FLT-00%',
+            'FLT-0012x' => '%012x% %FLT-00%', 'flt-001' => '%001% %flt-00%',
+            'in_1Filter0033' => '%in\\_1Filter00% %033%',
+            'in_1Filter0033xy' => '%in\\_1Filter00% %033xy%', 'x%_o' => '%\\_o% %\\_o%',
+            '0012-FLT' => '%012-% %012-FLT%', '0033xxx-fil' => '%033xxx-% %033x%' },
           'these q are asked by a part (number, Stripe id), the others whole');
 for my $q (@keyed) {
     (my $enc = Encode::encode_utf8($q)) =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge;
@@ -397,7 +403,12 @@ for my $w (['' => {}], ['status=open,paid' => { status => 'open,paid' }],
            ['amount[gte]=4700' => { amin => 4700 }],
            ['amount[gte]=1000' => { amin => 1000 }],
            ['dueDate[gte]=' . ($base + 86400 * 8) => { dmin => ($base + 86400 * 8) * 1000 }],
-           ['q=customer' => { q => 'customer' }]) {
+           ['q=customer' => { q => 'customer' }],
+           # q alone by a team's name: the team's invoices walked by its
+           # own index, the others' matches added (migration 0014); with
+           # another filter, all matches collected
+           ['q=globex' => { q => 'globex' }], ['q=e' => { q => 'e' }],
+           ['q=e&currency=eur' => { q => 'e', currency => 'eur' }]) {
     my ($q, $f) = @$w;
     my @want = map { $_->{id} } expected(%$f);
     for my $limit (1, 3, 7) {
