@@ -263,8 +263,9 @@ ngx_http_invoices_query_filter(ngx_pool_t *pool,
 
         /*
          * every invoice q matches, field by field, each from its own
-         * index (migration 0014); for a page of q alone, _read.c reads
-         * the matches without the table
+         * index (migration 0014); a page of q alone (no condition before
+         * it) is read by _read.c from invoices_search_page() instead,
+         * which counts a matching team's invoices without reading them
          */
 
         if (p == filter->where.data) {
