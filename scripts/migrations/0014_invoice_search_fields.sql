@@ -21,12 +21,16 @@
 --
 -- invoices_search_matches(q) gives (createdAt, _id) of every invoice q
 -- matches, the union of the five, from indexes only where the field
--- holds the value whole; the module counts and pages from it
--- (ngx_http_invoices_query.c).  Matching is ILIKE as PostgreSQL runs it
--- in UTF-8 (both sides in lower case); q never holds a control character,
--- so no match ever spanned two fields of 0006's text: the answers are
--- the same.  The copy of the team's name on each invoice (0006) served
--- q only: it goes, with its triggers and the joined text.
+-- holds the value whole: for q with other filters, the summary and the
+-- export (ngx_http_invoices_query.c).  invoices_search_page() answers a
+-- page of q alone (ngx_http_invoices_read.c): a matching team's invoices
+-- are counted from the kept counts (0006) and only a page of them read.
+-- Matching is ILIKE as PostgreSQL runs it in UTF-8 (both sides in lower
+-- case); q never holds a control character, so no match ever spanned two
+-- fields of 0006's text: the answers are the same.  The copy of the
+-- team's name on each invoice (0006) served q only: it goes, with its
+-- triggers and the joined text, so a team's rename no longer rewrites
+-- its invoices.
 
 -- the number and the Stripe id
 CREATE INDEX invoices_number_search
@@ -212,8 +216,9 @@ $$;
 -- q that holds the longest run of them: their lists are short, and
 -- reading the others would cost more than it saves.  Else, of the parts
 -- of q that hold none of the field's shared trigrams (those in at least a
--- fifth of the sample: their lists are as long as the table), the one
--- whose rarest trigram is the rarest (what it finds is at most what that
+-- twentieth of the sample, or if no part of three trigrams is left, a
+-- fifth: their lists are nearly as long as the table), the one whose
+-- rarest trigram is the rarest (what it finds is at most what that
 -- trigram finds), then with the most trigrams, then the longest, then
 -- the first; q itself when no part holds a trigram.  The trigrams come
 -- in the order of their spans (both ends never go down), so the parts
@@ -235,6 +240,7 @@ DECLARE
     v_lo      integer := 1;
     v_hi      integer := 0;
     v_rare    integer;
+    v_div     integer;
     v_run     integer := 0;
     v_best    integer := 0;
     v_brare   integer;
@@ -269,44 +275,56 @@ BEGIN
         RETURN invoices_search_like(substr(p_q, v_from, v_b[v_to] - v_from + 1));
     END IF;
 
-    -- the ends of shared trigrams: where a part stops growing
-    v_cut := array_fill(false, ARRAY[v_len + 1]);
-    FOR k IN 1 .. v_m LOOP
-        IF v_n[k] * 5 >= v_sampled THEN
-            v_cut[v_b[k]] := true;
-        END IF;
-    END LOOP;
+    -- first without the trigrams held by a twentieth of the sample (their
+    -- lists cost more to read than they narrow), if that leaves a part of
+    -- three trigrams; else without those held by a fifth
+    FOREACH v_div IN ARRAY ARRAY[20, 5] LOOP
+        v_i := 1;
+        v_lo := 1;
+        v_hi := 0;
+        v_best := 0;
 
-    FOR j IN 1 .. v_len LOOP
-        WHILE v_hi < v_m AND v_b[v_hi + 1] <= j LOOP
-            v_hi := v_hi + 1;
-            IF v_n[v_hi] * 5 >= v_sampled THEN
-                v_i := greatest(v_i, v_a[v_hi] + 1);
+        -- the ends of shared trigrams: where a part stops growing
+        v_cut := array_fill(false, ARRAY[v_len + 1]);
+        FOR k IN 1 .. v_m LOOP
+            IF v_n[k] * v_div >= v_sampled THEN
+                v_cut[v_b[k]] := true;
             END IF;
         END LOOP;
 
-        WHILE v_lo <= v_hi AND v_a[v_lo] < v_i LOOP
-            v_lo := v_lo + 1;
+        FOR j IN 1 .. v_len LOOP
+            WHILE v_hi < v_m AND v_b[v_hi + 1] <= j LOOP
+                v_hi := v_hi + 1;
+                IF v_n[v_hi] * v_div >= v_sampled THEN
+                    v_i := greatest(v_i, v_a[v_hi] + 1);
+                END IF;
+            END LOOP;
+
+            WHILE v_lo <= v_hi AND v_a[v_lo] < v_i LOOP
+                v_lo := v_lo + 1;
+            END LOOP;
+
+            CONTINUE WHEN v_hi < v_lo OR (j < v_len AND NOT v_cut[j + 1]);
+
+            v_rare := v_n[v_lo];
+            FOR k IN v_lo + 1 .. v_hi LOOP
+                v_rare := least(v_rare, v_n[k]);
+            END LOOP;
+
+            IF v_best = 0 OR v_rare < v_brare
+               OR (v_rare = v_brare
+                   AND (v_hi - v_lo + 1 > v_best
+                        OR (v_hi - v_lo + 1 = v_best
+                            AND j - v_i > v_to - v_from)))
+            THEN
+                v_best := v_hi - v_lo + 1;
+                v_brare := v_rare;
+                v_from := v_i;
+                v_to := j;
+            END IF;
         END LOOP;
 
-        CONTINUE WHEN v_hi < v_lo OR (j < v_len AND NOT v_cut[j + 1]);
-
-        v_rare := v_n[v_lo];
-        FOR k IN v_lo + 1 .. v_hi LOOP
-            v_rare := least(v_rare, v_n[k]);
-        END LOOP;
-
-        IF v_best = 0 OR v_rare < v_brare
-           OR (v_rare = v_brare
-               AND (v_hi - v_lo + 1 > v_best
-                    OR (v_hi - v_lo + 1 = v_best
-                        AND j - v_i > v_to - v_from)))
-        THEN
-            v_best := v_hi - v_lo + 1;
-            v_brare := v_rare;
-            v_from := v_i;
-            v_to := j;
-        END IF;
+        EXIT WHEN v_best >= 3;
     END LOOP;
 
     IF v_best = 0 THEN
