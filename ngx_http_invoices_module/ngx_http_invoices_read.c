@@ -175,7 +175,7 @@ static const char  ngx_http_invoices_list_bucket_sql[] =
  * docs/benchmarks.md), into "m", for the count and the page.  For q alone,
  * "m" is what invoices_search_page() gives (migration 0014): the invoices
  * that may be on the page (offset and LIMIT, after the cursor, in the
- * direction read: the three %s) and the count, in a row with no _id.
+ * direction read: the two %s) and the count, in a row with no _id.
  */
 static const char  ngx_http_invoices_list_matches_sql[] =
     "m AS MATERIALIZED (SELECT i.stripe_created_at AS sort_at, i.id"

@@ -250,6 +250,23 @@ is(sql_value('SELECT table_rows || \' \' || sampled FROM invoices_search_sample'
 sql_do('UPDATE invoices_search_sample SET table_rows = 0');
 ok(sql_value("SELECT NOT invoices_search_refresh()") eq 't',
    '... and not for growth under a thousand invoices (80 from 0)');
+# samplers at once (the housekeeping pass and an operator's call): each
+# waits for the other, none fails
+my $failed = 0;
+for my $round (1 .. 3) {
+    my @kids;
+    for (1 .. 6) {
+        my $pid = fork // die "fork: $!";
+        if (!$pid) {
+            my $ok = eval { sql_do("SELECT invoices_search_refresh('0 s')"); 1 };
+            POSIX::_exit($ok ? 0 : 1);
+        }
+        push @kids, $pid;
+    }
+    for (@kids) { waitpid($_, 0); $failed++ if $? }
+}
+is($failed, 0, 'invoices_search_refresh: 18 calls, six at a time, none failed');
+
 my %shared = map { $_ => sql_value("SELECT array_to_string(array_agg(g.trigram ORDER BY g.trigram), '|')
                                     FROM invoices_search_trigram g, invoices_search_sample s
                                     WHERE g.field = '$_' AND g.n * 5 >= s.sampled") }

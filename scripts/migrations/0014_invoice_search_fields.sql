@@ -171,6 +171,10 @@ DECLARE
     v_pct   float8;
     v_n     bigint;
 BEGIN
+    -- one sampler at a time (a second then finds the sample fresh); the
+    -- keys read on meanwhile
+    LOCK TABLE invoices_search_trigram IN SHARE ROW EXCLUSIVE MODE;
+
     -- -1 before the first VACUUM or ANALYZE
     SELECT greatest(reltuples, 0) INTO v_rows
     FROM pg_class WHERE oid = 'invoices'::regclass;
