@@ -57,8 +57,8 @@ CREATE INDEX invoices_name_order
 -- A statement's new values, in key order: two writers that add the same
 -- new values wait for each other (the second adds nothing) and never
 -- deadlock.  Nearly every write brings values kept already: a lookup
--- finds that, cheaper than an insert that conflicts (5% of a webhook's
--- insert against 7%, docs/benchmarks.md).
+-- finds that, cheaper than an insert that conflicts (about 5% of a
+-- one-row insert's throughput against 7%, docs/benchmarks.md).
 CREATE FUNCTION invoices_search_value_add() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -136,8 +136,8 @@ ALTER TABLE invoices DROP COLUMN team_name;
 
 -- The sample of 0013, now of the two fields asked by a key: per field,
 -- the trigrams of the sampled invoices with the number of invoices that
--- hold each, those held by under a thousandth of the sample left out
--- (they count as held by none).
+-- hold each, those held by under a thousandth of the sample or by one
+-- only left out (they count as held by none).
 DROP FUNCTION invoices_search_key(text);
 DROP FUNCTION invoices_search_refresh(interval, integer);
 DROP TABLE invoices_search_common;
