@@ -153,6 +153,13 @@ my @cases = (
     ['q=flt-001'                            => { q => 'flt-001' }],
     ['q=FLT-0012'                           => { q => 'FLT-0012' }],
     ['q=acme'                               => { q => 'acme' }],
+    # found by several fields at once, each invoice counted once: a team's
+    # name and the emails (Globex SE, example.com), every field, all but
+    # the teams' names
+    ['q=ex'                                 => { q => 'ex' }],
+    ['q=e'                                  => { q => 'e' }],
+    ['q=t'                                  => { q => 't' }],
+    ['q=1'                                  => { q => '1' }],
     ['q=%C3%A9t%C3%A9'                      => { q => "\x{e9}t\x{e9}" }],
     ['q=billing7%40example'                 => { q => 'billing7@example' }],
     ['q=in_1Filter0033'                     => { q => 'in_1Filter0033' }],
@@ -438,6 +445,13 @@ for my $w (['' => {}], ['status=open,paid' => { status => 'open,paid' }],
     my @back = grep { $_ ne $oldest } @want;
     is_deeply(walk($q, 'ending_before', 4, $oldest), \@back,
               "ending_before walk from the oldest invoice, ?$q: every newer one once");
+    # the count is of the filters, whatever the cursor
+    for my $c (['starting_after', $want[1]], ['ending_before', $oldest]) {
+        next unless defined $c->[1];
+        my $doc = api_request(GET => "/admin/api/invoices?limit=2&$q&$c->[0]=$c->[1]")
+                  ->json_or_undef // {};
+        is($doc->{count}, scalar @want, "?$q&$c->[0]: count " . scalar @want);
+    }
 }
 
 # a page after a cursor: the limit invoices that follow, has_more
