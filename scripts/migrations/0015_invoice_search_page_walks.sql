@@ -21,12 +21,181 @@
 --   the list; the first p_rows of the number's and the Stripe id's; the
 --   first p_rows of all of them, each once.
 --
+-- q's trigrams are found and looked up once for both fields' keys
+-- (invoices_search_parts(); 0014 did it once per field), the keys chosen
+-- as before (invoices_search_key_of(), 0014's rule).
+--
 -- The answer is the same as 0014's (t/filters.t asks both the counts and
 -- the walks); invoices_search_matches() (q with other filters, the
 -- summary, the export) is unchanged.  The statements here are planned
 -- once per connection (force_generic_plan): their plans do not depend on
 -- q's values, only on which lists are empty, and the branches below say
 -- that.
+
+-- A field's key from q's trigrams (their first and last characters in q,
+-- a and b) and the number of sampled values holding each (n): 0014's
+-- invoices_search_key() after its lookups, unchanged, so that
+-- invoices_search_parts() looks q's trigrams up once for both fields
+CREATE FUNCTION invoices_search_key_of(p_q text, v_a integer[],
+                                       v_b integer[], v_n integer[],
+                                       v_sampled bigint) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_cut     boolean[];
+    v_m       integer;
+    v_len     integer := length(p_q);
+    v_i       integer := 1;
+    v_lo      integer := 1;
+    v_hi      integer := 0;
+    v_rare    integer;
+    v_div     integer;
+    v_run     integer := 0;
+    v_best    integer := 0;
+    v_brare   integer;
+    v_from    integer;
+    v_to      integer;
+BEGIN
+    v_m := coalesce(cardinality(v_a), 0);
+
+    -- trigrams no sampled value holds (or too few to keep) have short
+    -- lists: the longest run of them is read at once, and finds few
+    FOR k IN 1 .. v_m LOOP
+        v_run := CASE WHEN v_n[k] = 0 THEN v_run + 1 ELSE 0 END;
+        IF v_run > v_best THEN
+            v_best := v_run;
+            v_to := k;
+        END IF;
+    END LOOP;
+
+    IF v_best > 0 THEN
+        v_from := v_a[v_to - v_best + 1];
+        RETURN invoices_search_like(substr(p_q, v_from, v_b[v_to] - v_from + 1));
+    END IF;
+
+    -- first without the trigrams held by a twentieth of the sample (their
+    -- lists cost more to read than they narrow), if that leaves a part of
+    -- three trigrams; else without those held by a fifth
+    FOREACH v_div IN ARRAY ARRAY[20, 5] LOOP
+        v_i := 1;
+        v_lo := 1;
+        v_hi := 0;
+        v_best := 0;
+
+        -- the ends of shared trigrams: where a part stops growing
+        v_cut := array_fill(false, ARRAY[v_len + 1]);
+        FOR k IN 1 .. v_m LOOP
+            IF v_n[k] * v_div >= v_sampled THEN
+                v_cut[v_b[k]] := true;
+            END IF;
+        END LOOP;
+
+        FOR j IN 1 .. v_len LOOP
+            WHILE v_hi < v_m AND v_b[v_hi + 1] <= j LOOP
+                v_hi := v_hi + 1;
+                IF v_n[v_hi] * v_div >= v_sampled THEN
+                    v_i := greatest(v_i, v_a[v_hi] + 1);
+                END IF;
+            END LOOP;
+
+            WHILE v_lo <= v_hi AND v_a[v_lo] < v_i LOOP
+                v_lo := v_lo + 1;
+            END LOOP;
+
+            CONTINUE WHEN v_hi < v_lo OR (j < v_len AND NOT v_cut[j + 1]);
+
+            v_rare := v_n[v_lo];
+            FOR k IN v_lo + 1 .. v_hi LOOP
+                v_rare := least(v_rare, v_n[k]);
+            END LOOP;
+
+            IF v_best = 0 OR v_rare < v_brare
+               OR (v_rare = v_brare
+                   AND (v_hi - v_lo + 1 > v_best
+                        OR (v_hi - v_lo + 1 = v_best
+                            AND j - v_i > v_to - v_from)))
+            THEN
+                v_best := v_hi - v_lo + 1;
+                v_brare := v_rare;
+                v_from := v_i;
+                v_to := j;
+            END IF;
+        END LOOP;
+
+        EXIT WHEN v_best >= 3;
+    END LOOP;
+
+    IF v_best = 0 THEN
+        RETURN invoices_search_like(p_q);
+    END IF;
+
+    RETURN invoices_search_like(substr(p_q, v_from, v_to - v_from + 1));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION invoices_search_key(p_q text, p_field text)
+RETURNS text
+LANGUAGE plpgsql STABLE STRICT AS $$
+DECLARE
+    v_a       integer[];
+    v_b       integer[];
+    v_n       integer[];
+BEGIN
+    -- a lookup per trigram (a join would read the whole table of them)
+    SELECT array_agg(t.a ORDER BY t.k), array_agg(t.b ORDER BY t.k),
+           array_agg(coalesce((SELECT g.n FROM invoices_search_trigram g
+                               WHERE g.field = p_field
+                                 AND g.trigram = t.trigram), 0)
+                     ORDER BY t.k)
+    INTO v_a, v_b, v_n
+    FROM invoices_search_trigrams(p_q) WITH ORDINALITY t (trigram, a, b, k);
+
+    RETURN invoices_search_key_of(p_q, v_a, v_b, v_n,
+                                  (SELECT s.sampled
+                                   FROM invoices_search_sample s));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION invoices_search_parts(p_q text)
+RETURNS invoices_search_parts
+LANGUAGE plpgsql STABLE STRICT AS $$
+DECLARE
+    v          invoices_search_parts;
+    v_a        integer[];
+    v_b        integer[];
+    v_number   integer[];
+    v_invoice  integer[];
+    v_sampled  bigint;
+BEGIN
+    v.low_like := lower(invoices_search_like(p_q));
+    v.teams := ARRAY(SELECT t.id FROM teams t
+                     WHERE lower(t.name) LIKE v.low_like);
+
+    SELECT coalesce(array_agg(x.value) FILTER (WHERE x.field = 'e'), '{}'),
+           coalesce(array_agg(x.value) FILTER (WHERE x.field = 'n'), '{}')
+    INTO v.emails, v.names
+    FROM invoices_search_value x WHERE x.low LIKE v.low_like;
+
+    -- q's trigrams once, each looked up for both fields
+    SELECT array_agg(t.a ORDER BY t.k), array_agg(t.b ORDER BY t.k),
+           array_agg(coalesce((SELECT g.n FROM invoices_search_trigram g
+                               WHERE g.field = 'number'
+                                 AND g.trigram = t.trigram), 0)
+                     ORDER BY t.k),
+           array_agg(coalesce((SELECT g.n FROM invoices_search_trigram g
+                               WHERE g.field = 'invoice'
+                                 AND g.trigram = t.trigram), 0)
+                     ORDER BY t.k)
+    INTO v_a, v_b, v_number, v_invoice
+    FROM invoices_search_trigrams(p_q) WITH ORDINALITY t (trigram, a, b, k);
+
+    SELECT s.sampled INTO v_sampled FROM invoices_search_sample s;
+
+    v.number := invoices_search_key_of(p_q, v_a, v_b, v_number, v_sampled);
+    v.invoice := invoices_search_key_of(p_q, v_a, v_b, v_invoice, v_sampled);
+
+    RETURN v;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION invoices_search_page(p_q text, p_rows bigint,
                                                 p_at timestamptz,
