@@ -155,11 +155,12 @@ my @cases = (
     ['q=acme'                               => { q => 'acme' }],
     # found by several fields at once, each invoice counted once: a team's
     # name and the emails (Globex SE, example.com), every field, all but
-    # the teams' names
+    # the teams' names, the emails and the Stripe ids (billing, Filter)
     ['q=ex'                                 => { q => 'ex' }],
     ['q=e'                                  => { q => 'e' }],
     ['q=t'                                  => { q => 't' }],
     ['q=1'                                  => { q => '1' }],
+    ['q=il'                                 => { q => 'il' }],
     ['q=%C3%A9t%C3%A9'                      => { q => "\x{e9}t\x{e9}" }],
     ['q=billing7%40example'                 => { q => 'billing7@example' }],
     ['q=in_1Filter0033'                     => { q => 'in_1Filter0033' }],
@@ -182,9 +183,12 @@ for my $c (@cases) {
 }
 # q follows a team's name: renamed, its invoices are found by the new name
 # at once, no longer by the old; a team deleted takes its name with it
-sql_do("UPDATE teams SET name = 'Renamed Widgets' WHERE id = " . quote($A->{id}));
-$_->{team_name} = 'Renamed Widgets' for grep { ($_->{team_id} // '') eq $A->{id} } @model;
+sql_do("UPDATE teams SET name = 'Renamed Filter Widgets' WHERE id = " . quote($A->{id}));
+$_->{team_name} = 'Renamed Filter Widgets' for grep { ($_->{team_id} // '') eq $A->{id} } @model;
 filtered_is('q=widgets', { q => 'widgets' }, '?q=widgets after the rename');
+# the new name and every Stripe id (in_1Filter...): the team's invoices,
+# those without an email too, counted once
+filtered_is('q=filter', { q => 'filter' }, '?q=filter after the rename');
 filtered_is('q=acme', { q => 'acme' }, '?q=acme after the rename');
 my $gone = insert_team(name => 'Ephemeral Team', stripe_customer_id => 'cus_Ephemeral');
 insert_invoice(id => object_id(), stripe_invoice_id => 'in_1TransientInvoice0000001',

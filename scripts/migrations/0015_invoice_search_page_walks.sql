@@ -227,7 +227,10 @@ BEGIN
     END IF;
 
     -- each invoice a value finds has that value: only the fields before
-    -- it need asking
+    -- it need asking.  Whether an invoice's field is in a list is asked of
+    -- a hash of the list (IN a subquery), not along it (= ANY): a broad q
+    -- finds thousands of values, and its matches are a good part of the
+    -- table.
     IF v_e AND NOT v_t THEN
         SELECT count(*) INTO v_c FROM invoices i
         WHERE i.customer_email = ANY (v.emails);
@@ -235,7 +238,7 @@ BEGIN
     ELSIF v_e THEN
         SELECT count(*) INTO v_c FROM invoices i
         WHERE i.customer_email = ANY (v.emails)
-          AND NOT coalesce(i.team_id = ANY (v.teams), false);
+          AND NOT coalesce(i.team_id IN (SELECT unnest(v.teams)), false);
         v_n := v_n + v_c;
     END IF;
 
@@ -246,36 +249,44 @@ BEGIN
     ELSIF v_m THEN
         SELECT count(*) INTO v_c FROM invoices i
         WHERE i.customer_name = ANY (v.names)
-          AND NOT coalesce(i.team_id = ANY (v.teams)
-                           OR i.customer_email = ANY (v.emails), false);
+          AND NOT coalesce(i.team_id IN (SELECT unnest(v.teams))
+                           OR i.customer_email IN (SELECT unnest(v.emails)),
+                           false);
         v_n := v_n + v_c;
     END IF;
 
     -- The page: the first p_rows of each walk, each invoice once (UNION),
     -- the first p_rows of those; the number's and the Stripe id's finds
     -- are read once, for the page and for the count of those no value
-    -- found (a NULL field finds nothing: coalesce).  The two directions
-    -- differ only in their comparisons and orders.
+    -- found (a NULL field finds nothing: coalesce), the Stripe id's
+    -- without those the number finds (each once without a hash of them
+    -- all: q may find every invoice by both).  The two directions differ
+    -- only in their comparisons and orders.
     IF p_up THEN
         RETURN QUERY
             WITH f AS MATERIALIZED (
                 SELECT i.stripe_created_at AS sort_at, i.id,
-                       coalesce(i.team_id = ANY (v.teams)
-                                OR i.customer_email = ANY (v.emails)
-                                OR i.customer_name = ANY (v.names),
+                       coalesce(i.team_id IN (SELECT unnest(v.teams))
+                                OR i.customer_email
+                                   IN (SELECT unnest(v.emails))
+                                OR i.customer_name
+                                   IN (SELECT unnest(v.names)),
                                 false) AS seen
                 FROM invoices i
                 WHERE i.number ILIKE v.number
                   AND lower(i.number) LIKE v.low_like
-                UNION
+                UNION ALL
                 SELECT i.stripe_created_at, i.id,
-                       coalesce(i.team_id = ANY (v.teams)
-                                OR i.customer_email = ANY (v.emails)
-                                OR i.customer_name = ANY (v.names),
+                       coalesce(i.team_id IN (SELECT unnest(v.teams))
+                                OR i.customer_email
+                                   IN (SELECT unnest(v.emails))
+                                OR i.customer_name
+                                   IN (SELECT unnest(v.names)),
                                 false)
                 FROM invoices i
                 WHERE i.stripe_invoice_id ILIKE v.invoice
-                  AND lower(i.stripe_invoice_id) LIKE v.low_like)
+                  AND lower(i.stripe_invoice_id) LIKE v.low_like
+                  AND NOT coalesce(lower(i.number) LIKE v.low_like, false))
             (SELECT w.sort_at, w.id, NULL::bigint FROM (
                 SELECT x.sort_at, x.id
                 FROM unnest(v.teams) u (value) CROSS JOIN LATERAL (
@@ -314,22 +325,27 @@ BEGIN
         RETURN QUERY
             WITH f AS MATERIALIZED (
                 SELECT i.stripe_created_at AS sort_at, i.id,
-                       coalesce(i.team_id = ANY (v.teams)
-                                OR i.customer_email = ANY (v.emails)
-                                OR i.customer_name = ANY (v.names),
+                       coalesce(i.team_id IN (SELECT unnest(v.teams))
+                                OR i.customer_email
+                                   IN (SELECT unnest(v.emails))
+                                OR i.customer_name
+                                   IN (SELECT unnest(v.names)),
                                 false) AS seen
                 FROM invoices i
                 WHERE i.number ILIKE v.number
                   AND lower(i.number) LIKE v.low_like
-                UNION
+                UNION ALL
                 SELECT i.stripe_created_at, i.id,
-                       coalesce(i.team_id = ANY (v.teams)
-                                OR i.customer_email = ANY (v.emails)
-                                OR i.customer_name = ANY (v.names),
+                       coalesce(i.team_id IN (SELECT unnest(v.teams))
+                                OR i.customer_email
+                                   IN (SELECT unnest(v.emails))
+                                OR i.customer_name
+                                   IN (SELECT unnest(v.names)),
                                 false)
                 FROM invoices i
                 WHERE i.stripe_invoice_id ILIKE v.invoice
-                  AND lower(i.stripe_invoice_id) LIKE v.low_like)
+                  AND lower(i.stripe_invoice_id) LIKE v.low_like
+                  AND NOT coalesce(lower(i.number) LIKE v.low_like, false))
             (SELECT w.sort_at, w.id, NULL::bigint FROM (
                 SELECT x.sort_at, x.id
                 FROM unnest(v.teams) u (value) CROSS JOIN LATERAL (
