@@ -176,7 +176,7 @@ static const char  ngx_http_invoices_list_bucket_sql[] =
 /*
  * A page with q: the matches are read once (finding them costs the most,
  * docs/benchmarks.md), into "m", for the count and the page.  For q alone,
- * "m" is what invoices_search_page() gives (migration 0014): the invoices
+ * "m" is what invoices_search_page() gives (migration 0015): the invoices
  * that may be on the page (offset and LIMIT, after the cursor, in the
  * direction read: the two %s) and the count, in a row with no _id.
  */
