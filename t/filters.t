@@ -326,6 +326,38 @@ for my $q (@keyed) {
 filtered_is('status=paid&q=flt-001', { status => 'paid', q => 'flt-001' },
             '?status=paid&q=flt-001, asked by its part');
 
+# A q of six characters or more asks the number's index of six-character
+# parts (migration 0016) for the part the fewest sampled numbers hold, of
+# those the last; a shorter q asks the trigram index by its key, as above.
+my $grams = sub { sql_value("SELECT coalesce(string_agg(g, ' ' ORDER BY g COLLATE \"C\"), 'none')
+                              FROM unnest(invoices_number_grams(" . quote(Encode::encode_utf8($_[0])) . ")) g") };
+is($grams->('FLT-0012'), 'flt-00 lt-001 t-0012', "a number's six-character parts, in lower case");
+is($grams->('0000000'), '000000', '... each once');
+is($grams->('FLT-1'), 'none', '... none of a number under six characters');
+is($grams->("\x{c9}T\x{c9}-0001"), Encode::encode_utf8("t\x{e9}-000 \x{e9}-0001 \x{e9}t\x{e9}-00"),
+   '... six characters, not bytes');
+is(sql_value("SELECT count(*) FROM invoices_search_gram WHERE n < 2"), 0,
+   'a part held by one sampled number only is not kept');
+is(sql_value("SELECT n FROM invoices_search_gram WHERE gram = 'flt-00'"),
+   scalar(grep { defined $_->{number} } @model), "'flt-00': held by every number, all sampled");
+my %gram = ('FLT-0012' => 't-0012',      # held by one: not kept, so rarest
+            'FLT-0012x' => '-0012x',     # as rare as t-0012: the last
+            'xFLT-0012' => 't-0012',     # finds FLT-0012, which q does not match
+            'flt-001' => 'lt-001', 'FLT-00' => 'flt-00', 'FLT-0' => undef,
+            'in_1Filter0033' => 'er0033');  # no number holds any: the last
+for my $q (sort keys %gram) {
+    my ($gram, $key) = split /\|/, sql_value("SELECT coalesce(p.number_gram[1], '-')
+                                                     || '|' || coalesce(p.number, '-')
+                                              FROM invoices_search_parts(" . quote($q) . ") p"), -1;
+    is($gram, $gram{$q} // '-', "q=$q: the number asked by " . ($gram{$q} // 'its trigrams'));
+    is($key, '-', "q=$q: ... and by no trigram key") if defined $gram{$q};
+    isnt($key, '-', "q=$q: ... by a trigram key") unless defined $gram{$q};
+    (my $enc = $q) =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge;
+    filtered_is("q=$enc", { q => $q }, "?q=$q, its number asked by " . ($gram{$q} // 'its trigrams'));
+}
+filtered_is('currency=usd&q=xFLT-0012', { currency => 'usd', q => 'xFLT-0012' },
+            '?currency=usd&q=xFLT-0012: FLT-0012 (usd) found by t-0012, not matched');
+
 # the _id tiebreak: the model orders ties by _id descending, as the list
 my @ties = grep { $_->{created_ms} == $model[1]{created_ms} } @model;
 ok(@ties >= 2, 'the data set has invoices created at the same moment');
@@ -436,7 +468,9 @@ for my $w (['' => {}], ['status=open,paid' => { status => 'open,paid' }],
            # own index, the others' matches added (migration 0014); with
            # another filter, all matches collected
            ['q=globex' => { q => 'globex' }], ['q=e' => { q => 'e' }],
-           ['q=e&currency=eur' => { q => 'e', currency => 'eur' }]) {
+           ['q=e&currency=eur' => { q => 'e', currency => 'eur' }],
+           # a number by a six-character part (migration 0016)
+           ['q=flt-001' => { q => 'flt-001' }]) {
     my ($q, $f) = @$w;
     my @want = map { $_->{id} } expected(%$f);
     for my $limit (1, 3, 7) {
