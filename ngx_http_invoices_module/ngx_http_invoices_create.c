@@ -116,6 +116,7 @@ ngx_http_invoices_create(ngx_http_request_t *r,
 
     rc = ngx_http_invoices_idem_init(r, ilcf, &cr->idem,
                                      "creating an invoice");
+    cr->idem.drafts = 1;
 
     if (rc == NGX_DECLINED) {
         rc = ngx_http_discard_request_body(r);

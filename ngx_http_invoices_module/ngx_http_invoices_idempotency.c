@@ -395,8 +395,10 @@ ngx_http_invoices_idem_stripe_error(ngx_http_invoices_job_t *job,
     size_t       len;
     ngx_uint_t   status, final;
 
-    status = ngx_http_invoices_stripe_error(sr, step, idem->invoice_id, &body,
-                                            &len, &final, job);
+    status = ngx_http_invoices_stripe_error(sr, step,
+                                            idem->drafts ? idem->invoice_id
+                                                         : NULL,
+                                            &body, &len, &final, job);
 
     if (final) {
         ngx_http_invoices_idem_done(job, idem, status, body, len);
@@ -490,10 +492,20 @@ ngx_http_invoices_idem_release(ngx_http_invoices_job_t *job,
 
     idem->held = 0;
 
-    if (idem->forget && idem->invoice_id[0] == '\0') {
+    /*
+     * A key that made a draft is kept: a retry with it finishes the draft.
+     * An action's invoice is not the key's doing: a refusal Stripe kept
+     * nothing of (a 400 of its validation) leaves nothing to finish.
+     */
+
+    if (idem->forget && !(idem->drafts && idem->invoice_id[0] != '\0')) {
         res = ngx_http_invoices_pg_try(job,
-                  "DELETE FROM idempotency_keys WHERE key = $1 AND fence = $2 "
-                  "AND state = 'running' AND stripe_invoice_id IS NULL",
+                  idem->drafts
+                  ? "DELETE FROM idempotency_keys WHERE key = $1 "
+                    "AND fence = $2 AND state = 'running' "
+                    "AND stripe_invoice_id IS NULL"
+                  : "DELETE FROM idempotency_keys WHERE key = $1 "
+                    "AND fence = $2 AND state = 'running'",
                   2, values);
 
         if (res != NULL && ngx_strcmp(PQcmdTuples(res), "1") == 0) {

@@ -31,6 +31,10 @@ typedef struct {
     ngx_uint_t                        own;        /* the caller's key */
     char                              lease[NGX_INT_T_LEN + 1];  /* ms */
     const char                       *what;       /* "creating an invoice" */
+    ngx_uint_t                        drafts;     /* the invoice kept under
+                                                     the key is a draft the
+                                                     request made (create),
+                                                     not one it acts on */
     ngx_http_invoices_stripe_conf_t   stripe;
 
     /* in the thread */

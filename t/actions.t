@@ -165,6 +165,7 @@ $res = act(POST => "$inv3/pay", body => '{"paymentMethod": "pm_card_chargeDeclin
 is($res->status, 402, 'a declined card: 402') or diag $res->describe;
 is(err($res)->{type}, 'stripe_error', 'stripe_error');
 is(err($res)->{stripe}{code}, 'card_declined', "Stripe's code inside");
+unlike(err($res)->{message} // '', qr/draft/, 'the message calls no invoice a draft (an action makes none)');
 is(status_of($inv3), 'open', 'the row stays open');
 is(last_audit(), "ops pay $inv3 402 false act-decline-1", 'the 402 is recorded');
 fake_control(DELETE => '/_fake/requests');
@@ -174,11 +175,19 @@ is($res->status, 402, "Stripe's refusal is final: the same key replays it");
 is($res->header('Idempotent-Replayed'), 'true', 'replayed');
 is(stripe_calls(), 0, 'no Stripe call');
 
-$res = act(POST => "$inv3/send");
+$res = act(POST => "$inv3/send", idem => 'act-send-1');
 is($res->status, 400, 'send of a charge_automatically invoice: 400') or diag $res->describe;
 is(err($res)->{type}, 'stripe_error', 'stripe_error');
 like(err($res)->{stripe}{message} // '', qr/send_invoice/, "Stripe's reason inside");
+unlike(err($res)->{message} // '', qr/draft/, 'the message calls no invoice a draft');
 is(status_of($inv3), 'open', 'the row stays open');
+# Stripe keeps nothing of a request its validation refused: neither does
+# the key, which another request may then use
+is(sql_value("SELECT count(*) FROM idempotency_keys WHERE key LIKE '%act-send-1'"), 0,
+   'the key of a 400 of Stripe\'s validation is dropped, not left running');
+$res = act(POST => "$inv3/void", idem => 'act-send-1');
+is($res->status, 200, '... so another action may take it') or diag $res->describe;
+is(status_of($inv3), 'void', '... and it ran');
 
 # a send_invoice invoice is sent
 my $sendable = stripe_only(collection_method => 'send_invoice', days_until_due => 30);
