@@ -122,6 +122,7 @@ ngx_http_invoices_audit_record(ngx_http_invoices_job_t *job,
     PGresult    *res;
     const char  *values[7];
     char         code[NGX_INT_T_LEN + 1];
+    char         cause[sizeof(job->log)];
 
     (void) ngx_http_invoices_sprint(code, "%ui", status);
 
@@ -145,12 +146,22 @@ ngx_http_invoices_audit_record(ngx_http_invoices_job_t *job,
         return;
     }
 
-    /* the statement's own error is in job->log: say what it cost */
+    /*
+     * The statement's own error is in job->log (ngx_http_invoices_pg_note):
+     * say what it cost, then the error, at the error level (a Stripe
+     * warning before it gives way), and count it as a failed statement
+     */
+
+    ngx_cpystrn((u_char *) cause, (u_char *) job->log, sizeof(cause));
 
     p = ngx_snprintf((u_char *) job->log, sizeof(job->log) - 1,
                      "the audit record of a %s by \"%s\" (status %ui) was"
-                     " not written", action, audit->key_name, status);
+                     " not written: %s", action, audit->key_name, status,
+                     cause);
     *p = '\0';
+
+    job->log_level = 0;
+    job->metrics.pg_error = 1;
 }
 
 

@@ -360,6 +360,25 @@ is($done->status, 200, 'the first: 200') or diag $done->describe;
 is(status_of($slow), 'void', 'void once');
 
 #----------------------------------------------------------------------
+# the audit record not written: the action stands, the log says which
+# record and why
+
+my $unaudited = open_invoice();
+sql_do(q{CREATE FUNCTION audit_refused() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$});
+sql_do('CREATE TRIGGER audit_refused BEFORE INSERT ON invoice_actions
+        FOR EACH ROW EXECUTE FUNCTION audit_refused()');
+my $mark = error_log_mark();
+$res = act(POST => "$unaudited/void");
+sql_do('DROP TRIGGER audit_refused ON invoice_actions');
+sql_do('DROP FUNCTION audit_refused()');
+is($res->status, 200, 'the audit record failed: the void stands, 200') or diag $res->describe;
+is(status_of($unaudited), 'void', '... and is stored');
+like(error_log_since($mark),
+     qr/\[error\].*the audit record of a void by "ops" \(status 200\) was not written: .*audit refused by the test/,
+     '... the error log names the record and PostgreSQL\'s reason');
+
+#----------------------------------------------------------------------
 # PostgreSQL down: 503, Stripe not called
 
 my $inv6 = open_invoice();
