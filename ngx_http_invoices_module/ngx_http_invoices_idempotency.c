@@ -495,10 +495,13 @@ ngx_http_invoices_idem_release(ngx_http_invoices_job_t *job,
     /*
      * A key that made a draft is kept: a retry with it finishes the draft.
      * An action's invoice is not the key's doing: a refusal Stripe kept
-     * nothing of (a 400 of its validation) leaves nothing to finish.
+     * nothing of (a 400 of its validation) leaves nothing to finish, and
+     * nobody can retry with a key the caller did not give.
      */
 
-    if (idem->forget && !(idem->drafts && idem->invoice_id[0] != '\0')) {
+    if ((idem->forget || (!idem->drafts && !idem->own))
+        && !(idem->drafts && idem->invoice_id[0] != '\0'))
+    {
         res = ngx_http_invoices_pg_try(job,
                   idem->drafts
                   ? "DELETE FROM idempotency_keys WHERE key = $1 "

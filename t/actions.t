@@ -308,6 +308,17 @@ is(scalar(grep { !$_->{replayed} && ($_->{status} // 0) == 200 }
            fake_requests(qr{^POST /v1/invoices/\Q$inv5\E/void})), 1,
    'Stripe voided it once (every attempt under one Stripe key)');
 
+# without a key of the caller's, nobody can retry under the one made for
+# it: it is not left running
+my $inv5b = open_invoice();
+my $running = sql_value("SELECT count(*) FROM idempotency_keys WHERE state = 'running'");
+fault({ path => "POST /v1/invoices/$inv5b/void", status => 500, count => 10 });
+$res = act(POST => "$inv5b/void");
+no_faults();
+is($res->status, 502, 'Stripe 500s, no Idempotency-Key: 502') or diag $res->describe;
+is(sql_value("SELECT count(*) FROM idempotency_keys WHERE state = 'running'"), $running,
+   '... and no key made for it is left running');
+
 #----------------------------------------------------------------------
 # the whole state graph, on rows Stripe does not know: an action a status
 # allows goes to Stripe (which answers 404 for an invoice it never made:
