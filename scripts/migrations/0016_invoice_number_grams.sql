@@ -73,6 +73,9 @@ BEGIN
 END
 $$;
 
+-- the first sample of the parts (and again of the trigrams)
+SELECT invoices_search_refresh('0 s');
+
 -- the part of q a number is asked by: NULL for a q under six characters
 ALTER TYPE invoices_search_parts ADD ATTRIBUTE number_gram text[];
 
