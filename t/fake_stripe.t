@@ -519,6 +519,21 @@ subtest 'faults' => sub {
     is($b->{error}{code}, 'rate_limit', 'rate_limit code');
     my $cfg = control('GET', 'config');
     ok($cfg->{faults}[0]{spent}, 'the rule is spent');
+
+    # query: a regex found in the query string (a list's later pages only)
+    control('POST', 'config', {faults => [
+        {path => 'GET /v1/events', query => 'starting_after=', status => 500}]});
+    my $first;
+    ($s, $first) = api('GET', '/v1/events', [limit => 1]);
+    is($s, 200, 'query rule: a first page is answered');
+    ($s, $b) = api('GET', '/v1/events', [limit => 1, starting_after => $first->{data}[0]{id}]);
+    is($s, 500, 'query rule: the next page is 500');
+    ($s, $b) = api('GET', '/v1/events', [limit => 1, starting_after => $first->{data}[0]{id}]);
+    is($s, 500, '... and again, until the rule goes');
+    my $r = $http->request('POST', "$base/_fake/config", {
+        content => $json->encode({faults => [{path => 'GET /v1/events',
+                                              query => '(', status => 500}]})});
+    is($r->{status}, 400, 'query rule: a bad regex is refused');
     control('POST', 'config', {faults => []});
 };
 
@@ -865,6 +880,216 @@ subtest 'idempotency: what is stored, and forgetting' => sub {
     ok($f->{forgotten} >= 2, 'forgotten again');
     is_deeply(control('POST', 'forget-idempotency'), {forgotten => 0},
               'nothing left: {"forgotten": 0}');
+};
+
+# ------------------------------------------- GET /v1/events, as Stripe's
+# API reference lists events: newest first; limit 1..100 (default 10);
+# has_more; starting_after / ending_before; type, one name or a group with
+# * as a wildcard; types[], up to 20 exact names, not with type; created
+# as an exact time or bounded by gte, gt, lte, lt.  A known history, in
+# three distinct seconds: 105 customers, an invoice with an item, its
+# finalization (each a customer.created, the invoice's invoice.* events
+# and an invoiceitem.created).
+
+# all_events([pairs]) -> every event the list has for those parameters,
+# followed page by page (limit 100, starting_after)
+# (one connection a request: with keep-alive each POST here waits ~80 ms)
+my $quick = HTTP::Tiny->new(timeout => 10, keep_alive => 0);
+sub qapi { my ($m, $p, $pairs) = @_; return api($m, $p, $pairs, {}, $quick) }
+
+sub all_events {
+    my @p = @{ $_[0] // [] };
+    my (@out, $after);
+    for (1 .. 50) {
+        my ($s, $b) = qapi('GET', '/v1/events', [@p, limit => 100,
+                                                 ($after ? (starting_after => $after) : ())]);
+        return "($s)" unless $s == 200;
+        push @out, @{ $b->{data} };
+        return \@out unless $b->{has_more} && @{ $b->{data} };
+        $after = $b->{data}[-1]{id};
+    }
+    return \@out;
+}
+sub ids { [map { $_->{id} } @{ ref $_[0] eq 'ARRAY' ? $_[0] : [] }] }
+sub next_second { my $t = int time; sleep 0.02 while int(time) == $t }
+
+my (@hist_cus, $hist_inv, $hist_all, $hist_mid);
+subtest 'events list: a known history' => sub {
+    control('POST', 'reset', {state => JSON::PP::true});
+    control('POST', 'config', {webhooks => {enabled => JSON::PP::false}});
+    my $make = sub {
+        my ($n) = @_;
+        for (1 .. $n) {
+            my (undef, $c) = qapi('POST', '/v1/customers',
+                                 [name => 'History ' . (@hist_cus + 1)]);
+            push @hist_cus, $c->{id};
+        }
+    };
+    $make->(50);
+    my ($s, $b) = qapi('POST', '/v1/invoices',
+                      [customer => $hist_cus[0], auto_advance => 'false']);
+    $hist_inv = $b->{id};
+    ($s) = qapi('POST', '/v1/invoiceitems',
+               [customer => $hist_cus[0], invoice => $hist_inv,
+                amount => 700, currency => 'usd']);
+    is($s, 200, 'an item on the draft');
+    next_second();
+    $make->(20);
+    ($s) = qapi('POST', "/v1/invoices/$hist_inv/finalize");
+    is($s, 200, 'finalized a second later');
+    next_second();
+    $make->(35);
+    is(scalar @hist_cus, 105, '105 customers, each with its event');
+    $hist_all = all_events();
+    my %types;
+    $types{$_->{type}}++ for @$hist_all;
+    is($types{'customer.created'}, 105, 'the list has every customer.created');
+    ok($types{'invoice.created'} && $types{'invoice.updated'}
+       && $types{'invoice.finalized'} && $types{'invoiceitem.created'},
+       'and the invoice\'s events: ' . join ', ', sort keys %types);
+    my ($fin) = grep { $_->{type} eq 'invoice.finalized' } @$hist_all;
+    $hist_mid = $fin->{created};
+    my %secs = map { $_->{created} => 1 } @$hist_all;
+    ok((grep { $_ < $hist_mid } keys %secs) && (grep { $_ > $hist_mid } keys %secs),
+       'events before, at and after the second of the finalization');
+};
+
+subtest 'events list: newest first, limit, has_more' => sub {
+    my @created = map { $_->{created} } @$hist_all;
+    is_deeply(\@created, [sort { $b <=> $a } @created],
+              'newest first: created never grows down the list');
+    my @cus_order = map { $_->{data}{object}{id} }
+                    grep { $_->{type} eq 'customer.created' } @$hist_all;
+    is_deeply(\@cus_order, [reverse @hist_cus],
+              'newest first: the customers\' events in the reverse order of creation');
+    my ($s, $b) = qapi('GET', '/v1/events');
+    is($s, 200, 'no parameters: 200');
+    is($b->{object}, 'list', 'a list object');
+    is($b->{url}, '/v1/events', 'its url');
+    is_deeply(ids($b->{data}), [@{ ids($hist_all) }[0 .. 9]],
+              'limit by default: 10, the newest');
+    ok($b->{has_more}, 'has_more: true, 10 of more');
+    for my $n (1, 37, 100) {
+        ($s, $b) = qapi('GET', '/v1/events', [limit => $n]);
+        is_deeply(ids($b->{data}), [@{ ids($hist_all) }[0 .. $n - 1]],
+                  "limit $n: the newest $n");
+    }
+    ok(@$hist_all > 100 && $b->{has_more}, 'limit 100 of ' . @$hist_all . ': has_more');
+    for my $bad (0, 101, -1, 'ten') {
+        ($s, $b) = qapi('GET', '/v1/events', [limit => $bad]);
+        is($s, 400, "limit $bad: 400");
+        is($b->{error}{param}, 'limit', '... on the param limit');
+        is($b->{error}{type}, 'invalid_request_error', '... invalid_request_error');
+    }
+    my $inv_n = grep { $_->{type} =~ /^invoice\./ } @$hist_all;
+    ($s, $b) = qapi('GET', '/v1/events', [type => 'invoice.*', limit => $inv_n]);
+    ok(!$b->{has_more} && @{ $b->{data} } == $inv_n,
+       "has_more: false when the page holds the last one ($inv_n of $inv_n)");
+    ($s, $b) = qapi('GET', '/v1/events', [type => 'invoice.*', limit => $inv_n - 1]);
+    ok($b->{has_more}, 'has_more: true when one is left over');
+};
+
+subtest 'events list: starting_after, ending_before' => sub {
+    my @all = @{ ids($hist_all) };
+    my (@walk, $after, $pages, $more_seen);
+    while (1) {
+        my ($s, $b) = qapi('GET', '/v1/events',
+                          [limit => 30, ($after ? (starting_after => $after) : ())]);
+        last unless $s == 200 && ++$pages < 20;
+        push @walk, @{ ids($b->{data}) };
+        $more_seen .= $b->{has_more} ? 'm' : '.';
+        last unless $b->{has_more};
+        $after = $b->{data}[-1]{id};
+    }
+    is_deeply(\@walk, \@all, 'pages of 30 with starting_after: every event once, in order');
+    my $want = 'm' x (int((@all - 1) / 30)) . '.';
+    is($more_seen, $want, 'has_more on every page but the last');
+    my ($s, $b) = qapi('GET', '/v1/events', [limit => 5, starting_after => $all[9]]);
+    is_deeply(ids($b->{data}), [@all[10 .. 14]],
+              'starting_after: the older ones right after it, not itself');
+    ($s, $b) = qapi('GET', '/v1/events', [limit => 5, starting_after => $all[-2]]);
+    is_deeply(ids($b->{data}), [$all[-1]], 'starting_after the last but one: the last');
+    ok(!$b->{has_more}, '... no more');
+    ($s, $b) = qapi('GET', '/v1/events', [limit => 5, starting_after => $all[-6]]);
+    is_deeply(ids($b->{data}), [@all[-5 .. -1]], 'starting_after: a page just holding the rest');
+    ok(!$b->{has_more}, '... no more');
+    ($s, $b) = qapi('GET', '/v1/events', [limit => 10, ending_before => $all[50]]);
+    is_deeply(ids($b->{data}), [@all[40 .. 49]],
+              'ending_before: the newer ones right before it, newest first');
+    ok($b->{has_more}, '... has_more: there are newer still');
+    ($s, $b) = qapi('GET', '/v1/events', [limit => 10, ending_before => $all[4]]);
+    is_deeply(ids($b->{data}), [@all[0 .. 3]], 'ending_before near the top: what is left');
+    ok(!$b->{has_more}, '... no more');
+    ($s, $b) = qapi('GET', '/v1/events', [ending_before => $all[0]]);
+    is_deeply(ids($b->{data}), [], 'ending_before the newest: none');
+    ($s, $b) = qapi('GET', '/v1/events', [starting_after => 'evt_1NoSuchEvent0000000000000']);
+    is($s, 400, 'starting_after an unknown event: 400');
+    is($b->{error}{code}, 'resource_missing', '... resource_missing');
+    is($b->{error}{param}, 'starting_after', '... on starting_after');
+};
+
+subtest 'events list: type (a wildcard), types[] (exact names)' => sub {
+    my $of = sub { my ($re) = @_; [map { $_->{id} } grep { $_->{type} =~ $re } @$hist_all] };
+    my $inv = $of->(qr/^invoice\./);
+    my $got = all_events([type => 'invoice.*']);
+    is_deeply(ids($got), $inv,
+              'type=invoice.*: every invoice.* event, newest first, none other');
+    ok(!grep({ $_->{type} eq 'invoiceitem.created' } @$got),
+       '... not invoiceitem.created (the wildcard is invoice. and more)');
+    is_deeply(ids(all_events([type => 'invoice.finalized'])), $of->(qr/^invoice\.finalized$/),
+              'type=invoice.finalized: that one');
+    is_deeply(ids(all_events([type => 'invoice'])), [],
+              'type=invoice: without the wildcard a name, and no event has it');
+    my ($s, $b) = qapi('GET', '/v1/events', [type => 'customer.created', limit => 100]);
+    is_deeply(ids($b->{data}), [@{ $of->(qr/^customer\.created$/) }[0 .. 99]],
+              'type=customer.created: a page of 100 of its 105');
+    ok($b->{has_more}, '... has_more');
+    is_deeply(ids(all_events(['types[]' => 'invoice.created',
+                              'types[]' => 'invoiceitem.created'])),
+              $of->(qr/^(?:invoice\.created|invoiceitem\.created)$/),
+              'types[]: the events of each name given, newest first');
+    is_deeply(ids(all_events(['types[]' => 'invoice.*'])), [],
+              'types[]=invoice.*: no wildcard in types, it names no event');
+    is_deeply(ids(all_events(['types[]' => 'invoice.*', 'types[]' => 'invoice.finalized'])),
+              $of->(qr/^invoice\.finalized$/),
+              'types[]=invoice.*&types[]=invoice.finalized: only the exact name');
+    ($s, $b) = qapi('GET', '/v1/events',
+                   [map { ('types[]' => "invoice.t$_") } 1 .. 20]);
+    is($s, 200, 'types[]: 20 names are allowed');
+    ($s, $b) = qapi('GET', '/v1/events',
+                   [map { ('types[]' => "invoice.t$_") } 1 .. 21]);
+    is($s, 400, 'types[]: 21 names: 400');
+    is($b->{error}{param}, 'types', '... on types');
+    ($s, $b) = qapi('GET', '/v1/events', [type => 'invoice.*',
+                                         'types[]' => 'invoice.created']);
+    is($s, 400, 'type and types[] together: 400');
+    is($b->{error}{param}, 'types', '... on types');
+};
+
+subtest 'events list: created, exact or bounded by gte, gt, lte, lt' => sub {
+    my $t = $hist_mid;
+    my $of = sub { my ($ok) = @_; [map { $_->{id} } grep { $ok->($_->{created}) } @$hist_all] };
+    my %want = (gte => $of->(sub { $_[0] >= $t }), gt => $of->(sub { $_[0] > $t }),
+                lte => $of->(sub { $_[0] <= $t }), lt => $of->(sub { $_[0] < $t }));
+    for my $op (qw(gte gt lte lt)) {
+        ok(@{ $want{$op} } && @{ $want{$op} } < @$hist_all,
+           "created[$op]: some events but not all are wanted");
+        is_deeply(ids(all_events(["created[$op]" => $t])), $want{$op},
+                  "created[$op]=T: the events created " . {gte => 'at or after', gt => 'after',
+                  lte => 'at or before', lt => 'before'}->{$op} . ' T, newest first');
+    }
+    my $at = $of->(sub { $_[0] == $t });
+    is_deeply(ids(all_events(["created[gte]" => $t, "created[lte]" => $t])), $at,
+              'created[gte]=T&created[lte]=T: those of that second');
+    is_deeply(ids(all_events([created => $t])), $at, 'created=T: the same');
+    is_deeply(ids(all_events(["created[gt]" => $t, "created[lt]" => $t])), [],
+              'created[gt]=T&created[lt]=T: none');
+    is_deeply(ids(all_events([type => 'invoice.*', "created[gte]" => $t])),
+              [map { $_->{id} } grep { $_->{type} =~ /^invoice\./ && $_->{created} >= $t } @$hist_all],
+              'type=invoice.*&created[gte]=T (what the reconciler asks)');
+    my ($s, $b) = qapi('GET', '/v1/events', ['created[gte]' => 'soon']);
+    is($s, 400, 'created[gte] not a number: 400');
+    control('POST', 'reset', {state => JSON::PP::true});
 };
 
 subtest 'control API' => sub {

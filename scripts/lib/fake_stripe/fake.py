@@ -121,12 +121,13 @@ class Fake:
             for f in faults:
                 if not isinstance(f, dict) or "path" not in f:
                     raise ValueError("each fault needs a path regex")
-                bad = set(f) - {"path", "status", "count", "rate", "when",
-                                "hang_seconds", "should_retry", "retry_after",
-                                "error"}
+                bad = set(f) - {"path", "query", "status", "count", "rate",
+                                "when", "hang_seconds", "should_retry",
+                                "retry_after", "error"}
                 if bad:
                     raise ValueError("unknown fault keys: %s" % sorted(bad))
                 re.compile(f["path"])
+                re.compile(f.get("query", ""))
                 if "status" not in f and "hang_seconds" not in f:
                     raise ValueError("a fault needs status or hang_seconds")
                 if f.get("when", "before") not in ("before", "after"):
@@ -149,14 +150,19 @@ class Fake:
         with self.cfg_lock:
             return copy.deepcopy(self.cfg)
 
-    def take_fault(self, method, path, when):
-        """The first live fault rule matching 'METHOD PATH' for this phase."""
+    def take_fault(self, method, path, when, query=""):
+        """The first live fault rule matching 'METHOD PATH' for this phase
+        (path: a regex of the whole 'METHOD PATH'; query, if the rule has
+        one: a regex found in the query string, as in "starting_after=" to
+        fail the pages of a list after its first)."""
         target = "%s %s" % (method, path)
         with self.cfg_lock:
             for f in self.cfg["faults"]:
                 if f.get("when", "before") != when or f.get("spent"):
                     continue
                 if not re.fullmatch(f["path"], target):
+                    continue
+                if "query" in f and not re.search(f["query"], query or ""):
                     continue
                 if "rate" in f and random.random() >= float(f["rate"]):
                     continue

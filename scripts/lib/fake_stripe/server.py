@@ -221,7 +221,7 @@ class Handler(ControlHandler, http.server.BaseHTTPRequestHandler):
         params = parse_form(text)
         entry["params"] = params
 
-        rule = fake.take_fault(method, url.path, "before")
+        rule = fake.take_fault(method, url.path, "before", url.query)
         if rule is not None:
             entry["fault"] = "before"
             return self.fault_answer(rule, state, req_id)
@@ -278,7 +278,7 @@ class Handler(ControlHandler, http.server.BaseHTTPRequestHandler):
                 else:
                     store.idem.pop(key, None)
 
-        rule = fake.take_fault(method, url.path, "after")
+        rule = fake.take_fault(method, url.path, "after", url.query)
         if rule is not None:
             entry["fault"] = "after"
             return self.fault_answer(rule, state, req_id)
