@@ -3,9 +3,14 @@
 # webhooks switched off), applies each one once through the webhook's own
 # statement, takes no event twice (one delivered as well, one pulled
 # again), and is led by one node at a time: the node holding the lease is
-# killed, the other takes over and logs it.  The pruning deletes old event
-# ids, tombstones and finished Idempotency-Keys in batches, and nothing
-# younger than the retentions.  Both are counted in the metrics.
+# killed, the other takes over and logs it.  Events piled up past a page
+# (Stripe's list answering 500 meanwhile) are pulled in one sweep of
+# several pages; a sweep cut by a 500 after its first page moves no
+# watermark, applies nothing twice and loses nothing once Stripe answers
+# again (the fake's fault rules, on the reconciler's requests only).  The
+# pruning deletes old event ids, tombstones and finished Idempotency-Keys
+# in batches, and nothing younger than the retentions.  Both are counted
+# in the metrics.
 #
 # The nodes here: this file's nginx (reads, the webhook, the metrics; no
 # reconciler) and two more nginx on the same database, each with
@@ -142,6 +147,136 @@ ok(wait_until(sub { nginx_log($follower)
 
 my $after = paid_in_stripe($visa);
 ok(wait_until(sub { status_of($after) eq 'paid' }, 10), 'the survivor applies what is lost now');
+
+#----------------------------------------------------------------------
+# a sweep of more than one page (the module asks for 100 events a page):
+# the events of invoices paid in Stripe while Stripe's list of events
+# answered 500 pile up past a page; when it answers again one pass
+# follows has_more/starting_after through all of them
+
+my $survivor = $follower;
+sub pulled_total { metric($survivor->{port}, 'invoices_reconcile_events_total{result="pulled"}') }
+sub watermark { sql_value("SELECT watermark FROM invoices_leases WHERE task = 'reconcile'") // '' }
+sub recorded {
+    my @ids = @_ or return 0;
+    return sql_value('SELECT count(*) FROM webhook_events WHERE id IN ('
+                     . join(',', map { quote($_) } @ids) . ')');
+}
+# every invoice.* event of the fake, newest first (pages of 100)
+sub invoice_events {
+    my (@all, $after);
+    while (1) {
+        my (undef, $l) = fake_stripe(GET => '/v1/events?type=invoice.*&limit=100'
+                                            . ($after ? "&starting_after=$after" : ''));
+        push @all, @{ $l->{data} || [] };
+        last unless $l->{has_more} && @{ $l->{data} || [] };
+        $after = $l->{data}[-1]{id};
+    }
+    return @all;
+}
+# $n invoices of 4 lines made through the API, then collected by Stripe:
+# their ids, and their invoice.* events at Stripe (newest first)
+sub lost_invoices {
+    my ($n) = @_;
+    my (@ids, %mine);
+    for my $i (1 .. $n) {
+        my $res = api_request(POST => '/admin/api/invoices', ['Content-Type' => 'application/json'],
+            $J->encode({ items => [map { { name => "Line $_", amount => 100 * $_ } } 1 .. 4],
+                         customer => $visa->{customer} }));
+        my $id = ($res->json_or_undef // {})->{id};
+        $res->status == 201 && $id or diag $res->describe;
+        push @ids, $id // 'in_none';
+    }
+    fake_control(POST => '/_fake/advance');
+    $mine{$_} = 1 for @ids;
+    return (\@ids, [grep { $mine{ $_->{data}{object}{id} // '' } } invoice_events()]);
+}
+# the faults: the reconciler's list of events answers 500 (its every page,
+# or its pages after the first); this file's own reads of the list (no
+# created[gte]) are answered
+my $LIST_FAILS = { path => 'GET /v1/events', query => 'created%5Bgte%5D', status => 500 };
+my $NEXT_PAGE_FAILS = { path => 'GET /v1/events', query => 'created%5Bgte%5D=\\d+&starting_after=',
+                        status => 500 };
+# a pass that failed on GET /v1/events, logged after $mark
+sub failed_since {
+    my ($mark) = @_;
+    return substr(nginx_log($survivor), $mark)
+        =~ /invoices: the background work failed: GET \/v1\/events of Stripe failed \([^)]*HTTP 500\)/;
+}
+
+fake_config({ faults => [$LIST_FAILS] });
+my $mark = length nginx_log($survivor);
+ok(wait_until(sub { failed_since($mark) }, 10), 'Stripe\'s list of events answers 500: the pass fails and says so')
+    or diag nginx_log($survivor);
+my ($applied0, $pulled0, $w0) = (applied_total(), pulled_total(), watermark());
+my ($many, $many_ev) = lost_invoices(14);
+cmp_ok(scalar @$many_ev, '>', 100, scalar(@$many_ev) . ' events of 14 invoices: more than a page of 100');
+$mark = length nginx_log($survivor);
+ok(wait_until(sub { failed_since($mark) }, 10), 'a pass after them failed too');
+is(recorded(map { $_->{id} } @$many_ev), 0, 'none of them applied meanwhile');
+is(watermark(), $w0, 'the watermark stays');
+is(pulled_total(), $pulled0, 'nothing counted pulled');
+
+my $n_all = () = invoice_events();
+fake_config({ faults => [] });
+ok(wait_until(sub { recorded(map { $_->{id} } @$many_ev) == @$many_ev }, 15),
+   'Stripe answers again: every event applied')
+    or diag recorded(map { $_->{id} } @$many_ev) . ' of ' . @$many_ev;
+ok(wait_until(sub { !grep { status_of($_) ne 'paid' } @$many }, 5), 'every invoice paid here');
+my $n = @$many_ev;
+ok(wait_until(sub { nginx_log($survivor) =~ /background work: $n_all Stripe events pulled, $n applied/ }, 5),
+   "one pass pulled the $n_all invoice events since the watermark (pages of 100) and applied the $n")
+    or diag nginx_log($survivor);
+ok(wait_until(sub { pulled_total() - $pulled0 >= 2 * $n_all }, 10),
+   'the next pass reads them all again');
+is(applied_total() - $applied0, $n, "applied: counted $n, once each");
+my $dp = pulled_total() - $pulled0;
+ok($dp >= $n_all && $dp % $n_all == 0,
+   "pulled: $dp, $n_all a complete pass (each pass reads the window again)");
+cmp_ok(watermark(), '>=', $many_ev->[0]{created}, 'the watermark moves on to the newest event');
+my $hist_ok = grep {
+    my $id = $_;
+    my $h = api_request(GET => "/admin/api/invoices/$id/events")->json_or_undef // {};
+    my @got = sort map { $_->{id} } grep { $_->{source} eq 'stripe' } @{ $h->{events} || [] };
+    my @want = sort map { $_->{id} } grep { $_->{data}{object}{id} eq $id } @$many_ev;
+    "@got" eq "@want"
+} @$many;
+is($hist_ok, scalar @$many, 'each invoice\'s history has each of its events once');
+
+#----------------------------------------------------------------------
+# Stripe fails mid-sweep: the first page (the newest 100) is read and
+# applied, the next one answers 500, pass after pass; nothing moves the
+# watermark, nothing is applied twice, and once Stripe answers the rest
+# is applied, once
+
+fake_config({ faults => [$LIST_FAILS] });
+$mark = length nginx_log($survivor);
+ok(wait_until(sub { failed_since($mark) }, 10), 'Stripe\'s list fails again');
+($applied0, $w0) = (applied_total(), watermark());
+my ($more, $more_ev) = lost_invoices(14);
+cmp_ok(scalar @$more_ev, '>', 100, scalar(@$more_ev) . ' events of 14 more invoices');
+my @newest = map { $_->{id} } @{ $more_ev }[0 .. 99];
+my @older = map { $_->{id} } @{ $more_ev }[100 .. $#$more_ev];
+fake_config({ faults => [$NEXT_PAGE_FAILS] });
+ok(wait_until(sub { recorded(@newest) == 100 }, 15), 'the first page answered: its 100 events applied')
+    or diag recorded(@newest);
+$mark = length nginx_log($survivor);
+ok(wait_until(sub { failed_since($mark) }, 10), 'the next page answers 500: the pass fails and says so')
+    or diag nginx_log($survivor);
+$mark = length nginx_log($survivor);
+ok(wait_until(sub { failed_since($mark) }, 10), 'and the pass after it: the first page again, the next 500');
+is(recorded(@older), 0, 'the ' . @older . ' older events: not yet');
+is(applied_total() - $applied0, 100, 'applied: 100, none twice over the passes since');
+is(watermark(), $w0, 'the watermark stays where it was');
+fake_config({ faults => [] });
+ok(wait_until(sub { recorded(@older) == @older }, 15), 'Stripe answers again: the rest applied')
+    or diag recorded(@older);
+ok(wait_until(sub { !grep { status_of($_) ne 'paid' } @$more }, 5), 'every invoice paid here');
+wait_until(sub { applied_total() - $applied0 >= @$more_ev }, 5);
+my $p1 = pulled_total();
+ok(wait_until(sub { pulled_total() > $p1 }, 10), 'a pass more');
+is(applied_total() - $applied0, scalar @$more_ev, 'applied: ' . @$more_ev . ', each event once');
+is(recorded(map { $_->{id} } @$more_ev), scalar @$more_ev, 'each recorded');
 
 #----------------------------------------------------------------------
 # the pruning: old rows go, young ones stay
