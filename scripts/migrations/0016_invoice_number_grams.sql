@@ -169,14 +169,17 @@ $$;
 -- (f: each invoice once, as the branches find none in common).
 -- Without parallel workers: planned once for any q, the number's two
 -- indexes are guessed to find thousands, and starting the workers took
--- 6 ms of a page that takes well under one.
+-- 6 ms of a page that takes well under one.  Without JIT, as
+-- invoices_search_matches() (0014): at 10,000,000 invoices those guesses
+-- cost its statements past jit_above_cost, and compiling them took 0.5 to
+-- 1 s of every page (docs/benchmarks.md, "The ninth run").
 CREATE OR REPLACE FUNCTION invoices_search_page(p_q text, p_rows bigint,
                                                 p_at timestamptz,
                                                 p_id char(24),
                                                 p_up boolean)
 RETURNS TABLE (sort_at timestamptz, id char(24), n bigint)
 LANGUAGE plpgsql STABLE ROWS 100 SET plan_cache_mode = force_generic_plan
-SET max_parallel_workers_per_gather = 0
+SET max_parallel_workers_per_gather = 0 SET jit = off
 AS $$
 DECLARE
     v      invoices_search_parts := invoices_search_parts(p_q);
