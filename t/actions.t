@@ -319,6 +319,26 @@ is($res->status, 502, 'Stripe 500s, no Idempotency-Key: 502') or diag $res->desc
 is(sql_value("SELECT count(*) FROM idempotency_keys WHERE state = 'running'"), $running,
    '... and no key made for it is left running');
 
+# Stripe's other failures map as for the create: 429 is a 503 with
+# Retry-After, 401 (this server's key) a 502; the key stays free
+my $inv5c = open_invoice();
+fault({ path => "POST /v1/invoices/$inv5c/void", status => 429, count => 10, retry_after => 1 });
+$res = act(POST => "$inv5c/void", idem => 'act-429-1');
+no_faults();
+is($res->status, 503, 'Stripe 429 after the retries: 503') or diag $res->describe;
+is(err($res)->{code}, 'stripe_rate_limited', 'stripe_rate_limited');
+like($res->header('Retry-After') // '', qr/^[0-9]+\z/, 'with Retry-After');
+is(status_of($inv5c), 'open', 'the row stays open');
+fault({ path => "POST /v1/invoices/$inv5c/void", status => 401, count => 10 });
+$res = act(POST => "$inv5c/void", idem => 'act-401-1');
+no_faults();
+is($res->status, 502, "Stripe 401 (this server's key): 502") or diag $res->describe;
+is(err($res)->{code}, 'stripe_authentication_failed', 'stripe_authentication_failed');
+unlike($res->body, qr/sk_/, "... Stripe's text, which quotes the key, not passed on");
+$res = act(POST => "$inv5c/void", idem => 'act-429-1');
+is($res->status, 200, 'the retry under the first key: 200') or diag $res->describe;
+is(status_of($inv5c), 'void', 'void');
+
 #----------------------------------------------------------------------
 # the whole state graph, on rows Stripe does not know: an action a status
 # allows goes to Stripe (which answers 404 for an invoice it never made:

@@ -285,6 +285,22 @@ is(cache_gen($redis), $g, 'a sync that changed nothing: invoices:gen unchanged')
 list_is(list('?limit=100'), 'HIT', 'list after it: still a HIT');
 
 #----------------------------------------------------------------------
+# an action: DELETE of the draft the sync brought, seen by every cached
+# filter at once
+
+my $drafts = list('?status=draft&limit=100');
+ok(listed_invoice($drafts, $in_fake->{id} // 'none'), 'before the DELETE: listed as a draft');
+list_is(list('?status=draft&limit=100'), 'HIT', '... the filtered page cached');
+$g = cache_gen($redis);
+my $del = api_request(DELETE => '/admin/api/invoices/' . ($in_fake->{id} // 'none'));
+is($del->status, 200, 'DELETE of the draft: 200') or diag $del->describe;
+is(cache_gen($redis), $g + 1, 'DELETE: the generation moved by one');
+$after = list('?status=draft&limit=100');
+list_is($after, 'MISS', 'the filtered page after the DELETE');
+ok(!listed_invoice($after, $in_fake->{id}), '... no longer lists it');
+ok(!listed_invoice(list('?limit=100'), $in_fake->{id}), '... nor does the plain list');
+
+#----------------------------------------------------------------------
 # two nginx instances on the same database and Redis (2 workers each
 # here, 1 on the main one)
 
