@@ -156,10 +156,11 @@ sub insert_rows {
 
 sub insert_row { my ($table, $row) = @_; return (insert_rows($table, $row))[0] }
 
-# kept_counts_off() -> the counts the writes keep (migrations 0003, 0006, 0012)
-# that differ from counting the rows: "total 12 (rows 13)", "paid/team/
+# kept_counts_off() -> the counts the writes keep (migrations 0003, 0006, 0012,
+# 0017) that differ from counting the rows: "total 12 (rows 13)", "paid/team/
 # cus_x/eur 2 (rows 3)", "paid/team/eur 5 (rows 6)", "range/c/60/<minute> 1
-# (rows 2)" (c createdAt, d dueDate, a amount); empty when all agree.
+# (rows 2)" (c createdAt, d dueDate, a amount), "value/e/<email> 1 (rows 2)"
+# (e email, n name); empty when all agree.
 sub kept_counts_off {
     my $rows = sql_json(<<'SQL');
 SELECT 'total' AS k, (SELECT coalesce(sum(n), 0) FROM invoices_count) AS kept,
@@ -194,6 +195,18 @@ FULL JOIN (SELECT b.field, b.width, b.start, count(*) AS n
                                                      i.due_date, i.amount) b
            GROUP BY 1, 2, 3) r
   ON (g.field, g.width, g.start) = (r.field, r.width, r.start)
+UNION ALL
+SELECT concat_ws('/', 'value', coalesce(g.field, r.field), coalesce(g.value, r.value)),
+       coalesce(g.n, 0), coalesce(r.n, 0)
+FROM (SELECT field::text, value, sum(n) AS n FROM invoices_search_value_count
+      GROUP BY 1, 2 HAVING sum(n) <> 0) g
+FULL JOIN (SELECT x.field, x.value, count(*) AS n
+           FROM invoices i
+           CROSS JOIN LATERAL (VALUES ('e', i.customer_email),
+                                      ('n', i.customer_name)) x (field, value)
+           WHERE x.value IS NOT NULL
+           GROUP BY 1, 2) r
+  ON (g.field, g.value) = (r.field, r.value)
 SQL
     return map { "$_->{k} $_->{kept} (rows $_->{n})" }
            grep { $_->{kept} != $_->{n} } @$rows;
