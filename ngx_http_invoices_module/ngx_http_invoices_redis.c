@@ -13,7 +13,9 @@
  * lost connection is reopened with backoff.  A heartbeat every 200 ms
  * finds a hung Redis even when nothing else is sent; it reads a key
  * (ngx_http_invoices_redis_probe), so that a change nobody announced is
- * seen too.  Nothing here ever waits.
+ * seen too.  A worker held off its event loop runs neither, so the link
+ * is also bypassed while the newest answer is older than the heartbeat
+ * can explain.  Nothing here ever waits.
  */
 
 
@@ -28,6 +30,7 @@ typedef struct {
     ngx_http_invoices_redis_pt   handler;
     void                        *data;
     ngx_http_cleanup_t          *cln;
+    ngx_msec_t                   sent;
     ngx_event_t                  timer;
 } ngx_http_invoices_redis_call_t;
 
@@ -48,6 +51,7 @@ typedef struct {
     void                           (*state)(ngx_uint_t subscribed);
     const char                      *name;              /* for the log */
     ngx_msec_t                       stalled_at;
+    ngx_msec_t                       answered;  /* its command's send time */
     ngx_msec_t                       logged;
     ngx_uint_t                       suppressed;
     unsigned                         ready:1;
@@ -103,6 +107,19 @@ static ngx_http_invoices_redis_t  ngx_http_invoices_redis_sub;
  * it is a PING.
  */
 #define NGX_HTTP_INVOICES_REDIS_PING  200
+
+/*
+ * The link is trusted only while Redis answered a command sent within two
+ * heartbeats plus invoices_redis_timeout (one heartbeat of slack for a
+ * worker that runs its timers late).  A worker that did not run for
+ * longer, as a busy machine can do to it, has sent no heartbeat and run
+ * no timer meanwhile: without this it would take a Redis that hung
+ * during that time for a healthy one, and serve its copies, until its
+ * next heartbeat timed out.
+ */
+#define ngx_http_invoices_redis_fresh(rd)                                     \
+    (ngx_current_msec - (rd)->answered                                        \
+     <= 2 * NGX_HTTP_INVOICES_REDIS_PING + (rd)->conf->timeout)
 
 /*
  * A link stalled this long is closed and opened again: a Redis host that
@@ -228,10 +245,18 @@ ngx_http_invoices_redis_link_exit(ngx_http_invoices_redis_t *rd)
 }
 
 
+/*
+ * For the lookups and the worker's copies.  ngx_http_invoices_redis_call
+ * does not ask for a fresh link, so the heartbeat still goes out on a
+ * stale one, and its answer makes the link fresh again.
+ */
+
 ngx_uint_t
 ngx_http_invoices_redis_ready(void)
 {
-    return ngx_http_invoices_redis.ready && !ngx_http_invoices_redis.stalled;
+    ngx_http_invoices_redis_t  *rd = &ngx_http_invoices_redis;
+
+    return rd->ready && !rd->stalled && ngx_http_invoices_redis_fresh(rd);
 }
 
 
@@ -276,6 +301,7 @@ ngx_http_invoices_redis_call(ngx_http_request_t *r,
     call->waiting = 1;
     call->handler = handler;
     call->data = data;
+    call->sent = ngx_current_msec;
 
     call->timer.handler = ngx_http_invoices_redis_timeout;
     call->timer.data = call;
@@ -329,11 +355,16 @@ ngx_http_invoices_redis_reply(redisAsyncContext *ac, void *r, void *data)
     /*
      * Any answer means Redis is alive: the link is usable again and the
      * backoff starts over; what was put off while it was stalled (a lost
-     * bump) is sent now.
+     * bump) is sent now.  Alive when the command was sent, at least: an
+     * answer read late vouches for no later time.
      */
 
     if (reply) {
         rd->backoff = 0;
+
+        if ((ngx_msec_int_t) (call->sent - rd->answered) > 0) {
+            rd->answered = call->sent;
+        }
 
         if (rd->stalled) {
             rd->stalled = 0;
@@ -488,6 +519,10 @@ ngx_http_invoices_redis_on_connect(const redisAsyncContext *ac, int status)
 
     rd->ready = 1;
     rd->stalled = 0;
+
+    /* as fresh as an answer: its first heartbeat tells (see redis_ready) */
+
+    rd->answered = ngx_current_msec;
 
     ngx_log_error(NGX_LOG_INFO, rd->log, 0,
                   "invoices: redis%s connected to %V", rd->name,
