@@ -119,9 +119,17 @@ subtest 'the whole load: ' . summarize(@rec) => sub {
         or diag explain [@bad[0 .. ($#bad > 4 ? 4 : $#bad)]];
     my @xc = grep { ($_->{x_cache} // '') !~ /^(?:HIT|MISS|BYPASS)$/ } @rec;
     is(scalar @xc, 0, 'X-Cache is HIT, MISS or BYPASS');
-    my @killed = grep { $_->{t0} > $t_kill && $_->{t1} < $t_back } @rec;
+    # A worker learns of the reset when its loop reads the socket: one
+    # running late (ASan, the machine busy) may first answer a request
+    # that came at the same time from its copy (two such HITs were seen
+    # in one of six ASan runs beside a full suite), hence the slack.
+    my $slack = 0.2 * time_factor();
+    my @killed = grep { $_->{t0} > $t_kill + $slack && $_->{t1} < $t_back } @rec;
     is(scalar(grep { $_->{x_cache} eq 'HIT' } @killed), 0,
-       'no HIT while Redis was dead (' . @killed . ' requests)');
+       sprintf('no HIT while Redis was dead, from %.2f s after (%d requests)',
+               $slack, scalar @killed))
+        or diag join ', ', map { sprintf 'HIT +%.3fs', $_->{t0} - $t_kill }
+                           grep { $_->{x_cache} eq 'HIT' } @killed;
     my @hung = grep { $_->{t0} > $t_stop + $window && $_->{t1} < $t_cont } @rec;
     cmp_ok(scalar @hung, '>=', 20, scalar(@hung) . ' requests while Redis was hung');
     is(scalar(grep { $_->{x_cache} eq 'HIT' } @hung), 0,
