@@ -41,6 +41,7 @@
 #include "ngx_http_invoices_housekeeping.h"
 #include "ngx_http_invoices_cache.h"
 #include "ngx_http_invoices_job.h"
+#include "ngx_http_invoices_json.h"
 #include "ngx_http_invoices_metrics.h"
 #include "ngx_http_invoices_parse.h"
 #include "ngx_http_invoices_pg.h"
@@ -367,7 +368,7 @@ ngx_http_invoices_housekeeping_reconcile(ngx_http_invoices_housekeeping_t *hk)
     int64_t                          from, newest;
     PGresult                        *res;
     ngx_uint_t                       page, complete;
-    const char                      *s, *values[4];
+    const char                      *s, *values[4], *message;
     char                             after[256], path[512],
                                      mark[NGX_INT_T_LEN + 1],
                                      newest_text[NGX_INT_T_LEN + 1];
@@ -420,9 +421,30 @@ ngx_http_invoices_housekeeping_reconcile(ngx_http_invoices_housekeeping_t *hk)
         if (sr.outcome != NGX_HTTP_INVOICES_STRIPE_ANSWERED
             || sr.status < 200 || sr.status > 299)
         {
+            /*
+             * Stripe's own message says what is wrong (a parameter, the
+             * account), but for 401 and 403: those quote our key.
+             */
+
+            list = NULL;
+            message = NULL;
+
+            if (sr.outcome == NGX_HTTP_INVOICES_STRIPE_ANSWERED
+                && sr.status != 401 && sr.status != 403 && sr.body)
+            {
+                list = json_loadb(sr.body, sr.len, 0, NULL);
+                message = ngx_http_invoices_json_str(
+                              json_object_get(list, "error"), "message");
+            }
+
             (void) ngx_http_invoices_sprint(hk->error,
-                       "GET /v1/events of Stripe failed (%s, HTTP %l)",
-                       sr.error[0] ? sr.error : "no error text", sr.status);
+                       "GET /v1/events of Stripe failed (HTTP %l%s%s%s%s)%s%s",
+                       sr.status,
+                       sr.request_id[0] ? ", request " : "", sr.request_id,
+                       sr.error[0] ? ", " : "", sr.error,
+                       message ? ": " : "", message ? message : "");
+
+            json_decref(list);
             ngx_http_invoices_stripe_res_free(&sr);
             return;
         }

@@ -201,11 +201,25 @@ my $NEXT_PAGE_FAILS = { path => 'GET /v1/events', query => 'created%5Bgte%5D=\\d
 sub failed_since {
     my ($mark) = @_;
     return substr(nginx_log($survivor), $mark)
-        =~ /invoices: the background work failed: GET \/v1\/events of Stripe failed \([^)]*HTTP 500\)/;
+        =~ /invoices: the background work failed: GET \/v1\/events of Stripe failed \(HTTP 500[^)]*\)/;
 }
 
-fake_config({ faults => [$LIST_FAILS] });
+# the line says what Stripe said, but for a 401 (its text quotes the key)
+fake_config({ faults => [{ %$LIST_FAILS, status => 400,
+                           error => { message => 'No such thing, says this test' } }] });
 my $mark = length nginx_log($survivor);
+ok(wait_until(sub { substr(nginx_log($survivor), $mark)
+                        =~ /Stripe failed \(HTTP 400, request req_\w+\): No such thing, says this test$/m }, 10),
+   "a 400 on the list of events: logged with Stripe's request id and message")
+    or diag substr(nginx_log($survivor), $mark);
+fake_config({ faults => [{ %$LIST_FAILS, status => 401 }] });
+$mark = length nginx_log($survivor);
+ok(wait_until(sub { substr(nginx_log($survivor), $mark) =~ /Stripe failed \(HTTP 401[^)]*\)$/m }, 10),
+   'a 401: logged without Stripe\'s text') or diag substr(nginx_log($survivor), $mark);
+unlike(substr(nginx_log($survivor), $mark), qr/Invalid API Key|sk_test/, '... none of the key');
+
+fake_config({ faults => [$LIST_FAILS] });
+$mark = length nginx_log($survivor);
 ok(wait_until(sub { failed_since($mark) }, 10), 'Stripe\'s list of events answers 500: the pass fails and says so')
     or diag nginx_log($survivor);
 my ($applied0, $pulled0, $w0) = (applied_total(), pulled_total(), watermark());
