@@ -101,7 +101,7 @@ BEGIN
     FROM invoices_search_value x WHERE x.low LIKE v.low_like;
 
     -- q's trigrams once, each looked up for both fields (the number's
-    -- only when q is too short for a six-character part)
+    -- counts are used only when q is too short for a six-character part)
     SELECT array_agg(t.a ORDER BY t.k), array_agg(t.b ORDER BY t.k),
            array_agg(coalesce((SELECT g.n FROM invoices_search_trigram g
                                WHERE g.field = 'number'
