@@ -65,8 +65,8 @@ CREATE TRIGGER invoices_search_value_count_delete AFTER DELETE ON invoices
     FOR EACH STATEMENT EXECUTE FUNCTION invoices_search_value_counted();
 
 -- an update of a row's email or name (0014's row trigger, limited to
--- those): the old
--- values count one less, the new ones one more, and the new ones are kept
+-- those): the old values count one less, the new ones one more, and the
+-- new ones are kept
 CREATE OR REPLACE FUNCTION invoices_search_value_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -105,12 +105,13 @@ CREATE TRIGGER invoices_search_value_count_truncate AFTER TRUNCATE ON invoices
 
 -- 0006's count per customer (and status, team, currency) is one row with
 -- no slots: every writer of that customer wants it, and holds it until
--- commit once taken.  Triggers fire in name order, and its came second,
+-- commit once taken.  Triggers fire in name order, and its fired second,
 -- so every count after it (0012's, 0014's values, the counts above)
 -- lengthened that wait for all of them: with the bench's one customer,
 -- the counts above cost the webhook a sixth of its throughput there.  Its
--- triggers are renamed to fire last; so, the webhook with the counts
--- above is as fast as without them, or faster (docs/benchmarks.md).
+-- triggers are renamed to fire last; with that, the webhook with the
+-- counts above is as fast as without them, or faster (docs/benchmarks.md,
+-- "The tenth run").
 ALTER TRIGGER invoices_group_count_insert ON invoices
     RENAME TO invoices_tail_group_count_insert;
 ALTER TRIGGER invoices_group_count_update ON invoices
